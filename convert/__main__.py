@@ -1,0 +1,3 @@
+from .convert import main
+
+main(prog_name="python -m convert")

@@ -1,0 +1,136 @@
+"""Turn a released `reflex.pt` (+ its Qwen2 backbone) into an MLX model directory.
+
+    python -m convert [--checkpoint PATH_OR_HUB_FILE] [--backbone PATH_OR_HUB_ID]
+                      [--out DIR] [--bits {4,8}] [--no-quantize] [--dtype ...]
+
+The directory holds `config.json`, `adapters.safetensors` (MLX names) and
+`backbone/` (written by mlx-lm's converter, tokenizer included). It is built
+in a temporary sibling directory and renamed into place only when complete,
+so a failed run never leaves a half-written model behind. Neither torch nor
+a GPU is needed: the checkpoint is read by `convert.checkpoint`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import click
+
+from reflex_core.hub import resolve_backbone, resolve_checkpoint
+from reflex_core.spec import (
+    ADAPTER_HEADS, ADAPTERS_FILE, BACKBONE_DIR, DEFAULT_RELEASE_DIR, MODEL_CONFIG_FILE,
+    MODEL_FORMAT, MODEL_FORMAT_VERSION, QUANT_GROUP_SIZE, adapter_layers, reflex_config,
+)
+
+from .checkpoint import CheckpointError, read_checkpoint
+
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+class ConvertError(Exception):
+    """A one-line reason the conversion cannot proceed."""
+
+
+def convert_checkpoint(
+    checkpoint: str | None, backbone: str | None, out: Path, bits: int = 4,
+    quantize: bool = True, dtype: str = "float32", backbone_dtype: str | None = None,
+    quiet: bool = False,
+) -> Path:
+    import mlx.core as mx
+    from mlx_lm import convert as mlx_lm_convert
+
+    from reflex_mlx.model import Reflex
+
+    out = Path(out)
+    if out.exists():
+        raise ConvertError(f"{out} already exists; remove it or choose another --out")
+    checkpoint_path = resolve_checkpoint(checkpoint)
+    ckpt = read_checkpoint(checkpoint_path)
+    config = reflex_config(ckpt.config)
+    backbone_source = resolve_backbone(backbone or config["backbone_id"], near=checkpoint_path)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        log = io.StringIO() if quiet else sys.stderr
+        with contextlib.redirect_stdout(log):
+            mlx_lm_convert(
+                hf_path=backbone_source, mlx_path=str(tmp / BACKBONE_DIR), quantize=quantize,
+                q_bits=bits if quantize else None, q_group_size=QUANT_GROUP_SIZE if quantize else None,
+                dtype=backbone_dtype,
+            )
+        backbone_config = _spell_rope_theta(tmp / BACKBONE_DIR / "config.json")
+        num_layers = backbone_config["num_hidden_layers"]
+        if backbone_config["hidden_size"] != config["hidden"]:
+            raise ConvertError(
+                f"backbone hidden size {backbone_config['hidden_size']} does not match the "
+                f"checkpoint's {config['hidden']}"
+            )
+
+        weights = Reflex.sanitize({name: mx.array(t.numpy()) for name, t in ckpt.state.items()})
+        target = getattr(mx, dtype)
+        weights = {
+            k: v.astype(target) if mx.issubdtype(v.dtype, mx.floating) else v
+            for k, v in weights.items()
+        }
+        mx.save_safetensors(str(tmp / ADAPTERS_FILE), weights, metadata={"format": MODEL_FORMAT})
+
+        layers = adapter_layers(num_layers, config["inject_every"])
+        model_config = {
+            **config,
+            "format": MODEL_FORMAT, "format_version": MODEL_FORMAT_VERSION,
+            "num_layers": num_layers, "adapter_layers": layers,
+            "adapter_heads": ADAPTER_HEADS, "adapter_dtype": dtype,
+            "backbone": BACKBONE_DIR,
+            "quantization": {"bits": bits, "group_size": QUANT_GROUP_SIZE} if quantize else None,
+            "source_checkpoint": str(checkpoint) if checkpoint else None,
+            "source_backbone": backbone_source,
+        }
+        (tmp / MODEL_CONFIG_FILE).write_text(json.dumps(model_config, indent=2) + "\n")
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _spell_rope_theta(config_path: Path) -> dict:
+    """Newer transformers nest rope_theta under rope_parameters, where mlx-lm's
+    Qwen2 does not look (it would silently use its default); write it top level."""
+    config = json.loads(config_path.read_text())
+    nested = (config.get("rope_parameters") or {}).get("rope_theta")
+    if "rope_theta" not in config and nested is not None:
+        config["rope_theta"] = nested
+        config_path.write_text(json.dumps(config, indent=4) + "\n")
+    return config
+
+
+@click.command(help="Convert reflex.pt and its backbone into an MLX model directory.")
+@click.option("--checkpoint", default=None,
+              help="reflex.pt path, or owner/repo[/file] on the hub (default: the release).")
+@click.option("--backbone", default=None,
+              help="Backbone: a transformers directory or hub id (default: the checkpoint's backbone_id).")
+@click.option("--out", type=click.Path(path_type=Path),
+              default=Path(DEFAULT_RELEASE_DIR).expanduser(), show_default=True)
+@click.option("--bits", type=click.Choice(["4", "8"]), default="4", show_default=True)
+@click.option("--no-quantize", is_flag=True, help="Keep the backbone unquantized.")
+@click.option("--dtype", type=click.Choice(DTYPES), default="float32", show_default=True,
+              help="dtype of the adapter-side weights (float32 as released).")
+@click.option("--backbone-dtype", type=click.Choice(DTYPES), default=None,
+              help="dtype of the backbone's unquantized weights (default: the backbone's own).")
+def main(checkpoint, backbone, out, bits, no_quantize, dtype, backbone_dtype):
+    try:
+        path = convert_checkpoint(checkpoint, backbone, out, bits=int(bits),
+                                  quantize=not no_quantize, dtype=dtype,
+                                  backbone_dtype=backbone_dtype)
+    except (ConvertError, CheckpointError, FileNotFoundError, OSError, ValueError) as err:
+        raise click.ClickException(str(err).splitlines()[0] if str(err) else type(err).__name__)
+    click.echo(f"wrote {path}")

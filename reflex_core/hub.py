@@ -1,0 +1,43 @@
+"""Where checkpoints and backbones come from: a local path, or the Hugging Face hub."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .spec import HUB_FILE, HUB_REPO
+
+
+def resolve_checkpoint(source: str | None) -> Path:
+    """A local `reflex.pt`, or `owner/repo[/file]` on the hub (default: the release).
+
+    Downloads go through huggingface_hub, which shows its own progress bars and
+    caches the file, so a second run does not fetch it again.
+    """
+    source = source or f"{HUB_REPO}/{HUB_FILE}"
+    path = Path(source).expanduser()
+    if path.exists():
+        return path
+    parts = source.split("/")
+    if len(parts) == 2:
+        repo, filename = source, HUB_FILE
+    elif len(parts) == 3:
+        repo, filename = "/".join(parts[:2]), parts[2]
+    else:
+        raise FileNotFoundError(f"no checkpoint at {source} (not a file, nor owner/repo[/file])")
+    from huggingface_hub import hf_hub_download
+
+    return Path(hf_hub_download(repo_id=repo, filename=filename))
+
+
+def resolve_backbone(source: str, near: Path | None = None) -> str:
+    """A local transformers directory as a path string, otherwise a hub id, unchanged.
+
+    A relative directory is also looked for beside the checkpoint (`near`), so a
+    self-trained model can name its shipped backbone as "backbone".
+    """
+    path = Path(source).expanduser()
+    if path.exists():
+        return str(path)
+    if near is not None and not path.is_absolute() and (Path(near).parent / path).is_dir():
+        return str(Path(near).parent / path)
+    return source

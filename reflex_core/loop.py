@@ -1,0 +1,191 @@
+"""The cycle loop of DESIGN.md §5, independent of the model backend.
+
+A predictor is any callable state (65 words) -> instruction word. `ProgramRun`
+holds one machine and advances it one predicted word at a time, so a batched
+driver (`run_many`) can ask one model call for the next word of many programs.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+from capstone import CS_ARCH_RISCV, CS_MODE_RISCV32, Cs
+
+from . import spec
+from .machine import Machine, MachineError
+
+_MASK32 = 0xFFFFFFFF
+_SNAPSHOT_START = spec.DATA_ADDR
+_SNAPSHOT_END = spec.MEMORY_BASE + spec.MEMORY_SIZE
+
+Predictor = Callable[[list[int]], int]
+BatchPredictor = Callable[[list[list[int]]], Sequence[int]]
+
+_disassembler = Cs(CS_ARCH_RISCV, CS_MODE_RISCV32)
+
+
+@functools.lru_cache(maxsize=4096)
+def disassemble(word: int) -> str:
+    """Assembly text of one word; offsets are relative, so the pc does not matter."""
+    word &= _MASK32
+    for _address, _size, mnemonic, operands in _disassembler.disasm_lite(word.to_bytes(4, "little"), 0):
+        return f"{mnemonic} {operands}".strip()
+    return f".word 0x{word:08x} (illegal)"
+
+
+@dataclass(frozen=True)
+class Cycle:
+    pc: int
+    word: int
+    asm: str
+
+
+@dataclass
+class RunResult:
+    """How a run ended, its trace, and the memory from DATA_ADDR to the end of the mapping."""
+
+    outcome: str  # "halted" | "error" | "limit"
+    error: str | None
+    error_pc: int | None
+    cycles: list[Cycle]
+    registers: list[int] = field(default_factory=list)
+    memory_snapshot: bytes = b""
+
+    @property
+    def halted(self) -> bool:
+        return self.outcome == "halted"
+
+    def words(self, addr: int, n: int) -> list[int]:
+        """n words of the final memory from addr; outside the snapshot reads as 0."""
+        out = []
+        for i in range(n):
+            offset = addr + 4 * i - _SNAPSHOT_START
+            if 0 <= offset and offset + 4 <= len(self.memory_snapshot):
+                out.append(int.from_bytes(self.memory_snapshot[offset : offset + 4], "little"))
+            else:
+                out.append(0)
+        return out
+
+    def memory(self) -> dict[str, list[int]]:
+        """The reported windows: {"0x5000": 16 words, ...}."""
+        return {f"0x{addr:x}": self.words(addr, spec.WINDOW_WORDS) for addr in spec.REPORTED_WINDOWS}
+
+
+class ProgramRun:
+    """One program being driven word by word: call state(), predict, then feed(word)."""
+
+    def __init__(self, max_cycles: int = spec.DEFAULT_MAX_CYCLES, machine: Machine | None = None):
+        self.machine = machine if machine is not None else Machine()
+        if machine is not None:
+            self.machine.reset()
+        self.max_cycles = max_cycles
+        self.cycles: list[Cycle] = []
+        self.outcome: str | None = None if max_cycles > 0 else "limit"
+        self.error: str | None = None
+        self.error_pc: int | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.outcome is not None
+
+    def state(self) -> list[int]:
+        return self.machine.state()
+
+    def feed(self, word: int) -> bool:
+        """Carry out one cycle with the predicted word; True once the run has ended."""
+        if self.finished:
+            raise RuntimeError("feed() on a finished run")
+        word &= _MASK32
+        pc = self.machine.pc
+        self.cycles.append(Cycle(pc, word, disassemble(word)))
+        try:
+            self.machine.write_word(pc, word)
+            if word == spec.HALT_WORD:
+                self.outcome = "halted"
+                return True
+            if word == 0:
+                self._fail(f"zero word at pc 0x{pc:x}", pc)
+                return True
+            self.machine.step()
+        except MachineError as error:
+            self._fail(str(error), error.pc)
+            return True
+        if len(self.cycles) >= self.max_cycles:
+            self.outcome = "limit"
+        return self.finished
+
+    def _fail(self, message: str, pc: int) -> None:
+        self.outcome, self.error, self.error_pc = "error", message, pc
+
+    def result(self) -> RunResult:
+        if not self.finished:
+            raise RuntimeError("result() before the run has ended")
+        return RunResult(
+            outcome=self.outcome,
+            error=self.error,
+            error_pc=self.error_pc,
+            cycles=list(self.cycles),
+            registers=self.machine.registers(),
+            memory_snapshot=self.machine.snapshot(_SNAPSHOT_START, _SNAPSHOT_END),
+        )
+
+
+def run(
+    predict: Predictor,
+    max_cycles: int = spec.DEFAULT_MAX_CYCLES,
+    on_cycle: Callable[[Cycle], None] | None = None,
+) -> RunResult:
+    """Drive one program to its end; on_cycle sees each cycle as it happens."""
+    program = ProgramRun(max_cycles)
+    while not program.finished:
+        program.feed(predict(program.state()))
+        if on_cycle is not None:
+            on_cycle(program.cycles[-1])
+    return program.result()
+
+
+def run_many(
+    predict_many: BatchPredictor,
+    count: int,
+    max_cycles: int = spec.DEFAULT_MAX_CYCLES,
+    with_indices: bool = False,
+) -> list[RunResult]:
+    """Drive count programs together, one predictor call per cycle for all unfinished ones.
+
+    predict_many(states) -> words, states in program order; with with_indices,
+    predict_many(indices, states) so a predictor can tell which program (which
+    prompt) each state belongs to once some have finished.
+    """
+    programs = [ProgramRun(max_cycles) for _ in range(count)]
+    active = [i for i, program in enumerate(programs) if not program.finished]
+    while active:
+        states = [programs[i].state() for i in active]
+        words = predict_many(active, states) if with_indices else predict_many(states)
+        if len(words) != len(active):
+            raise ValueError(f"predictor returned {len(words)} words for {len(active)} states")
+        active = [i for i, word in zip(active, words) if not programs[i].feed(int(word))]
+    return [program.result() for program in programs]
+
+
+_CHECK_BASES = {"mem": spec.DATA_ADDR, "seq": spec.DATA_ADDR, "dst": spec.DEST_ADDR, "disp": spec.DISPLAY_ADDR}
+
+
+def check(result: RunResult, kind: str, expected) -> bool:
+    """The eval's pass test (§5): halted, and memory holds the expected value."""
+    if kind not in _CHECK_BASES:
+        raise ValueError(f"unknown check kind {kind!r}")
+    if kind == "mem":
+        wanted = [int(expected)]
+    elif kind == "disp":
+        wanted = [ord(ch) for ch in expected]
+    else:
+        wanted = [int(v) for v in expected]
+    return result.halted and memory_holds(result, _CHECK_BASES[kind], wanted)
+
+
+def memory_holds(result: RunResult, addr: int, expected_words: Sequence[int]) -> bool:
+    """Consecutive words from addr equal expected_words, compared as unsigned 32-bit."""
+    wanted = [v & _MASK32 for v in expected_words]
+    return result.words(addr, len(wanted)) == wanted

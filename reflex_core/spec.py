@@ -1,0 +1,82 @@
+"""The facts of the released Reflex model, defined once (DESIGN.md §2, §4, §5).
+
+Everything here is plain Python: both backends, the converter and the machine
+import it, so no fact is written twice.
+"""
+
+from __future__ import annotations
+
+# ----------------------------------------------------------------- machine (§5)
+MEMORY_BASE = 0x1000
+MEMORY_SIZE = 0x10000
+CODE_START = 0x1000
+CODE_END = 0x5000  # exclusive: the code region is filled with HALT words
+DATA_ADDR = 0x5000  # results
+SOURCE_ADDR = 0x5100  # seeded with the words 1..8
+DEST_ADDR = 0x5200
+DISPLAY_ADDR = 0x6000  # one ASCII character per 32-bit word
+SOURCE_SEED = tuple(range(1, 9))
+
+HALT_WORD = 0x0000006F  # jal x0, 0
+NUM_REGS = 32
+WINDOW_WORDS = 16
+WINDOW_BACK_BYTES = 32  # a window around c starts at (c - 32) & ~3
+STATE_WORDS = NUM_REGS + 1 + 2 * WINDOW_WORDS  # x0..x31, pc, pc window, sp window
+SP_REG = 2
+
+DEFAULT_MAX_CYCLES = 200
+EVAL_MAX_CYCLES = 400
+
+# The memory windows the CLI and the eval report.
+REPORTED_WINDOWS = (DATA_ADDR, DEST_ADDR, DISPLAY_ADDR)
+
+# ------------------------------------------------------------------ prompt (§4)
+SYSTEM_PROMPT = (
+    "You control a RV32I CPU. Registers x5-x15 available. Data: 0x5000. "
+    "Display: 0x6000 (ASCII, one word per char)."
+)
+CONTEXT_PREFIX = SYSTEM_PROMPT + " Task: "
+
+# -------------------------------------------------------------- checkpoint (§2)
+HUB_REPO = "ilbertt/reflex-coder7b-jepa-riscv"
+HUB_FILE = "reflex.pt"
+DEFAULT_BACKBONE = "Qwen/Qwen2.5-Coder-7B-Instruct"
+
+ADAPTER_HEADS = 8
+LAYER_NORM_EPS = 1e-5
+
+# Defaults of the released config; a checkpoint's own config overrides them.
+CONFIG_DEFAULTS = {
+    "backbone_id": DEFAULT_BACKBONE,
+    "hidden": 3584,
+    "inject_every": 4,
+    "adapter_mlp_ratio": 2,  # the released loader's default when the key is absent
+    "max_instr_tokens": 96,
+    "embed_dim": 256,
+    "num_instrs": 691,
+    "chat_template": True,
+    "context_prefix": False,
+}
+
+
+def reflex_config(raw: dict) -> dict:
+    """The checkpoint config with the released defaults filled in."""
+    cfg = dict(CONFIG_DEFAULTS)
+    cfg.update(raw)
+    return cfg
+
+
+def adapter_layers(num_layers: int, inject_every: int) -> list[int]:
+    """Decoder layers followed by an adapter: every inject_every-th, 0-based."""
+    return list(range(inject_every - 1, num_layers, inject_every))
+
+# ------------------------------------------------- converted model directory
+MODEL_FORMAT = "reflex-mlx"
+MODEL_FORMAT_VERSION = 1
+MODEL_CONFIG_FILE = "config.json"
+ADAPTERS_FILE = "adapters.safetensors"
+BACKBONE_DIR = "backbone"
+QUANT_GROUP_SIZE = 64
+# Where `make convert` / `python -m convert` put the released model by default,
+# and where `reflex-mlx run` looks for it before falling back to its own model.
+DEFAULT_RELEASE_DIR = "~/.cache/reflex-mlx/reflex-coder7b-mlx"

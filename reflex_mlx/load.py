@@ -1,0 +1,80 @@
+"""Load a converted model directory and predict words with it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlx.core as mx
+import numpy as np
+
+from reflex_core.prompt import PromptTokens, encode_prompt
+from reflex_core.spec import ADAPTERS_FILE, BACKBONE_DIR, MODEL_CONFIG_FILE, MODEL_FORMAT
+
+from .model import Reflex, ReflexArgs, ReflexModel
+
+
+class ModelError(Exception):
+    """A one-line reason a model directory cannot be used."""
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def load_model(model_dir: str | Path) -> tuple[ReflexModel, object, dict]:
+    """(model, tokenizer, config) from a directory written by `python -m convert`."""
+    from mlx_lm.utils import load as load_backbone
+
+    model_dir = Path(model_dir).expanduser()
+    if not model_dir.is_dir():
+        raise ModelError(f"no model directory at {model_dir}")
+    config_path = model_dir / MODEL_CONFIG_FILE
+    try:
+        config = json.loads(config_path.read_text())
+    except FileNotFoundError:
+        raise ModelError(f"{model_dir} is not a converted Reflex model (no {MODEL_CONFIG_FILE})") from None
+    except (OSError, ValueError) as err:
+        raise ModelError(f"cannot read {config_path}: {_first_line(err)}") from None
+    if not isinstance(config, dict) or config.get("format") != MODEL_FORMAT:
+        raise ModelError(f"{config_path} is not a {MODEL_FORMAT} model config")
+
+    try:
+        backbone, tokenizer = load_backbone(str(model_dir / config.get("backbone", BACKBONE_DIR)))
+    except Exception as err:  # mlx-lm raises many kinds; the user needs one line
+        raise ModelError(f"cannot load the backbone in {model_dir}: {_first_line(err)}") from None
+    try:
+        reflex = Reflex(ReflexArgs.from_config(config))
+        weights = mx.load(str(model_dir / ADAPTERS_FILE))
+        reflex.load_weights(list(weights.items()), strict=True)
+        model = ReflexModel(backbone, reflex)
+    except Exception as err:
+        raise ModelError(f"cannot load the adapters in {model_dir}: {_first_line(err)}") from None
+    model.eval()
+    mx.eval(model.parameters())
+    return model, tokenizer, config
+
+
+def states_array(states: list[list[int]]) -> mx.array:
+    return mx.array(np.asarray(states, dtype=np.uint32))
+
+
+class MLXPredictor:
+    """State -> word for one task. The prompt's prefix is computed once, here."""
+
+    def __init__(self, model: ReflexModel, tokenizer, task: str, config: dict):
+        self.model = model
+        self.tokens: PromptTokens = encode_prompt(tokenizer, task, config)
+        self.prefix = model.prefix(mx.array([self.tokens.ids]))
+        mx.eval(self.prefix)
+
+    def embed(self, states: list[list[int]]) -> mx.array:
+        return self.model.step(self.prefix, states_array(states))
+
+    def predict_many(self, states: list[list[int]]) -> list[int]:
+        words = self.model.reflex.decode(self.embed(states))
+        return [int(w) for w in np.array(words)]
+
+    def __call__(self, state: list[int]) -> int:
+        return self.predict_many([state])[0]

@@ -1,0 +1,198 @@
+"""Reflex in MLX: state encoder, gated cross-attention adapters, head and codebook
+around an mlx-lm Qwen2 backbone (DESIGN.md §3).
+
+The adapters are injected by an explicit loop over the backbone's decoder
+layers. Only the real prompt tokens run (no padding: attention is causal, so
+right pads never changed the last real token). Everything up to the first
+adapter does not depend on the machine state, so `prefix()` computes it once
+per prompt and `step()` runs the rest each cycle.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from reflex_core.spec import ADAPTER_HEADS, LAYER_NORM_EPS, STATE_WORDS, adapter_layers
+
+
+@dataclass
+class ReflexArgs:
+    hidden: int
+    embed_dim: int
+    num_instrs: int
+    adapter_mlp_ratio: int
+    adapter_layers: list[int] = field(default_factory=list)
+    adapter_heads: int = ADAPTER_HEADS
+
+    @classmethod
+    def from_config(cls, config: dict) -> "ReflexArgs":
+        layers = config.get("adapter_layers") or adapter_layers(
+            config["num_layers"], config["inject_every"]
+        )
+        return cls(
+            hidden=config["hidden"], embed_dim=config["embed_dim"],
+            num_instrs=config["num_instrs"], adapter_mlp_ratio=config["adapter_mlp_ratio"],
+            adapter_layers=list(layers), adapter_heads=config.get("adapter_heads", ADAPTER_HEADS),
+        )
+
+
+class MLP(nn.Module):
+    def __init__(self, dim: int, hidden_dim: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.fc2 = nn.Linear(hidden_dim, dim)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return self.fc2(nn.gelu(self.fc1(x)))  # exact (erf) GELU, as released
+
+
+class StateEncoder(nn.Module):
+    """65 machine words -> 65 tokens: one embedding per byte, projected, plus a role."""
+
+    def __init__(self, hidden: int):
+        super().__init__()
+        self.role_embed = nn.Embedding(STATE_WORDS, hidden)
+        self.byte_embeds = [nn.Embedding(256, 32) for _ in range(4)]
+        self.value_proj = nn.Linear(4 * 32, hidden)
+        self.norm = nn.LayerNorm(hidden, eps=LAYER_NORM_EPS)
+
+    def __call__(self, words: mx.array) -> mx.array:  # [B, 65] uint32 -> [B, 65, H]
+        parts = [emb((words >> (8 * k)) & 0xFF) for k, emb in enumerate(self.byte_embeds)]
+        return self.norm(self.value_proj(mx.concatenate(parts, axis=-1)) + self.role_embed.weight)
+
+
+class CrossAttention(nn.Module):
+    """Multi-head attention of prompt queries over state keys/values; no mask."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.scale = (dim // heads) ** -0.5
+        self.q_proj = nn.Linear(dim, dim)
+        self.k_proj = nn.Linear(dim, dim)
+        self.v_proj = nn.Linear(dim, dim)
+        self.out_proj = nn.Linear(dim, dim)
+
+    def __call__(self, x: mx.array, kv: mx.array) -> mx.array:
+        B, T, D = x.shape
+        split = lambda t: t.reshape(t.shape[0], t.shape[1], self.heads, -1).transpose(0, 2, 1, 3)
+        q, k, v = split(self.q_proj(x)), split(self.k_proj(kv)), split(self.v_proj(kv))
+        if k.shape[0] != B:
+            k, v = mx.broadcast_to(k, (B, *k.shape[1:])), mx.broadcast_to(v, (B, *v.shape[1:]))
+        out = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale)
+        return self.out_proj(out.transpose(0, 2, 1, 3).reshape(B, T, D))
+
+
+class Adapter(nn.Module):
+    """h + tanh(g_a) * attn(LN(h), kv), then + tanh(g_m) * MLP(LN(.)); in its own dtype."""
+
+    def __init__(self, dim: int, mlp_ratio: int, heads: int):
+        super().__init__()
+        self.norm_q = nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
+        self.attn = CrossAttention(dim, heads)
+        self.attn_gate = mx.zeros((1,))
+        self.norm_mlp = nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
+        self.mlp = MLP(dim, mlp_ratio * dim)
+        self.mlp_gate = mx.zeros((1,))
+
+    def __call__(self, h: mx.array, kv: mx.array) -> mx.array:
+        dtype = self.attn_gate.dtype
+        x, kv = h.astype(dtype), kv.astype(dtype)
+        x = x + mx.tanh(self.attn_gate) * self.attn(self.norm_q(x), kv)
+        x = x + mx.tanh(self.mlp_gate) * self.mlp(self.norm_mlp(x))
+        return x.astype(h.dtype)
+
+
+class Reflex(nn.Module):
+    """The modules `reflex.pt` stores, under MLX names (see `sanitize`)."""
+
+    def __init__(self, args: ReflexArgs):
+        super().__init__()
+        self.args = args
+        H = args.hidden
+        self.state_encoder = StateEncoder(H)
+        self.kv_norm = nn.LayerNorm(H, eps=LAYER_NORM_EPS)
+        self.adapters = [
+            Adapter(H, args.adapter_mlp_ratio, args.adapter_heads) for _ in args.adapter_layers
+        ]
+        self.head_mlp = MLP(H, H)
+        self.embed_head = nn.Linear(H, args.embed_dim)
+        self.instr_table = nn.Embedding(args.num_instrs, args.embed_dim)
+        self.instr_words = mx.zeros((args.num_instrs,), dtype=mx.uint32)
+
+    def encode_state(self, words: mx.array) -> mx.array:
+        return self.kv_norm(self.state_encoder(words))
+
+    def head(self, last_hidden: mx.array) -> mx.array:
+        return self.embed_head(self.head_mlp(last_hidden.astype(self.embed_head.weight.dtype)))
+
+    def scores(self, pred: mx.array) -> mx.array:
+        """Cosine similarity against every codebook row, in float32."""
+        unit = lambda t: t / mx.linalg.norm(t, axis=-1, keepdims=True)
+        table = unit(self.instr_table.weight.astype(mx.float32))
+        return unit(pred.astype(mx.float32)) @ table.T
+
+    def decode(self, pred: mx.array) -> mx.array:
+        return self.instr_words[mx.argmax(self.scores(pred), axis=-1)]
+
+    @staticmethod
+    def sanitize(weights: dict) -> dict:
+        """Map the released PyTorch names (and packing) onto this module's names."""
+        out = {}
+        for key, value in weights.items():
+            if key.endswith("attn.in_proj_weight") or key.endswith("attn.in_proj_bias"):
+                stem = key.rsplit(".", 1)[0]
+                suffix = "weight" if key.endswith("weight") else "bias"
+                q, k, v = mx.split(value, 3, axis=0)  # packed Wq; Wk; Wv rows
+                out.update({f"{stem}.q_proj.{suffix}": q, f"{stem}.k_proj.{suffix}": k,
+                            f"{stem}.v_proj.{suffix}": v})
+                continue
+            if key == "instr_words":
+                value = value.astype(mx.uint32)  # low 32 bits, as the release masks them
+            for torch_name, mlx_name in (("mlp.0.", "mlp.fc1."), ("mlp.2.", "mlp.fc2.")):
+                key = key.replace(torch_name, mlx_name)  # also head_mlp.{0,2}
+            out[key] = value
+        return out
+
+
+class ReflexModel(nn.Module):
+    """An mlx-lm Qwen2 model with the Reflex modules injected after the listed layers."""
+
+    def __init__(self, backbone: nn.Module, reflex: Reflex):
+        super().__init__()
+        self.backbone = backbone.model  # mlx-lm's Qwen2Model: embed_tokens, layers, norm
+        self.reflex = reflex
+        # layer index -> adapter index (ints: a dict of modules would register them twice)
+        self.adapter_index = {layer: i for i, layer in enumerate(reflex.args.adapter_layers)}
+        self.first_adapter = min(reflex.args.adapter_layers)
+        if max(reflex.args.adapter_layers) >= len(self.backbone.layers):
+            raise ValueError("the adapter layers do not fit this backbone")
+
+    def prefix(self, tokens: mx.array) -> mx.array:
+        """Hidden states [1, T, H] up to the first adapter: the same every cycle."""
+        h = self.backbone.embed_tokens(tokens)
+        for layer in self.backbone.layers[: self.first_adapter + 1]:
+            h = layer(h, self._mask(h))
+        return h
+
+    def step(self, prefix: mx.array, states: mx.array) -> mx.array:
+        """Prefix [1 or B, T, H] + states [B, 65] -> predicted embeddings [B, E]."""
+        kv = self.reflex.encode_state(states)
+        h = mx.broadcast_to(prefix, (states.shape[0], *prefix.shape[1:]))
+        for i in range(self.first_adapter, len(self.backbone.layers)):
+            if i > self.first_adapter:
+                h = self.backbone.layers[i](h, self._mask(h))
+            if i in self.adapter_index:
+                h = self.reflex.adapters[self.adapter_index[i]](h, kv)
+        last = self.backbone.norm(h[:, -1, :])  # RMSNorm is per token: the last one suffices
+        return self.reflex.head(last)
+
+    def __call__(self, tokens: mx.array, states: mx.array) -> mx.array:
+        return self.step(self.prefix(tokens), states)
+
+    @staticmethod
+    def _mask(h: mx.array):
+        return "causal" if h.shape[1] > 1 else None

@@ -1,0 +1,105 @@
+"""`reflex-mlx run` on a converted fixture: the trace, the JSON schema, and clean errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from reflex_mlx.cli import main
+
+MEMORY_KEYS = {"0x5000", "0x5200", "0x6000"}
+
+
+def _run(*args):
+    return CliRunner().invoke(main, ["run", *map(str, args)])
+
+
+def test_run_prints_trace_and_outcome(mlx_float32_dir):
+    result = _run("compute 5 factorial", "--model", mlx_float32_dir, "--max-cycles", 12)
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].split()[:3] == ["1", "pc", "0x1000"]
+    assert any(line.startswith("outcome: ") for line in lines)
+    for key in MEMORY_KEYS:
+        assert any(line.startswith(key + ":") and len(line.split()) == 17 for line in lines)
+
+
+def test_json_matches_schema(mlx_float32_dir):
+    result = _run("say hi", "--model", mlx_float32_dir, "--max-cycles", 9, "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)  # exactly one object: trailing text would fail here
+    assert set(report) == {"outcome", "error", "cycles", "memory", "prompt_tokens", "truncated"}
+    assert report["outcome"] in {"halted", "error", "limit"}
+    assert report["error"] is None or isinstance(report["error"], str)
+    assert (report["outcome"] == "error") == (report["error"] is not None)
+    assert 1 <= len(report["cycles"]) <= 9
+    for cycle in report["cycles"]:
+        assert set(cycle) == {"pc", "word", "asm"}
+        assert isinstance(cycle["pc"], int) and 0 <= cycle["word"] < 2**32
+        assert isinstance(cycle["asm"], str) and cycle["asm"]
+    assert set(report["memory"]) == MEMORY_KEYS
+    assert all(len(words) == 16 and all(isinstance(w, int) for w in words)
+               for words in report["memory"].values())
+    assert isinstance(report["prompt_tokens"], int) and report["prompt_tokens"] > 0
+    assert report["truncated"] is False
+
+
+def test_long_prompt_reports_truncation(mlx_float32_dir):
+    result = _run("add 7 and 8 " * 60, "--model", mlx_float32_dir, "--max-cycles", 2, "--json")
+    assert result.exit_code == 0
+    report = json.loads(result.stdout)
+    assert report["truncated"] is True and report["prompt_tokens"] == 96
+    assert "only the first 96" in result.stderr
+
+
+def _assert_one_line_error(result):
+    assert result.exit_code != 0
+    assert "Traceback" not in result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, result.stderr
+
+
+def test_missing_model_dir(tmp_path):
+    _assert_one_line_error(_run("say hi", "--model", tmp_path / "nope"))
+
+
+@pytest.mark.parametrize("damage", ["no_config", "bad_config", "bad_adapters", "no_backbone",
+                                    "wrong_adapter_shape"])
+def test_corrupt_model_dir(mlx_float32_dir, tmp_path, damage):
+    broken = tmp_path / "model"
+    shutil.copytree(mlx_float32_dir, broken)
+    if damage == "no_config":
+        (broken / "config.json").unlink()
+    elif damage == "bad_config":
+        (broken / "config.json").write_text("{not json")
+    elif damage == "bad_adapters":
+        data = (broken / "adapters.safetensors").read_bytes()
+        (broken / "adapters.safetensors").write_bytes(data[: len(data) // 3])
+    elif damage == "no_backbone":
+        shutil.rmtree(broken / "backbone")
+    else:
+        config = json.loads((broken / "config.json").read_text())
+        config["embed_dim"] += 1
+        (broken / "config.json").write_text(json.dumps(config))
+    _assert_one_line_error(_run("say hi", "--model", broken))
+
+
+def test_console_script(mlx_float32_dir):
+    beside = Path(sys.executable).parent / "reflex-mlx"
+    exe = str(beside) if beside.exists() else shutil.which("reflex-mlx")
+    if exe is None:
+        pytest.skip("the reflex-mlx console script is not installed")
+    proc = subprocess.run([exe, "run", "say hi", "--model", str(mlx_float32_dir),
+                           "--max-cycles", "3", "--json"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["prompt_tokens"] > 0
+    bad = subprocess.run([sys.executable, "-m", "reflex_mlx", "run", "x", "--model", "/nonexistent"],
+                         capture_output=True, text=True)
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr
+    assert bad.stderr.strip().count("\n") == 0
