@@ -95,3 +95,36 @@ def run_command(prompt: str, model: Path | None, max_cycles: int, as_json: bool)
 
 
 run_command.name = "run"
+
+
+@main.command(name="eval", help="Run the 41-task evaluation of the released model (DESIGN.md §6).")
+@click.option("--model", type=click.Path(path_type=Path), default=None,
+              help="A converted model directory (default as for `run`).")
+@click.option("--json", "json_out", type=click.Path(path_type=Path), default=None,
+              help="Also write the report as JSON to this file.")
+def eval_command(model: Path | None, json_out: Path | None) -> None:
+    from reflex_core.evaluation import evaluate, format_report
+
+    from .load import MLXPredictor
+
+    reflex, tokenizer, config = _load(model)
+    report = evaluate(
+        lambda prompt: MLXPredictor(reflex, tokenizer, prompt, config).predict_many,
+        progress=True,
+    )
+    name = Path(model).name if model else default_model_dir()[0].name
+    click.echo(format_report(report, name))
+    if json_out is not None:
+        _write_atomically(json_out, json.dumps(report, indent=1) + "\n")
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Write beside the target and rename, so an old report is never half-overwritten."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(text)
+        tmp.replace(path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise click.ClickException(f"cannot write {path}: {err.strerror or err}") from None

@@ -1,0 +1,130 @@
+"""The 41-task evaluation of DESIGN.md §6, for any backend.
+
+A backend supplies `make_predictor(prompt) -> predict_many(states) -> words`;
+this module runs every task under the eval's cycle limit, applies the checks
+of §5 and lays out the report beside the published scores of the release.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from importlib import resources
+from typing import Callable, Sequence
+
+from .loop import RunResult, check, run_many
+from .spec import DATA_ADDR, DEST_ADDR, DISPLAY_ADDR, EVAL_MAX_CYCLES
+
+BatchPredictor = Callable[[list[list[int]]], Sequence[int]]
+
+
+@dataclass(frozen=True)
+class Task:
+    section: str
+    tag: str
+    prompt: str
+    check: str  # mem | seq | dst | disp
+    expected: object
+    repeat: int = 1
+
+
+def load_eval() -> dict:
+    """The task table and the published scores, as stored in reflex_core/data."""
+    text = resources.files("reflex_core").joinpath("data/eval_tasks.json").read_text()
+    return json.loads(text)
+
+
+def load_tasks() -> list[Task]:
+    return [Task(**row) for row in load_eval()["tasks"]]
+
+
+def observed(result: RunResult, task: Task):
+    """What memory holds where the task's check looks, in the check's own terms."""
+    if task.check == "mem":
+        return result.words(DATA_ADDR, 1)[0]
+    if task.check == "disp":
+        words = result.words(DISPLAY_ADDR, len(task.expected))
+        return "".join(chr(w) if 32 <= w < 127 else "?" for w in words)
+    base = DATA_ADDR if task.check == "seq" else DEST_ADDR
+    return result.words(base, len(task.expected))
+
+
+def evaluate(
+    make_predictor: Callable[[str], BatchPredictor],
+    max_cycles: int = EVAL_MAX_CYCLES,
+    progress: bool = False,
+    on_states: Callable[[str, list[list[int]], Sequence[int]], None] | None = None,
+) -> dict:
+    """Run all tasks; returns {"passed", "total", "sections": {name: {...rows}}}.
+
+    Repeated tasks run in one batch under one prompt. `on_states(prompt,
+    states, words)` sees every batch of states and the words chosen for them,
+    so a second backend can be scored on exactly the same states.
+    """
+    tasks = load_tasks()
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=sum(t.repeat for t in tasks), desc="eval", unit="run", leave=False)
+    sections: dict[str, dict] = {}
+    for task in tasks:
+        predict = make_predictor(task.prompt)
+        if on_states is not None:
+            inner = predict
+
+            def predict(states, inner=inner, prompt=task.prompt):
+                words = inner(states)
+                on_states(prompt, states, words)
+                return words
+
+        results = run_many(predict, task.repeat, max_cycles=max_cycles)
+        section = sections.setdefault(task.section, {"passed": 0, "total": 0, "rows": []})
+        for result in results:
+            passed = check(result, task.check, task.expected)
+            section["rows"].append({
+                "tag": task.tag, "prompt": task.prompt, "ops": len(result.cycles),
+                "halted": result.halted, "outcome": result.outcome, "error": result.error,
+                "result": observed(result, task), "expected": task.expected, "pass": passed,
+            })
+            section["passed"] += passed
+            section["total"] += 1
+        if bar is not None:
+            bar.update(task.repeat)
+    if bar is not None:
+        bar.close()
+    return {
+        "passed": sum(s["passed"] for s in sections.values()),
+        "total": sum(s["total"] for s in sections.values()),
+        "sections": sections,
+    }
+
+
+def _cell(value) -> str:
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
+
+
+def format_report(report: dict, model_name: str) -> str:
+    """Tables shaped like the published one, with the release's scores beside ours."""
+    published = load_eval()["published"]
+    lines = []
+    header = ("tag", "ops", "halted", "result", "expected", "pass")
+    for name, section in report["sections"].items():
+        rows = [header] + [
+            (r["tag"], str(r["ops"]), _cell(r["halted"]), _cell(r["result"]),
+             _cell(r["expected"]), "PASS" if r["pass"] else "fail")
+            for r in section["rows"]
+        ]
+        widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+        lines.append(f"## {name}: {section['passed']}/{section['total']}"
+                     f"   (released 7B: {published['sections'][name]}/{section['total']})")
+        for row in rows:
+            lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+        lines.append("")
+    lines.append(f"total: {report['passed']}/{report['total']} ({model_name})   "
+                 f"released 7B: {published['total']}/{report['total']} ({published['model']})")
+    return "\n".join(lines)
