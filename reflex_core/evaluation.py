@@ -49,50 +49,82 @@ def observed(result: RunResult, task: Task):
     return result.words(base, len(task.expected))
 
 
+def _group_by_prompt(prompts: list[str], indices: Sequence[int]) -> dict[str, list[int]]:
+    """Positions in `indices` of each prompt's programs."""
+    groups: dict[str, list[int]] = {}
+    for pos, i in enumerate(indices):
+        groups.setdefault(prompts[i], []).append(pos)
+    return groups
+
+
+def per_prompt(make_predictor: Callable[[str], BatchPredictor], prompts: list[str]):
+    """Adapt a one-prompt predictor factory to the lockstep (indices, states) form."""
+    predictors = {p: make_predictor(p) for p in dict.fromkeys(prompts)}
+
+    def predict(indices, states):
+        words = [0] * len(indices)
+        for prompt, positions in _group_by_prompt(prompts, indices).items():
+            for pos, word in zip(positions, predictors[prompt]([states[k] for k in positions])):
+                words[pos] = word
+        return words
+
+    return predict
+
+
 def evaluate(
-    make_predictor: Callable[[str], BatchPredictor],
+    make_predictor: Callable[[str], BatchPredictor] | None = None,
+    *,
+    make_batch_predictor: Callable[[list[str]], Callable] | None = None,
     max_cycles: int = EVAL_MAX_CYCLES,
     progress: bool = False,
     on_states: Callable[[str, list[list[int]], Sequence[int]], None] | None = None,
 ) -> dict:
-    """Run all tasks; returns {"passed", "total", "sections": {name: {...rows}}}.
+    """Run all 41 programs in lockstep; returns {"passed", "total", "sections"}.
 
-    Repeated tasks run in one batch under one prompt. `on_states(prompt,
-    states, words)` sees every batch of states and the words chosen for them,
-    so a second backend can be scored on exactly the same states.
+    Give either `make_predictor(prompt) -> predict_many(states)` or
+    `make_batch_predictor(prompts) -> predict(indices, states)` (one model call
+    per cycle for every program still running). `on_states(prompt, states,
+    words)` sees every state and the word chosen for it, so a second backend
+    can be scored on exactly the same states.
     """
-    tasks = load_tasks()
+    runs = [task for task in load_tasks() for _ in range(task.repeat)]
+    prompts = [task.prompt for task in runs]
+    if make_batch_predictor is not None:
+        predict = make_batch_predictor(prompts)
+    else:
+        predict = per_prompt(make_predictor, prompts)
+
     bar = None
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=sum(t.repeat for t in tasks), desc="eval", unit="run", leave=False)
-    sections: dict[str, dict] = {}
-    for task in tasks:
-        predict = make_predictor(task.prompt)
+        bar = tqdm(total=max_cycles, desc="eval", unit="cycle", leave=False)
+
+    def observed_predict(indices, states):
+        words = predict(indices, states)
         if on_states is not None:
-            inner = predict
-
-            def predict(states, inner=inner, prompt=task.prompt):
-                words = inner(states)
-                on_states(prompt, states, words)
-                return words
-
-        results = run_many(predict, task.repeat, max_cycles=max_cycles)
-        section = sections.setdefault(task.section, {"passed": 0, "total": 0, "rows": []})
-        for result in results:
-            passed = check(result, task.check, task.expected)
-            section["rows"].append({
-                "tag": task.tag, "prompt": task.prompt, "ops": len(result.cycles),
-                "halted": result.halted, "outcome": result.outcome, "error": result.error,
-                "result": observed(result, task), "expected": task.expected, "pass": passed,
-            })
-            section["passed"] += passed
-            section["total"] += 1
+            for prompt, positions in _group_by_prompt(prompts, indices).items():
+                on_states(prompt, [states[k] for k in positions], [words[k] for k in positions])
         if bar is not None:
-            bar.update(task.repeat)
+            bar.set_postfix(running=len(indices))
+            bar.update(1)
+        return words
+
+    results = run_many(observed_predict, len(runs), max_cycles=max_cycles, with_indices=True)
     if bar is not None:
         bar.close()
+
+    sections: dict[str, dict] = {}
+    for task, result in zip(runs, results):
+        passed = check(result, task.check, task.expected)
+        section = sections.setdefault(task.section, {"passed": 0, "total": 0, "rows": []})
+        section["rows"].append({
+            "tag": task.tag, "prompt": task.prompt, "ops": len(result.cycles),
+            "halted": result.halted, "outcome": result.outcome, "error": result.error,
+            "result": observed(result, task), "expected": task.expected, "pass": passed,
+        })
+        section["passed"] += passed
+        section["total"] += 1
     return {
         "passed": sum(s["passed"] for s in sections.values()),
         "total": sum(s["total"] for s in sections.values()),

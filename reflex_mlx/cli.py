@@ -105,11 +105,11 @@ run_command.name = "run"
 def eval_command(model: Path | None, json_out: Path | None) -> None:
     from reflex_core.evaluation import evaluate, format_report
 
-    from .load import MLXPredictor
+    from .load import MLXBatchPredictor
 
     reflex, tokenizer, config = _load(model)
     report = evaluate(
-        lambda prompt: MLXPredictor(reflex, tokenizer, prompt, config).predict_many,
+        make_batch_predictor=lambda prompts: MLXBatchPredictor(reflex, tokenizer, prompts, config),
         progress=True,
     )
     name = Path(model).name if model else default_model_dir()[0].name

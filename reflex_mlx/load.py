@@ -78,3 +78,28 @@ class MLXPredictor:
 
     def __call__(self, state: list[int]) -> int:
         return self.predict_many([state])[0]
+
+
+class MLXBatchPredictor:
+    """Many prompts in lockstep: one model call per cycle for every unfinished program.
+
+    The prompts are right-padded into one prefix batch, computed once; each
+    call gathers the rows of the programs still running.
+    """
+
+    def __init__(self, model: ReflexModel, tokenizer, prompts: list[str], config: dict):
+        self.model = model
+        self.tokens = [encode_prompt(tokenizer, p, config) for p in prompts]
+        width = max(len(t.ids) for t in self.tokens)
+        pad = tokenizer.pad_token_id or 0
+        ids = [t.ids + [pad] * (width - len(t.ids)) for t in self.tokens]
+        self.prefix = model.prefix(mx.array(ids))
+        self.last = np.array([len(t.ids) - 1 for t in self.tokens])
+        mx.eval(self.prefix)
+
+    def __call__(self, indices: list[int], states: list[list[int]]) -> list[int]:
+        rows = np.asarray(indices)
+        width = int(self.last[rows].max()) + 1  # drop columns that are padding for all rows
+        prefix = self.prefix[mx.array(rows), :width]
+        pred = self.model.step(prefix, states_array(states), mx.array(self.last[rows]))
+        return [int(w) for w in np.array(self.model.reflex.decode(pred))]

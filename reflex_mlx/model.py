@@ -178,8 +178,20 @@ class ReflexModel(nn.Module):
             h = layer(h, self._mask(h))
         return h
 
-    def step(self, prefix: mx.array, states: mx.array) -> mx.array:
-        """Prefix [1 or B, T, H] + states [B, 65] -> predicted embeddings [B, E]."""
+    def step(
+        self, prefix: mx.array, states: mx.array, last: mx.array | None = None,
+        capture: dict | None = None,
+    ) -> mx.array:
+        """Prefix [1 or B, T, H] + states [B, 65] -> predicted embeddings [B, E].
+
+        Prompts of different lengths batch by right padding: under the causal
+        mask the pads after a prompt never reach its real tokens, so `last`
+        (each row's last real position) reads exactly the unpadded result.
+
+        `capture`, when given, receives the intermediate values the parity suite
+        compares: "kv" (the encoded state), each adapter layer's index -> the
+        hidden state after that layer and its adapter at the last token, "pred".
+        """
         kv = self.reflex.encode_state(states)
         h = mx.broadcast_to(prefix, (states.shape[0], *prefix.shape[1:]))
         for i in range(self.first_adapter, len(self.backbone.layers)):
@@ -187,11 +199,19 @@ class ReflexModel(nn.Module):
                 h = self.backbone.layers[i](h, self._mask(h))
             if i in self.adapter_index:
                 h = self.reflex.adapters[self.adapter_index[i]](h, kv)
-        last = self.backbone.norm(h[:, -1, :])  # RMSNorm is per token: the last one suffices
-        return self.reflex.head(last)
+            if capture is not None and i in self.adapter_index:
+                capture[i] = self._pool(h, last)
+        pred = self.reflex.head(self.backbone.norm(self._pool(h, last)))  # RMSNorm is per token
+        if capture is not None:
+            capture.update(kv=kv, pred=pred)
+        return pred
 
     def __call__(self, tokens: mx.array, states: mx.array) -> mx.array:
         return self.step(self.prefix(tokens), states)
+
+    @staticmethod
+    def _pool(h: mx.array, last: mx.array | None) -> mx.array:
+        return h[:, -1, :] if last is None else h[mx.arange(h.shape[0]), last]
 
     @staticmethod
     def _mask(h: mx.array):
