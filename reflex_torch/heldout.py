@@ -1,0 +1,137 @@
+"""Per-step top-1 of a trained Reflex model on the programs its training held out.
+
+    python -m reflex_torch.heldout OUT [--all-prompts] [--max-samples N]
+
+`reflex_torch.train` writes OUT/heldout.json (the held-out programs' words and
+prompts) next to OUT/reflex.pt. This module replays those programs on the
+shared machine to rebuild every held-out cycle, loads the model the way
+inference does (`load_reflex`), and scores teacher-forced next-word top-1.
+The training loop calls the same `top1` on the same pairs, so its eval numbers
+and this module's agree (exactly on CPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from reflex_core.corpus import CorpusProgram, replay
+from reflex_core.prompt import encode_prompt, padded
+
+HELDOUT_FILE = "heldout.json"
+EVAL_SEED = 0  # the fixed sample of (cycle, prompt) pairs the training eval uses
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One held-out cycle under one prompt: the state, the word the program wants, the prompt."""
+
+    state: list[int]
+    word: int
+    prompt: str
+    program: int  # index into the held-out list
+
+
+def read_heldout(out_dir: Path | str) -> list[dict]:
+    data = json.loads(Path(out_dir, HELDOUT_FILE).read_text())
+    return data["programs"]
+
+
+def heldout_cycles(entries: list[dict]) -> list[list[tuple[list[int], int]]]:
+    """Replay each held-out program (words as hex strings) into its (state, word) cycles."""
+    cycles = []
+    for entry in entries:
+        program = CorpusProgram(
+            category=entry.get("category", ""), family=entry.get("family", ""),
+            instruction=entry["prompts"][0], variants=list(entry["prompts"]),
+            words=[int(w, 16) for w in entry["words"]], expected_result={}, num_ops=0,
+        )
+        cycles.append(replay(program))
+    return cycles
+
+
+def make_pairs(
+    entries: list[dict], cycles: list[list[tuple[list[int], int]]],
+    all_prompts: bool = False, max_samples: int | None = None, seed: int = EVAL_SEED,
+) -> list[Pair]:
+    """Every cycle with its program's first prompt (or with every prompt), optionally a fixed subsample."""
+    pairs = []
+    for index, (entry, program_cycles) in enumerate(zip(entries, cycles)):
+        prompts = entry["prompts"] if all_prompts else entry["prompts"][:1]
+        for prompt in prompts:
+            pairs += [Pair(state, word, prompt, index) for state, word in program_cycles]
+    if max_samples is not None and len(pairs) > max_samples:
+        chosen = sorted(random.Random(seed).sample(range(len(pairs)), max_samples))
+        pairs = [pairs[i] for i in chosen]
+    return pairs
+
+
+@torch.no_grad()
+def predict(model, tokenizer, config: dict, pairs: list[Pair], batch: int = 64) -> list[int]:
+    """The decoded word for each pair; prompts right-padded to each batch's longest."""
+    device = next(model.reflex.parameters()).device
+    tokens = {}
+    words = []
+    for start in range(0, len(pairs), batch):
+        chunk = pairs[start : start + batch]
+        for pair in chunk:
+            if pair.prompt not in tokens:
+                tokens[pair.prompt] = encode_prompt(tokenizer, pair.prompt, config)
+        length = max(len(tokens[p.prompt].ids) for p in chunk)
+        rows = [padded(tokens[p.prompt], length, tokenizer.pad_token_id) for p in chunk]
+        input_ids = torch.tensor([ids for ids, _ in rows], device=device)
+        mask = torch.tensor([m for _, m in rows], device=device)
+        states = torch.tensor([p.state for p in chunk], dtype=torch.int64, device=device)
+        words += model.reflex.decode(model(input_ids, mask, states))
+    return words
+
+
+def top1(model, tokenizer, config: dict, pairs: list[Pair], batch: int = 64) -> tuple[int, list[int]]:
+    """(number of pairs whose predicted word is the program's word, the predictions)."""
+    predicted = predict(model, tokenizer, config, pairs, batch)
+    return sum(p == pair.word for p, pair in zip(predicted, pairs)), predicted
+
+
+def main(argv: list[str] | None = None) -> float:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", type=Path, help="training output folder (reflex.pt, heldout.json)")
+    parser.add_argument("--all-prompts", action="store_true", help="every prompt of each program, not just the first")
+    parser.add_argument("--max-samples", type=int, default=None, help="cap on (cycle, prompt) pairs (fixed subsample)")
+    parser.add_argument("--backbone", default=None, help="override the checkpoint's backbone_id")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch", type=int, default=64)
+    args = parser.parse_args(argv)
+
+    from .load import load_reflex
+
+    if not (args.out / HELDOUT_FILE).exists():
+        sys.exit(f"error: no {HELDOUT_FILE} in {args.out} (written by python -m reflex_torch.train)")
+    started = time.time()
+    model, tokenizer, config = load_reflex(
+        args.out / "reflex.pt", backbone=args.backbone, device=args.device,
+        backbone_dtype=torch.float32 if args.device == "cpu" else None,
+    )
+    entries = read_heldout(args.out)
+    cycles = heldout_cycles(entries)
+    pairs = make_pairs(entries, cycles, args.all_prompts, args.max_samples)
+    correct, predicted = top1(model, tokenizer, config, pairs, args.batch)
+
+    # A program counts as fully right when every one of its cycles (first prompt) was right.
+    wrong = {pair.program for pair, word in zip(pairs, predicted) if word != pair.word}
+    seen = {pair.program for pair in pairs}
+    accuracy = correct / max(len(pairs), 1)
+    print(f"held-out per-step top-1: {100 * accuracy:.2f}% ({len(pairs)} cycles)")
+    print(f"held-out programs with every scored cycle right: {len(seen - wrong)}/{len(seen)} "
+          f"({time.time() - started:.0f}s)")
+    return accuracy
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,487 @@
+"""Train a Reflex model on the corpus and write it in the released format.
+
+    python -m reflex_torch.train --out runs/small --steps 8000 --batch 256 --time-limit 540
+    python -m reflex_torch.train --out runs/small --resume          # continue a stopped run
+    python -m reflex_torch.heldout runs/small                      # score the held-out programs
+
+Without --backbone a new small Qwen2 (and its own tokenizer) is trained from
+scratch together with the adapters; with --backbone a pretrained Qwen2 is
+loaded, frozen, and only the Reflex modules learn (the released recipe,
+DESIGN.md §7). Samples are (state, word) cycles from replaying every corpus
+program on the shared machine; 5% of the distinct programs are held out, and
+no prompt equal to one of the evaluation prompts is trained on.
+
+OUT gets reflex.pt (DESIGN.md §2 format), backbone/ (the from-scratch
+backbone and tokenizer, which `load_reflex` finds via backbone_id "backbone"),
+heldout.json, curve.jsonl and train_state.pt (for --resume).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import reflex_core
+from reflex_core.corpus import find_corpus, load_programs, replay
+from reflex_core.hub import resolve_backbone
+from reflex_core.prompt import encode_prompt
+from reflex_core.spec import SYSTEM_PROMPT, adapter_layers
+
+from .heldout import HELDOUT_FILE, heldout_cycles, make_pairs, top1
+from .model import Reflex, ReflexModel
+
+EVAL_TASKS = Path(reflex_core.__file__).parent / "data" / "eval_tasks.json"
+STATE_FILE = "train_state.pt"
+BACKBONE_DIR = "backbone"
+MAX_FLOAT32_BACKBONE_BYTES = 16 * 2**20  # bigger from-scratch backbones are saved in bfloat16
+
+# On --resume these come from the saved run, so the data split and the model are the same.
+RUN_DEFINING_ARGS = (
+    "corpus", "families", "max_programs", "heldout_fraction", "seed", "backbone", "hidden",
+    "layers", "heads", "kv_heads", "intermediate", "vocab", "rope_theta", "embed_dim",
+    "adapter_mlp_ratio", "inject_every", "max_instr_tokens", "temperature", "eval_samples",
+)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/train_state.pt")
+    # data
+    p.add_argument("--corpus", default=None, help="corpus folder (default: find_corpus())")
+    p.add_argument("--families", default=None, help="comma-separated families to train on (default: all)")
+    p.add_argument("--max-programs", type=int, default=None, help="random subset of distinct programs (tests)")
+    p.add_argument("--heldout-fraction", type=float, default=0.05)
+    p.add_argument("--seed", type=int, default=0)
+    # model
+    p.add_argument("--backbone", default=None, help="pretrained Qwen2 (hub id or folder), frozen")
+    p.add_argument("--hidden", type=int, default=192)
+    p.add_argument("--layers", type=int, default=8)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--kv-heads", type=int, default=2)
+    p.add_argument("--intermediate", type=int, default=512)
+    p.add_argument("--vocab", type=int, default=1024)
+    p.add_argument("--rope-theta", type=float, default=1e6)
+    p.add_argument("--embed-dim", type=int, default=None, help="default 128 from scratch, 256 pretrained")
+    p.add_argument("--adapter-mlp-ratio", type=int, default=4)
+    p.add_argument("--inject-every", type=int, default=4)
+    p.add_argument("--max-instr-tokens", type=int, default=96)
+    # optimisation
+    p.add_argument("--steps", type=int, default=8000)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--lr", type=float, default=None, help="default 1e-3 from scratch, 1e-4 pretrained")
+    p.add_argument("--min-lr", type=float, default=None, help="default lr / 100")
+    p.add_argument("--warmup", type=int, default=200)
+    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--temperature", type=float, default=0.07)
+    p.add_argument("--grad-clip", type=float, default=1.0)
+    p.add_argument("--bf16", choices=("auto", "on", "off"), default="auto",
+                   help="bf16 autocast of the forward (auto: on with CUDA)")
+    p.add_argument("--device", default=None)
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (1 avoids stalls on a busy small CPU)")
+    # progress, checkpoints
+    p.add_argument("--log-every", type=int, default=50)
+    p.add_argument("--eval-every", type=int, default=500)
+    p.add_argument("--eval-samples", type=int, default=2000)
+    p.add_argument("--eval-batch", type=int, default=128)
+    p.add_argument("--save-every", type=int, default=1000)
+    p.add_argument("--save-backbone-dtype", choices=("auto", "float32", "bfloat16"), default="auto",
+                   help=f"auto: float32 unless that exceeds {MAX_FLOAT32_BACKBONE_BYTES >> 20} MiB")
+    p.add_argument("--time-limit", type=float, default=None, help="stop cleanly (saving) after this many seconds")
+    p.add_argument("--stop-at", type=int, default=None, help="stop cleanly (saving) after this step")
+    args = p.parse_args(argv)
+    pretrained = args.backbone is not None
+    if args.embed_dim is None:
+        args.embed_dim = 256 if pretrained else 128
+    if args.lr is None:
+        args.lr = 1e-4 if pretrained else 1e-3
+    if args.min_lr is None:
+        args.min_lr = args.lr / 100
+    return args
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def normalise(prompt: str) -> str:
+    return " ".join(prompt.lower().split())
+
+
+def eval_prompts() -> set[str]:
+    """The evaluation prompts (normalised): never trained on."""
+    return {normalise(task["prompt"]) for task in json.loads(EVAL_TASKS.read_text())["tasks"]}
+
+
+@dataclass
+class Split:
+    train: list[dict]  # distinct programs: {"program": CorpusProgram, "prompts": [...]}
+    heldout: list[dict]  # the heldout.json entries: words as hex, all prompts
+    counts: dict
+
+
+def split_programs(args) -> Split:
+    """Group programs by their words, hold out a fraction of the groups, drop eval prompts."""
+    root = Path(args.corpus) if args.corpus else find_corpus()
+    if root is None or not (root / "programs").is_dir():
+        sys.exit(f"error: no training corpus at {root or '(none found)'}: pass --corpus DIR or set REFLEX_CORPUS")
+    programs = load_programs(root)
+    if args.families:
+        wanted = set(args.families.split(","))
+        programs = [p for p in programs if p.family in wanted]
+        if not programs:
+            sys.exit(f"error: no programs in families {sorted(wanted)}")
+
+    groups: dict[tuple, dict] = {}
+    for program in programs:
+        group = groups.setdefault(tuple(program.words), {"program": program, "prompts": {}})
+        group["prompts"].update(dict.fromkeys(program.variants))  # ordered union
+    distinct = list(groups.values())
+    if args.max_programs and len(distinct) > args.max_programs:
+        chosen = random.Random(args.seed).sample(range(len(distinct)), args.max_programs)
+        distinct = [distinct[i] for i in sorted(chosen)]
+
+    n_held = max(1, round(args.heldout_fraction * len(distinct))) if len(distinct) > 1 else 0
+    held = set(random.Random(args.seed + 1).sample(range(len(distinct)), n_held))
+    forbidden = eval_prompts()
+    train, heldout, removed, removed_distinct = [], [], 0, set()
+    for index, group in enumerate(distinct):
+        program, prompts = group["program"], list(group["prompts"])
+        if index in held:
+            heldout.append({
+                "family": program.family, "category": program.category,
+                "words": [f"{w:08x}" for w in program.words], "prompts": prompts,
+            })
+            continue
+        kept = [p for p in prompts if normalise(p) not in forbidden]
+        removed += len(prompts) - len(kept)
+        removed_distinct |= {normalise(p) for p in prompts} & forbidden
+        if kept:
+            train.append({"program": program, "prompts": kept})
+    counts = {
+        "corpus": str(root), "programs": len(programs), "distinct_programs": len(groups),
+        "used_programs": len(distinct), "heldout_programs": len(heldout), "train_programs": len(train),
+        "removed_eval_prompt_pairs": removed, "removed_eval_prompts_distinct": len(removed_distinct),
+        "eval_prompts_distinct": len(forbidden),
+    }
+    return Split(train, heldout, counts)
+
+
+class Samples:
+    """Every training cycle and every pre-tokenized prompt, as tensors on the device."""
+
+    def __init__(self, train: list[dict], cycles: list, codebook: list[int], tokenizer, config: dict, device):
+        row_of = {word: row for row, word in enumerate(codebook)}
+        states, targets, owners = [], [], []
+        for index, program_cycles in enumerate(cycles):
+            for state, word in program_cycles:
+                states.append(state)
+                targets.append(row_of[word])
+                owners.append(index)
+        prompt_ids: dict[str, int] = {}
+        flat, start, count = [], [], []
+        for group in train:
+            start.append(len(flat))
+            count.append(len(group["prompts"]))
+            flat += [prompt_ids.setdefault(p, len(prompt_ids)) for p in group["prompts"]]
+        tokens = [encode_prompt(tokenizer, p, config) for p in prompt_ids]
+        self.truncated = sum(t.truncated for t in tokens)
+        length = max(len(t.ids) for t in tokens)
+        ids = [t.ids + [tokenizer.pad_token_id] * (length - len(t.ids)) for t in tokens]
+
+        def tensor(values, dtype=torch.int64):
+            return torch.tensor(values, dtype=dtype, device=device)
+
+        self.states, self.targets, self.owner = tensor(states), tensor(targets), tensor(owners)
+        self.prompt_ids, self.prompt_len = tensor(ids), tensor([len(t.ids) for t in tokens])
+        self.start, self.count, self.flat = tensor(start), tensor(count), tensor(flat)
+        self.num_prompts, self.max_prompt_len = len(tokens), length
+
+    def __len__(self) -> int:
+        return self.states.shape[0]
+
+    def batch(self, size: int, generator: torch.Generator):
+        """Random cycles, each under a random prompt of its program, right-padded to the longest."""
+        device = self.states.device
+        idx = torch.randint(len(self), (size,), device=device, generator=generator)
+        owner = self.owner[idx]
+        pick = (torch.rand(size, device=device, generator=generator) * self.count[owner]).long()
+        prompt = self.flat[self.start[owner] + pick]
+        lengths = self.prompt_len[prompt]
+        width = int(lengths.max())
+        ids = self.prompt_ids[prompt, :width]
+        mask = (torch.arange(width, device=device) < lengths[:, None]).long()
+        return ids, mask, self.states[idx], self.targets[idx]
+
+
+# ---------------------------------------------------------------------------- model
+
+
+def build_backbone(args, train_prompts: list[str], device, resume: bool):
+    """(causal LM or None, Qwen2 base model, tokenizer, backbone_id)."""
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM, Qwen2Model
+
+    if args.backbone:  # the released recipe: a pretrained backbone, frozen, bf16 on CUDA
+        source = resolve_backbone(args.backbone)
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        backbone = Qwen2Model.from_pretrained(source, dtype=dtype).to(device)
+        backbone.requires_grad_(False)
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        backbone_id = str(Path(source).resolve()) if Path(source).exists() else source
+        return None, backbone, tokenizer, backbone_id
+
+    from .tokenizer import train_tokenizer
+
+    if resume:
+        tokenizer = AutoTokenizer.from_pretrained(args.out / BACKBONE_DIR)
+    else:  # on the texts as the model sees them, so the fixed system message merges into few tokens
+        texts = [f"system\n{SYSTEM_PROMPT}\nuser\n{p}\nassistant\n" for p in train_prompts]
+        tokenizer = as_loaded(train_tokenizer(texts, args.vocab))
+    qwen_config = Qwen2Config(
+        vocab_size=len(tokenizer), hidden_size=args.hidden, intermediate_size=args.intermediate,
+        num_hidden_layers=args.layers, num_attention_heads=args.heads,
+        num_key_value_heads=args.kv_heads, max_position_embeddings=512, rope_theta=args.rope_theta,
+        rms_norm_eps=1e-6, tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id, bos_token_id=None,
+    )
+    causal = Qwen2ForCausalLM(qwen_config).to(device)
+    return causal, causal.model, tokenizer, BACKBONE_DIR
+
+
+def as_loaded(tokenizer):
+    """The tokenizer exactly as AutoTokenizer will load it from the saved backbone folder.
+
+    transformers 5 loads a folder whose config says qwen2 as Qwen2Tokenizer, which
+    keeps the vocab and merges but rebuilds Qwen2's own normalizer and pre-tokenizer.
+    Training with the reloaded one makes training and inference see the same ids
+    (and the tokenizer.json saved from it spells that pipeline out for any loader).
+    """
+    from transformers import AutoTokenizer, Qwen2Config
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer.save_pretrained(tmp)
+        Qwen2Config().save_pretrained(tmp)
+        return AutoTokenizer.from_pretrained(tmp)
+
+
+def lr_at(step: int, args) -> float:
+    """Linear warmup, then cosine from lr to min_lr over the remaining steps."""
+    if step < args.warmup:
+        return args.lr * (step + 1) / args.warmup
+    progress = min(1.0, (step - args.warmup) / max(1, args.steps - args.warmup))
+    return args.min_lr + 0.5 * (args.lr - args.min_lr) * (1 + math.cos(math.pi * progress))
+
+
+def count_params(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())  # parameters() counts tied weights once
+
+
+# ------------------------------------------------------------------------ saving
+
+
+def atomic_save(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def write_release(out: Path, reflex: Reflex, config: dict, causal, tokenizer, args) -> None:
+    """OUT/reflex.pt as released (float32, int64 instr_words) and, from scratch, OUT/backbone/."""
+    state = {
+        k: (v.detach().to("cpu", torch.int64) if k == "instr_words" else v.detach().to("cpu", torch.float32)).contiguous()
+        for k, v in reflex.state_dict().items()
+    }
+    atomic_save({"state": state, "config": dict(config)}, out / "reflex.pt")
+    if causal is None:
+        return
+    dtype = args.save_backbone_dtype
+    if dtype == "auto":
+        dtype = "float32" if 4 * count_params(causal) <= MAX_FLOAT32_BACKBONE_BYTES else "bfloat16"
+    from transformers import Qwen2ForCausalLM
+
+    copy = Qwen2ForCausalLM(causal.config).to(getattr(torch, dtype))  # a hook-free copy on the CPU
+    copy.load_state_dict(causal.state_dict())
+    tmp, old, final = out / (BACKBONE_DIR + ".tmp"), out / (BACKBONE_DIR + ".old"), out / BACKBONE_DIR
+    shutil.rmtree(tmp, ignore_errors=True)
+    copy.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    if final.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def write_state(out: Path, step: int, model, optimizer, generator, args) -> None:
+    trainable = {k: v for k, v in model.state_dict().items()} if args.backbone is None else model.reflex.state_dict()
+    atomic_save({
+        "step": step, "model": trainable, "optimizer": optimizer.state_dict(),
+        "sampler": generator.get_state(), "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+    }, out / STATE_FILE)
+
+
+def log(out: Path, record: dict, line: str) -> None:
+    print(line, flush=True)
+    with open(out / "curve.jsonl", "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+# -------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> dict:
+    started = time.time()
+    args = parse_args(argv)
+    out = args.out
+    saved = None
+    if args.resume:
+        if not (out / STATE_FILE).exists():
+            sys.exit(f"error: --resume but no {out / STATE_FILE}")
+        saved = torch.load(out / STATE_FILE, map_location="cpu", weights_only=False)
+        for key in RUN_DEFINING_ARGS:
+            setattr(args, key, saved["args"][key])
+    out.mkdir(parents=True, exist_ok=True)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    torch.set_float32_matmul_precision("high")  # TF32 on CUDA
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    use_bf16 = args.bf16 == "on" or (args.bf16 == "auto" and device.type == "cuda")
+    torch.manual_seed(args.seed)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # no "Writing model shards" bar at every save
+
+    # Data: the split, the held-out list, the codebook over every cycle of the corpus.
+    split = split_programs(args)
+    c = split.counts
+    (out / HELDOUT_FILE).write_text(json.dumps(
+        {"seed": args.seed, "fraction": args.heldout_fraction, "counts": c, "programs": split.heldout}, indent=1))
+    held_cycles = heldout_cycles(split.heldout)
+    train_prompts = list(dict.fromkeys(p for g in split.train for p in g["prompts"]))
+    train_cycles = [replay(g["program"]) for g in split.train]
+    codebook = sorted({w for cycles in train_cycles + held_cycles for _, w in cycles})
+
+    causal, backbone, tokenizer, backbone_id = build_backbone(args, train_prompts, device, args.resume)
+    config = {
+        "backbone_id": backbone_id, "hidden": backbone.config.hidden_size,
+        "inject_every": args.inject_every, "adapter_mlp_ratio": args.adapter_mlp_ratio,
+        "max_instr_tokens": args.max_instr_tokens, "embed_dim": args.embed_dim,
+        "num_instrs": len(codebook), "chat_template": True, "context_prefix": False,
+    }
+    reflex = Reflex(config, len(adapter_layers(backbone.config.num_hidden_layers, args.inject_every)))
+    reflex.instr_words.copy_(torch.tensor(codebook, dtype=torch.int64))
+    reflex.to(device)
+    model = ReflexModel(backbone, reflex)
+    samples = Samples(split.train, train_cycles, codebook, tokenizer, config, device)
+    del train_cycles
+    eval_pairs = make_pairs(split.heldout, held_cycles, all_prompts=True, max_samples=args.eval_samples)
+
+    print(f"corpus {c['corpus']}: {c['programs']} programs, {c['distinct_programs']} distinct by words"
+          + (f", {c['used_programs']} used" if c["used_programs"] != c["distinct_programs"] else ""))
+    print(f"held out {c['heldout_programs']} programs ({sum(map(len, held_cycles))} cycles, "
+          f"{sum(len(e['prompts']) for e in split.heldout)} prompts) -> {out / HELDOUT_FILE}")
+    print(f"removed {c['removed_eval_prompt_pairs']} (program, prompt) pairs matching "
+          f"{c['removed_eval_prompts_distinct']} of the {c['eval_prompts_distinct']} distinct eval prompts")
+    print(f"train: {c['train_programs']} programs, {samples.num_prompts} distinct prompts "
+          f"({int(samples.count.sum())} program-prompt pairs, longest {samples.max_prompt_len} tokens, "
+          f"{samples.truncated} truncated), {len(samples)} samples; codebook {len(codebook)} words")
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    print(f"backbone {count_params(backbone) / 1e6:.2f}M params ({'frozen ' + backbone_id if args.backbone else 'from scratch'}), "
+          f"reflex {count_params(reflex) / 1e6:.2f}M, trainable {sum(p.numel() for p in trainable) / 1e6:.2f}M; "
+          f"device {device}{', bf16 autocast' if use_bf16 else ''}", flush=True)
+
+    # AdamW with weight decay on matrices only (not on norms, biases, gates).
+    groups = [
+        {"params": [p for p in trainable if p.dim() >= 2], "weight_decay": args.weight_decay},
+        {"params": [p for p in trainable if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    optimizer = torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.95), fused=device.type == "cuda")
+    generator = torch.Generator(device=device).manual_seed(args.seed)
+    step = 0
+    if saved is not None:
+        target = model if args.backbone is None else reflex
+        target.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        generator.set_state(saved["sampler"])
+        torch.set_rng_state(saved["torch_rng"])
+        if saved["cuda_rng"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(saved["cuda_rng"])
+        step = saved["step"]
+        print(f"resumed at step {step}", flush=True)
+    del saved
+
+    def evaluate() -> float:
+        model.eval()
+        correct, _ = top1(model, tokenizer, config, eval_pairs, args.eval_batch)
+        model.train()
+        accuracy = correct / max(len(eval_pairs), 1)
+        log(out, {"step": step, "heldout_top1": accuracy, "n": len(eval_pairs), "elapsed": time.time() - started},
+            f"step {step} | held-out top-1 {100 * accuracy:.2f}% ({len(eval_pairs)} cycle-prompt pairs)")
+        return accuracy
+
+    def save() -> None:
+        write_release(out, reflex, config, causal, tokenizer, args)
+        write_state(out, step, model, optimizer, generator, args)
+
+    model.train()
+    window_start, window_steps, evaluated_at, stop_reason = time.time(), 0, None, "done"
+    while step < args.steps:
+        if args.time_limit is not None and time.time() - started > args.time_limit:
+            stop_reason = f"time limit {args.time_limit:.0f}s"
+            break
+        if args.stop_at is not None and step >= args.stop_at:
+            stop_reason = f"--stop-at {args.stop_at}"
+            break
+        lr = lr_at(step, args)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        ids, mask, states, targets = samples.batch(args.batch, generator)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            pred = model(ids, mask, states)
+        loss = F.cross_entropy(reflex.scores(pred) / args.temperature, targets)  # InfoNCE, whole codebook
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, args.grad_clip)
+        optimizer.step()
+        step += 1
+        window_steps += 1
+
+        if step % args.log_every == 0 or step == 1:
+            rate = window_steps / (time.time() - window_start)
+            elapsed = time.time() - started
+            log(out, {"step": step, "loss": loss.item(), "lr": lr, "steps_per_s": rate, "elapsed": elapsed},
+                f"step {step}/{args.steps} | loss {loss.item():.4f} | lr {lr:.2e} | {rate:.2f} steps/s | {elapsed:.0f}s")
+            window_start, window_steps = time.time(), 0
+        if step % args.eval_every == 0:
+            evaluate()
+            evaluated_at = step
+        if step % args.save_every == 0:
+            save()
+        if step % args.eval_every == 0 or step % args.save_every == 0:
+            window_start, window_steps = time.time(), 0  # steps/s counts training steps only
+
+    if evaluated_at != step:
+        evaluate()
+    save()
+    print(f"stopped at step {step}/{args.steps} ({stop_reason}); wrote {out}/reflex.pt"
+          + (f", {out}/{BACKBONE_DIR}/" if causal is not None else "")
+          + f", {STATE_FILE} ({time.time() - started:.0f}s)", flush=True)
+    return {"step": step, "counts": c, "config": config, "model": model, "tokenizer": tokenizer,
+            "eval_pairs": eval_pairs}
+
+
+if __name__ == "__main__":
+    main()
