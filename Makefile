@@ -4,12 +4,16 @@ PY            := $(VENV)/bin/python
 TORCH_VERSION := 2.13.0
 PROMPT        ?= compute 5 factorial
 MODEL         ?=
-# Offline fixture driven by `make run` until a trained default model ships.
+# A small random checkpoint, for trying the pipeline offline (`make fixture`).
 FIXTURE       := models/fixture
 FIXTURE_MLX   := models/fixture-mlx
+TINY_TORCH    := reflex_torch/models/reflex-tiny
+TINY_MLX      := reflex_mlx/models/reflex-tiny
+# reflex-tiny is 3.4M backbone params: float16 beats 4-bit on size-vs-fidelity at this scale
+TINY_CONVERT_ARGS ?= --no-quantize --backbone-dtype float16
 CONVERT_ARGS  ?=
 
-.PHONY: setup test run convert parity fixture clean
+.PHONY: setup test run eval heldout tiny-mlx convert parity parity-gpu fixture clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -31,8 +35,21 @@ $(FIXTURE_MLX): | setup
 
 fixture: $(FIXTURE_MLX)
 
-run: setup $(if $(MODEL),,$(FIXTURE_MLX))
-	$(VENV)/bin/reflex-mlx run "$(PROMPT)" --model $(if $(MODEL),$(MODEL),$(FIXTURE_MLX))
+# Default model: the converted release if present, else the bundled reflex-tiny.
+run: setup
+	$(VENV)/bin/reflex-mlx run "$(PROMPT)" $(if $(MODEL),--model $(MODEL))
+
+eval: setup
+	$(VENV)/bin/reflex-mlx eval $(if $(MODEL),--model $(MODEL))
+
+# Held-out per-step top-1 of the bundled reflex-tiny (torch reference, CPU).
+heldout: setup
+	$(PY) -m reflex_torch.heldout $(TINY_TORCH) --device cpu
+
+# Rebuild the bundled MLX reflex-tiny from its torch checkpoint.
+tiny-mlx: setup
+	rm -rf $(TINY_MLX)
+	$(PY) -m convert --checkpoint $(TINY_TORCH)/reflex.pt --out $(TINY_MLX) $(TINY_CONVERT_ARGS)
 
 # Default: download the released reflex.pt + Qwen2.5-Coder-7B-Instruct and write a
 # 4-bit MLX model to ~/.cache/reflex-mlx/reflex-coder7b-mlx. Pass options with CONVERT_ARGS.
@@ -41,6 +58,15 @@ convert: setup
 
 parity: setup
 	$(PY) -m pytest -q -s tests/test_parity_cpu.py tests/test_prompt.py
+
+# Released shape (random weights from a seed, no download) on CUDA: torch bf16 reference vs
+# MLX bf16 and 4-bit (docs/parity.md). Needs a CUDA torch and MLX's CUDA build in $(PY):
+# run `make setup` on the GPU host first, or pass PY=python3 where they are installed.
+# The report (parity_release.md/.json) goes to PARITY_OUT.
+PARITY_OUT    ?= runs/parity
+parity-gpu:
+	PARITY_OUT=$(PARITY_OUT) $(PY) -m pytest -q -s -m gpu tests/test_parity_gpu.py
+	@cat $(PARITY_OUT)/parity_release.md
 
 clean:
 	rm -rf $(FIXTURE) $(FIXTURE_MLX)

@@ -1,0 +1,92 @@
+"""reflex-tiny, the model the project trains and ships as the offline default."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_TORCH = ROOT / "reflex_torch" / "models" / "reflex-tiny"
+TINY_MLX = ROOT / "reflex_mlx" / "models" / "reflex-tiny"
+MiB = 1 << 20
+
+
+def test_weight_files_fit_the_budget():
+    weights = [p for d in (TINY_TORCH, TINY_MLX) for p in d.rglob("*")
+               if p.suffix in {".pt", ".safetensors"}]
+    assert len(weights) >= 4
+    for path in weights:
+        assert path.stat().st_size < 16 * MiB, path
+    assert sum(p.stat().st_size for p in weights) < 24 * MiB
+
+
+def test_default_run_computes_5_factorial(tmp_path, monkeypatch):
+    """No flags, no network: the bundled model halts with 120 at 0x5000."""
+    from reflex_mlx.cli import MODEL_ENV, main
+
+    monkeypatch.setenv("HOME", str(tmp_path))  # no converted release in the default place
+    monkeypatch.delenv(MODEL_ENV, raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    result = CliRunner().invoke(main, ["run", "compute 5 factorial", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["outcome"] == "halted"
+    assert report["memory"]["0x5000"][0] == 120
+    assert "bundled reflex-tiny" in result.stderr
+
+
+def test_release_dir_is_preferred_and_named(tmp_path, monkeypatch):
+    import shutil
+
+    from reflex_core.spec import DEFAULT_RELEASE_DIR
+    from reflex_mlx.cli import MODEL_ENV, main
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv(MODEL_ENV, raising=False)
+    release = Path(DEFAULT_RELEASE_DIR).expanduser()
+    shutil.copytree(TINY_MLX, release)
+    result = CliRunner().invoke(main, ["run", "add 7 and 8 and store the result",
+                                       "--max-cycles", "3"])
+    assert result.exit_code == 0, result.output
+    assert f"model: {release} (the converted release)" in result.stderr
+
+
+def test_heldout_top1_is_at_least_95_percent():
+    proc = subprocess.run(
+        [sys.executable, "-m", "reflex_torch.heldout", str(TINY_TORCH), "--device", "cpu",
+         "--max-samples", "600"],
+        capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    match = re.search(r"held-out per-step top-1: ([\d.]+)%", proc.stdout)
+    assert match, proc.stdout
+    print(match.group(0))
+    assert float(match.group(1)) >= 95.0
+
+
+@pytest.mark.slow
+def test_eval_replay_agrees_between_backends():
+    """The whole 41-task eval: torch float32 vs MLX as shipped, on the same states."""
+    from bench.agreement import lockstep_agreement, outcome_agreement, recorded_eval
+    from reflex_core.evaluation import evaluate
+    from reflex_mlx.load import MLXBatchPredictor, MLXPredictor, load_model
+    from reflex_torch.load import TorchPredictor, load_reflex
+
+    torch_model, torch_tok, torch_cfg = load_reflex(TINY_TORCH / "reflex.pt", device="cpu")
+    reference, batches = recorded_eval(
+        lambda p: TorchPredictor(torch_model, torch_tok, p, torch_cfg).predict_many)
+    mlx_model, mlx_tok, mlx_cfg = load_model(TINY_MLX)
+    lockstep = lockstep_agreement(
+        batches, lambda p: MLXPredictor(mlx_model, mlx_tok, p, mlx_cfg).predict_many)
+    own = evaluate(make_batch_predictor=lambda ps: MLXBatchPredictor(mlx_model, mlx_tok, ps, mlx_cfg))
+    outcomes = outcome_agreement(reference, own)
+    print(f"reference {reference['passed']}/{reference['total']}, mlx {own['passed']}/{own['total']}; "
+          f"lockstep words {lockstep['agree']}/{lockstep['cycles']}; outcomes {outcomes}")
+    assert lockstep["agree"] >= 0.99 * lockstep["cycles"]
+    passed = lambda report: [row["pass"] for s in report["sections"].values() for row in s["rows"]]
+    assert passed(reference) == passed(own)
