@@ -128,3 +128,82 @@ def _write_atomically(path: Path, text: str) -> None:
     except OSError as err:
         tmp.unlink(missing_ok=True)
         raise click.ClickException(f"cannot write {path}: {err.strerror or err}") from None
+
+
+# ------------------------------------------------------------------------- bench
+BENCH_PROMPT = "compute 5 factorial and store it"
+BUNDLED_TORCH = Path(__file__).resolve().parent.parent / "reflex_torch" / "models" / "reflex-tiny"
+
+
+def _torch_source(model_dir: Path, config: dict, torch_dir: Path | None) -> tuple[str | None, str | None]:
+    """(checkpoint, backbone) of the torch reference for an MLX model directory.
+
+    --torch wins; the bundled reflex-tiny has its torch checkpoint in the
+    repository; a converted model names its sources in its config (None: the release).
+    """
+    if torch_dir is not None:
+        return str(Path(torch_dir) / "reflex.pt"), str(Path(torch_dir) / "backbone")
+    if model_dir.resolve() == (Path(__file__).parent / "models" / "reflex-tiny").resolve():
+        return str(BUNDLED_TORCH / "reflex.pt"), str(BUNDLED_TORCH / "backbone")
+    return config.get("source_checkpoint"), config.get("source_backbone")
+
+
+def _median_ms(predict, states: list[list[int]]) -> float:
+    import statistics
+    import time
+
+    predict(states[0])  # warm-up: first-call allocation, compilation
+    times = []
+    for state in states:
+        start = time.perf_counter()
+        predict(state)  # returns a host int: the work has finished
+        times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times)
+
+
+@main.command(name="bench",
+              help="Time one cycle of the MLX model against the PyTorch reference on the same states.")
+@click.option("--model", type=click.Path(path_type=Path), default=None,
+              help="A converted model directory (default as for `run`).")
+@click.option("--torch", "torch_dir", type=click.Path(path_type=Path), default=None,
+              help="The reference's directory (reflex.pt + backbone/); default: the model's source.")
+@click.option("--cycles", type=click.IntRange(min=2), default=30, show_default=True,
+              help="Timed cycles per backend (median).")
+@click.option("--prompt", default=BENCH_PROMPT, show_default=True)
+def bench_command(model: Path | None, torch_dir: Path | None, cycles: int, prompt: str) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
+        raise click.ClickException("torch is not installed: `bench` needs the PyTorch reference "
+                                   "(pip install 'reflex-mlx[torch]')")
+    from reflex_core.loop import ProgramRun
+    from reflex_torch.load import TorchPredictor, load_reflex
+
+    from .load import MLXPredictor
+
+    model_dir = model if model is not None else default_model_dir()[0]
+    reflex, tokenizer, config = _load(model)
+    checkpoint, backbone = _torch_source(Path(model_dir), config, torch_dir)
+    ref_model, ref_tokenizer, ref_config = load_reflex(checkpoint, backbone=backbone)
+    reference = TorchPredictor(ref_model, ref_tokenizer, prompt, ref_config)
+    candidate = MLXPredictor(reflex, tokenizer, prompt, config)
+
+    # The states the reference meets driving the program; repeated if it ends early.
+    program, states = ProgramRun(cycles), []
+    while not program.finished:
+        states.append(program.state())
+        program.feed(reference(states[-1]))
+    states = (states * cycles)[:cycles]
+
+    torch_ms = _median_ms(reference, states)
+    mlx_ms = _median_ms(candidate, states)
+    agree = sum(reference(s) == candidate(s) for s in states)
+    import mlx.core as mx
+
+    device = next(ref_model.reflex.parameters()).device
+    click.echo(f"model: {model_dir} ({len(candidate.tokens.ids)} prompt tokens); "
+               f"reference: {checkpoint or 'the release'} on torch {device}")
+    click.echo(f"torch reference (padded to {ref_config['max_instr_tokens']}, eager): {torch_ms:.2f} ms/cycle")
+    click.echo(f"mlx {mx.default_device()} (cached prefix, compiled step): {mlx_ms:.2f} ms/cycle")
+    click.echo(f"same word on {agree}/{len(states)} cycles")
+    click.echo(f"mlx/torch per-cycle time ratio: {mlx_ms / torch_ms:.3f}")

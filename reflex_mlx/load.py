@@ -61,16 +61,19 @@ def states_array(states: list[list[int]]) -> mx.array:
 
 
 class MLXPredictor:
-    """State -> word for one task. The prompt's prefix is computed once, here."""
+    """State -> word for one task. The prompt's prefix is computed once, here;
+    the per-cycle step runs through mx.compile unless compiled=False."""
 
-    def __init__(self, model: ReflexModel, tokenizer, task: str, config: dict):
+    def __init__(self, model: ReflexModel, tokenizer, task: str, config: dict,
+                 compiled: bool = True):
         self.model = model
+        self.step = model.compiled_step if compiled else model.step
         self.tokens: PromptTokens = encode_prompt(tokenizer, task, config)
         self.prefix = model.prefix(mx.array([self.tokens.ids]))
         mx.eval(self.prefix)
 
     def embed(self, states: list[list[int]]) -> mx.array:
-        return self.model.step(self.prefix, states_array(states))
+        return self.step(self.prefix, states_array(states))
 
     def predict_many(self, states: list[list[int]]) -> list[int]:
         words = self.model.reflex.decode(self.embed(states))
@@ -87,8 +90,10 @@ class MLXBatchPredictor:
     call gathers the rows of the programs still running.
     """
 
-    def __init__(self, model: ReflexModel, tokenizer, prompts: list[str], config: dict):
+    def __init__(self, model: ReflexModel, tokenizer, prompts: list[str], config: dict,
+                 compiled: bool = True):
         self.model = model
+        self.step = model.compiled_step if compiled else model.step
         self.tokens = [encode_prompt(tokenizer, p, config) for p in prompts]
         width = max(len(t.ids) for t in self.tokens)
         pad = tokenizer.pad_token_id or 0
@@ -101,5 +106,5 @@ class MLXBatchPredictor:
         rows = np.asarray(indices)
         width = int(self.last[rows].max()) + 1  # drop columns that are padding for all rows
         prefix = self.prefix[mx.array(rows), :width]
-        pred = self.model.step(prefix, states_array(states), mx.array(self.last[rows]))
+        pred = self.step(prefix, states_array(states), mx.array(self.last[rows]))
         return [int(w) for w in np.array(self.model.reflex.decode(pred))]

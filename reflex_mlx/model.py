@@ -199,7 +199,7 @@ class ReflexModel(nn.Module):
                 h = self.backbone.layers[i](h, self._mask(h))
             if i in self.adapter_index:
                 h = self.reflex.adapters[self.adapter_index[i]](h, kv)
-            if capture is not None and i in self.adapter_index:
+            if capture is not None and i in self.reflex.args.adapter_layers:  # even if skipped
                 capture[i] = self._pool(h, last)
         pred = self.reflex.head(self.backbone.norm(self._pool(h, last)))  # RMSNorm is per token
         if capture is not None:
@@ -208,6 +208,19 @@ class ReflexModel(nn.Module):
 
     def __call__(self, tokens: mx.array, states: mx.array) -> mx.array:
         return self.step(self.prefix(tokens), states)
+
+    def compiled_step(self, prefix: mx.array, states: mx.array,
+                      last: mx.array | None = None) -> mx.array:
+        """`step` through mx.compile: traced once per input shape, then replayed with
+        its elementwise ops fused, so a cycle launches fewer kernels. The weights
+        are constants of the trace (inference only: change them, call again on a
+        fresh model). Same function as `step`; tests/test_fast.py checks it."""
+        compiled = self.__dict__.get("_compiled_steps")
+        if compiled is None:  # kept out of the module tree: it holds no parameters
+            compiled = (mx.compile(lambda p, s: self.step(p, s)),
+                        mx.compile(lambda p, s, l: self.step(p, s, l)))
+            object.__setattr__(self, "_compiled_steps", compiled)
+        return compiled[0](prefix, states) if last is None else compiled[1](prefix, states, last)
 
     @staticmethod
     def _pool(h: mx.array, last: mx.array | None) -> mx.array:

@@ -1,0 +1,1 @@
+"""Measurements: backend parity (bench.parity)."""
