@@ -9,12 +9,6 @@ from __future__ import annotations
 import pytest
 
 
-def _has(module: str) -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec(module) is not None
-
-
 def pytest_collection_modifyitems(config, items):
     import torch  # noqa: F401  (the gpu marker only makes sense with torch present)
 
