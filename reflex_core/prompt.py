@@ -52,6 +52,16 @@ def padded(tokens: PromptTokens, length: int, pad_id: int) -> tuple[list[int], l
     return tokens.ids + [pad_id] * (length - n), [1] * n + [0] * (length - n)
 
 
+def pad_batch(batch: list[PromptTokens], pad_id: int) -> tuple[list[list[int]], list[int]]:
+    """Right-pad several prompts to the longest: (rows of ids, each real length).
+
+    Under causal attention the pads after a prompt never reach its real
+    tokens, so a batch reads each row at its own last real position.
+    """
+    width = max(len(t.ids) for t in batch)
+    return [padded(t, width, pad_id)[0] for t in batch], [len(t.ids) for t in batch]
+
+
 def truncation_notice(tokens: PromptTokens, limit: int) -> str:
     return (
         f"prompt is {tokens.original_length} tokens; only the first {limit} are used "

@@ -14,6 +14,9 @@ from reflex_core.prompt import truncation_notice
 from reflex_core.spec import DEFAULT_MAX_CYCLES, DEFAULT_RELEASE_DIR
 
 MODEL_ENV = "REFLEX_MLX_MODEL"
+BUNDLED_MODEL = Path(__file__).resolve().parent / "models" / "reflex-tiny"
+# Its torch checkpoint, in the repository beside it (the parity tests need it too).
+BUNDLED_TORCH = Path(__file__).resolve().parent.parent / "reflex_torch" / "models" / "reflex-tiny"
 
 
 def default_model_dir() -> tuple[Path, str]:
@@ -23,8 +26,7 @@ def default_model_dir() -> tuple[Path, str]:
     release = Path(DEFAULT_RELEASE_DIR).expanduser()
     if release.is_dir():
         return release, "the converted release"
-    packaged = Path(__file__).parent / "models" / "reflex-tiny"
-    return packaged, "the bundled reflex-tiny"
+    return BUNDLED_MODEL, "the bundled reflex-tiny"
 
 
 def _load(model: Path | None):
@@ -132,7 +134,6 @@ def _write_atomically(path: Path, text: str) -> None:
 
 # ------------------------------------------------------------------------- bench
 BENCH_PROMPT = "compute 5 factorial and store it"
-BUNDLED_TORCH = Path(__file__).resolve().parent.parent / "reflex_torch" / "models" / "reflex-tiny"
 
 
 def _torch_source(model_dir: Path, config: dict, torch_dir: Path | None) -> tuple[str | None, str | None]:
@@ -143,7 +144,7 @@ def _torch_source(model_dir: Path, config: dict, torch_dir: Path | None) -> tupl
     """
     if torch_dir is not None:
         return str(Path(torch_dir) / "reflex.pt"), str(Path(torch_dir) / "backbone")
-    if model_dir.resolve() == (Path(__file__).parent / "models" / "reflex-tiny").resolve():
+    if model_dir.resolve() == BUNDLED_MODEL:
         return str(BUNDLED_TORCH / "reflex.pt"), str(BUNDLED_TORCH / "backbone")
     return config.get("source_checkpoint"), config.get("source_backbone")
 

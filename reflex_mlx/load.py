@@ -8,7 +8,7 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 
-from reflex_core.prompt import PromptTokens, encode_prompt
+from reflex_core.prompt import PromptTokens, encode_prompt, pad_batch
 from reflex_core.spec import ADAPTERS_FILE, BACKBONE_DIR, MODEL_CONFIG_FILE, MODEL_FORMAT
 
 from .model import Reflex, ReflexArgs, ReflexModel
@@ -95,11 +95,9 @@ class MLXBatchPredictor:
         self.model = model
         self.step = model.compiled_step if compiled else model.step
         self.tokens = [encode_prompt(tokenizer, p, config) for p in prompts]
-        width = max(len(t.ids) for t in self.tokens)
-        pad = tokenizer.pad_token_id or 0
-        ids = [t.ids + [pad] * (width - len(t.ids)) for t in self.tokens]
+        ids, lengths = pad_batch(self.tokens, tokenizer.pad_token_id or 0)
         self.prefix = model.prefix(mx.array(ids))
-        self.last = np.array([len(t.ids) - 1 for t in self.tokens])
+        self.last = np.array(lengths) - 1
         mx.eval(self.prefix)
 
     def __call__(self, indices: list[int], states: list[list[int]]) -> list[int]:

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from reflex_core.loop import RunResult, run_many
-from reflex_core.prompt import PromptTokens, encode_prompt
+from reflex_core.prompt import PromptTokens, encode_prompt, pad_batch
 from reflex_core.spec import DEFAULT_MAX_CYCLES, STATE_WORDS
 
 from .model import Reflex, ReflexModel
@@ -244,11 +244,9 @@ class FastBatchPredictor:
                  pad_id: int | None = None):
         self.fast = fast
         self.tokens = [encode_prompt(tokenizer, p, config) for p in prompts]
-        width = max(len(t.ids) for t in self.tokens)
         pad = pad_id if pad_id is not None else (tokenizer.pad_token_id or 0)
-        ids = torch.tensor([t.ids + [pad] * (width - len(t.ids)) for t in self.tokens])
-        self.lengths = [len(t.ids) for t in self.tokens]
-        self.prefix = fast.prefix(ids)
+        ids, self.lengths = pad_batch(self.tokens, pad)
+        self.prefix = fast.prefix(torch.tensor(ids))
         self.last = torch.tensor([n - 1 for n in self.lengths], device=fast.device)
         self.run = fast.runner(self.prefix, self.last)
         self.host_states = torch.zeros(len(prompts), STATE_WORDS, dtype=torch.int64)
