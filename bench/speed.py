@@ -1,7 +1,7 @@
 """Per-cycle speed of every way to run Reflex, on one random model, in one run (docs/performance.md).
 
     python -m bench.speed --shape release --out DIR [--cycles 30] [--corpus PATH]
-        [--seed 0] [--batches 1,8,41] [--agree-states 256] [--no-mlx] [--torch-compile]
+        [--seed 0] [--batches 1,8,41] [--agree-states 256] [--no-mlx] [--torch-compile [MODE]]
     python -m bench.speed --tiny-torch DIR --out DIR [--max-cycles 400]
 
 release / tiny-test: one random model of that shape (reflex_torch.random_model)
@@ -114,7 +114,7 @@ def reference_words(model, prompt, states: np.ndarray, pad_to: int | None, batch
 
 def torch_rows(model, shape_name: str, prompts, states: np.ndarray, batches: list[int],
                cycles: int, agree_states: np.ndarray, ref_words: np.ndarray,
-               note, torch_compile: bool = False) -> list[dict]:
+               note, torch_compile: str | None = None) -> list[dict]:
     """Time the released-style path, the reference and the fast path; measure agreement."""
     import torch
 
@@ -144,23 +144,26 @@ def torch_rows(model, shape_name: str, prompts, states: np.ndarray, batches: lis
     graphs = device.type == "cuda"
     if not graphs:
         note("no CUDA: the fast rows run eagerly (no CUDA graphs)")
-    variants = [("fp32", None, False), ("bf16", torch.bfloat16, False)]
+    # (label, adapter dtype, fused projections, torch.compile mode or None)
+    variants = [("fp32 adapters", None, False, None), ("bf16 adapters", torch.bfloat16, False, None),
+                ("bf16 adapters, fused q/k/v + gate/up", torch.bfloat16, True, None)]
     if torch_compile:
-        variants.append(("bf16", torch.bfloat16, True))
-    for label, dtype, compiled in variants:
-        fast = FastReflex(model, adapter_dtype=dtype, cuda_graph=True, compile=compiled)
-        if compiled:
-            label += " adapters, torch.compile +"
-        else:
-            label += " adapters,"
+        mode = "" if torch_compile == "default" else f" mode {torch_compile}"
+        variants.append((f"bf16 adapters, fused, torch.compile{mode} +", torch.bfloat16, True,
+                         torch_compile))
+    for label, dtype, fuse, compile_mode in variants:
+        compile = (compile_mode if compile_mode != "default" else True) if compile_mode else False
+        fast = FastReflex(model, adapter_dtype=dtype, cuda_graph=True, compile=compile, fuse=fuse)
         words = np.array(fast.words, dtype=np.uint32)
         for batch in batches:
             group = prompts[:batch]
-            ids, _ = _padded(group, pad_id)
-            last = None if batch == 1 else torch.tensor([len(p) - 1 for p in group], device=device)
-            runner = fast.runner(fast.prefix(ids), last)
+            t0 = time.time()
+            runner = fast.runner(fast.prompts([list(p) for p in group]))
             inputs = [torch.tensor(states[(i * batch + np.arange(batch)) % len(states)].astype(np.int64))
                       for i in range(cycles)]
+            runner(inputs[0])  # capture (and compile) outside the timing
+            if compile_mode:
+                note(f"{label} batch {batch}: compiled and captured in {time.time() - t0:.0f} s")
             ms = median_ms(lambda s: runner(s)[1].tolist(), inputs)
             row = {"path": f"fast torch ({label} {'CUDA graph' if graphs else 'eager'})",
                    "batch": batch, "ms_cycle": ms}
@@ -356,7 +359,8 @@ def run_tiny(args) -> dict:
     torch_dir = Path(args.tiny_torch)
     model, tokenizer, config = load_reflex(torch_dir / "reflex.pt", backbone=str(torch_dir / "backbone"))
     make_ref = lambda task: TorchPredictor(model, tokenizer, task, config).predict_many
-    fasts = {"fp32": FastReflex(model), "bf16": FastReflex(model, adapter_dtype=torch.bfloat16)}
+    fasts = {"fp32": FastReflex(model), "bf16": FastReflex(model, adapter_dtype=torch.bfloat16),
+             "bf16 fused": FastReflex(model, adapter_dtype=torch.bfloat16, fuse=True)}
     single = {f"fast torch {k} adapters, b1": (lambda task, f=f: FastPredictor(f, tokenizer, task, config).predict_many)
               for k, f in fasts.items()}
     batched = {f"fast torch {k} adapters, run_batch": (lambda prompts, f=f: FastBatchPredictor(f, tokenizer, prompts, config))
@@ -431,9 +435,10 @@ def parse_args(argv=None):
     p.add_argument("--agree-states", type=int, default=256,
                    help="states for the word-agreement column (multiple of 32)")
     p.add_argument("--no-mlx", action="store_true", help="leave out the MLX rows")
-    p.add_argument("--torch-compile", action="store_true",
-                   help="add rows for the fast path with torch.compile inside the graph (bf16 adapters; "
-                        "one compilation per batch size)")
+    p.add_argument("--torch-compile", nargs="?", const="default", default=None, metavar="MODE",
+                   help="add rows for the fast path with torch.compile inside the graph (bf16 adapters, "
+                        "fused; one compilation per batch size); MODE: a torch.compile mode, "
+                        "e.g. max-autotune-no-cudagraphs")
     p.add_argument("--tiny-torch", default=None,
                    help="instead: eval agreement of every fast path on this trained torch model dir")
     p.add_argument("--max-cycles", type=int, default=EVAL_MAX_CYCLES, help="--tiny-torch: eval cycle limit")

@@ -5,7 +5,9 @@ The adapters are injected by an explicit loop over the backbone's decoder
 layers. Only the real prompt tokens run (no padding: attention is causal, so
 right pads never changed the last real token). Everything up to the first
 adapter does not depend on the machine state, so `prefix()` computes it once
-per prompt and `step()` runs the rest each cycle.
+per prompt and `step()` runs the rest each cycle. Only the last token is
+pooled, so the last decoder layer's MLP and any adapter after it run on that
+token alone.
 """
 
 from __future__ import annotations
@@ -194,8 +196,11 @@ class ReflexModel(nn.Module):
         """
         kv = self.reflex.encode_state(states)
         h = mx.broadcast_to(prefix, (states.shape[0], *prefix.shape[1:]))
-        for i in range(self.first_adapter, len(self.backbone.layers)):
-            if i > self.first_adapter:
+        last_layer = len(self.backbone.layers) - 1
+        for i in range(self.first_adapter, last_layer + 1):
+            if i == last_layer and i > self.first_adapter:
+                h = self._pooled_layer(self.backbone.layers[i], h, last)  # [B, 1, H] from here on
+            elif i > self.first_adapter:
                 h = self.backbone.layers[i](h, self._mask(h))
             if i in self.adapter_index:
                 h = self.reflex.adapters[self.adapter_index[i]](h, kv)
@@ -205,6 +210,17 @@ class ReflexModel(nn.Module):
         if capture is not None:
             capture.update(kv=kv, pred=pred)
         return pred
+
+    def _pooled_layer(self, layer, h: mx.array, last: mx.array | None) -> mx.array:
+        """The last decoder layer, computed only where it is read: each row's last token.
+
+        Its attention still reads every token's keys and values; the MLP (most of
+        the layer's weights and arithmetic) and any adapter after it run on one
+        row per prompt. Same math as mlx-lm's TransformerBlock.
+        """
+        attended = layer.self_attn(layer.input_layernorm(h), self._mask(h))
+        h = (self._pool(h, last) + self._pool(attended, last))[:, None]
+        return h + layer.mlp(layer.post_attention_layernorm(h))
 
     def __call__(self, tokens: mx.array, states: mx.array) -> mx.array:
         return self.step(self.prefix(tokens), states)
@@ -224,6 +240,8 @@ class ReflexModel(nn.Module):
 
     @staticmethod
     def _pool(h: mx.array, last: mx.array | None) -> mx.array:
+        if h.shape[1] == 1:  # already pooled (or a one-token prompt)
+            return h[:, 0, :]
         return h[:, -1, :] if last is None else h[mx.arange(h.shape[0]), last]
 
     @staticmethod

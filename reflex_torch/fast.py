@@ -3,17 +3,23 @@
 `ReflexModel` reproduces the release by hooking adapters onto transformers'
 decoder layers and running the whole padded prompt every cycle. That is
 launch-overhead bound (DESIGN.md §8). `FastReflex` is a switch over the *same*
-`ReflexModel` (no second set of weights, unless bf16 adapters are asked for):
+`ReflexModel` (no second set of weights, unless bf16 adapters are asked for)
+that computes the same function with less work:
 
-* only the real prompt tokens run (causal attention: right pads never reached
-  the last real token, so they never changed the result);
+* no padding: the prompts of a batch are packed token after token ([N, H],
+  N = the real tokens); only attention, which must not mix prompts, sees them
+  on a [B, T] grid (causal, so a prompt's right pads never reach its tokens);
 * everything up to and including the first adapter's decoder layer does not
-  depend on the machine state, so `prefix()` runs it once per prompt;
-* `step()` runs the remaining layers and the adapters layer by layer, calling
-  each decoder layer's `forward` directly so that the adapter hooks of
-  `ReflexModel` do not fire (the adapters are applied here, explicitly);
+  depend on the machine state, so `prompts()` runs it once per prompt set;
+* the last decoder layer feeds only the pooled last token, so past its
+  attention (which still reads every token's keys) it runs on one row per
+  prompt, and so does any adapter after it;
+* the per-cycle step is written out layer by layer over the backbone's own
+  modules (norms, projections, MLP, rotary tables; DESIGN.md §3's order), so
+  ReflexModel's adapter hooks never fire and the adapters are applied here;
 * on CUDA each (prompt set, batch) step is captured once as a CUDA graph and
-  replayed every cycle, with the decode (cosine + argmax) inside the graph.
+  replayed every cycle, with the decode (cosine + argmax) inside the graph;
+  optionally torch.compile fuses its elementwise kernels first.
 
 `FastPredictor` (one prompt) and `FastBatchPredictor` / `run_batch` (many
 prompts in lockstep) plug into `reflex_core.loop` and `reflex_core.evaluation`.
@@ -21,17 +27,17 @@ prompts in lockstep) plug into `reflex_core.loop` and `reflex_core.evaluation`.
 
 from __future__ import annotations
 
-import inspect
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
+from transformers.models.qwen2.modeling_qwen2 import apply_rotary_pos_emb
 
 from reflex_core.loop import RunResult, run_many
-from reflex_core.prompt import PromptTokens, encode_prompt, pad_batch
+from reflex_core.prompt import PromptTokens, encode_prompt
 from reflex_core.spec import DEFAULT_MAX_CYCLES, STATE_WORDS
 
-from .model import Reflex, ReflexModel
+from .model import Adapter, Reflex, ReflexModel
 
 _MASK32 = 0xFFFFFFFF
 
@@ -51,23 +57,110 @@ def cast_reflex(reflex: Reflex, dtype: torch.dtype) -> Reflex:
     return copy.eval().requires_grad_(False)
 
 
+@torch.no_grad()
+def fuse_projections(backbone) -> list[dict]:
+    """Store each decoder layer's q/k/v and gate/up weights in one tensor, in place.
+
+    The modules keep working unchanged (their weights become views of the
+    fused tensor, same values), so the reference is unaffected; the fast step
+    then runs one matrix product where there were three (q, k, v) or two
+    (gate, up). No extra memory once done: layer by layer, the old tensors go.
+    Returns, per layer, the fused tensors: "qkv", "qkv_bias", "gate_up".
+    """
+    fused_layers = []
+    for layer in backbone.layers:
+        attn, mlp = layer.self_attn, layer.mlp
+        fused_layers.append({
+            "qkv": _fuse([attn.q_proj, attn.k_proj, attn.v_proj], "weight"),
+            "qkv_bias": _fuse([attn.q_proj, attn.k_proj, attn.v_proj], "bias"),
+            "gate_up": _fuse([mlp.gate_proj, mlp.up_proj], "weight"),
+        })
+    return fused_layers
+
+
+def _fuse(modules, name: str) -> torch.Tensor:
+    fused = torch.cat([getattr(m, name) for m in modules])
+    start = 0
+    for m in modules:
+        size = getattr(m, name).shape[0]
+        setattr(m, name, torch.nn.Parameter(fused[start:start + size], requires_grad=False))
+        start += size
+    return fused
+
+
+class PromptBatch:
+    """B prompts, state-independent: their packed prefix and where each token sits.
+
+    `prefix` [N, H] holds the hidden states after the first adapter's layer for
+    the N real tokens, prompt after prompt. `grid` [B*T] maps the padded grid
+    that attention uses to packed rows (pads repeat their prompt's last token;
+    causal attention never lets a real token see them), `packed` [N] maps back,
+    `last` [B] is each prompt's last token, `cos`/`sin` [N, D] its rotary table.
+    """
+
+    def __init__(self, fast: "FastReflex", prefix: torch.Tensor, lengths: Sequence[int]):
+        device = prefix.device
+        self.lengths = list(lengths)
+        self.batch, self.width = len(self.lengths), max(self.lengths)
+        self.uniform = len(set(self.lengths)) == 1  # then grid == packed: no gathers
+        starts = [sum(self.lengths[:b]) for b in range(self.batch)]
+        T = self.width
+        positions = [t for n in self.lengths for t in range(n)]
+        self.prefix = prefix
+        self.grid = torch.tensor([s + min(t, n - 1) for s, n in zip(starts, self.lengths) for t in range(T)],
+                                 device=device)
+        self.packed = torch.tensor([b * T + t for b, n in enumerate(self.lengths) for t in range(n)],
+                                   device=device)
+        self.last = torch.tensor([s + n - 1 for s, n in zip(starts, self.lengths)], device=device)
+        # keys a pooled (last) query may read: its own prompt's tokens
+        self.key_mask = (torch.arange(T, device=device)[None] < torch.tensor(self.lengths, device=device)[:, None]
+                         )[:, None, None, :]
+        probe = torch.zeros(1, len(positions), 1, dtype=prefix.dtype, device=device)
+        cos, sin = fast.backbone.rotary_emb(probe, torch.tensor([positions], device=device))
+        self.cos, self.sin = cos[0], sin[0]
+
+    def to_grid(self, x: torch.Tensor) -> torch.Tensor:
+        """[N, ...] packed -> [B, T, ...]."""
+        x = x if self.uniform else x[self.grid]
+        return x.view(self.batch, self.width, *x.shape[1:])
+
+    def from_grid(self, y: torch.Tensor) -> torch.Tensor:
+        """[B, T, ...] -> [N, ...] packed (the pads dropped)."""
+        y = y.reshape(self.batch * self.width, *y.shape[2:])
+        return y if self.uniform else y[self.packed]
+
+    def repeat(self, fast: "FastReflex", count: int) -> "PromptBatch":
+        """This one-prompt batch as `count` rows (one per state)."""
+        if self.batch != 1:
+            raise ValueError("only a one-prompt batch repeats")
+        return PromptBatch(fast, self.prefix.repeat(count, 1), self.lengths * count)
+
+
 class FastReflex:
-    """prefix(ids) once per prompt, then step(prefix, states) per cycle.
+    """prompts(token lists) once, then step(prompts, states) per cycle.
 
     adapter_dtype: None keeps the model's own Reflex modules (float32 as
     released); torch.bfloat16 runs them in bf16 from a copy, or from the
     model's own modules cast in place when in_place=True (the reference then
-    changes too). cuda_graph: capture and replay the step on CUDA (ignored
-    elsewhere). compile: also pass the step through torch.compile (fused
-    elementwise kernels, then captured as a graph); off by default, since it
-    costs a compilation per (batch, prompt length).
+    changes too). fuse: store q/k/v and gate/up as one tensor each
+    (fuse_projections: same values, the reference keeps working) and run one
+    product for each. cuda_graph: capture and replay the step on CUDA (ignored
+    elsewhere). compile: also pass the step through torch.compile (True, or a
+    torch.compile mode such as "max-autotune-no-cudagraphs"); off by default,
+    since it costs a compilation per (prompt set, batch).
     """
 
     def __init__(self, model: ReflexModel, adapter_dtype: torch.dtype | None = None,
-                 cuda_graph: bool = True, in_place: bool = False, compile: bool = False):
+                 cuda_graph: bool = True, in_place: bool = False, compile: bool | str = False,
+                 fuse: bool = False):
         self.model = model
-        self.compiled = torch.compile(self._step, dynamic=False) if compile else None
         self.backbone = model.backbone
+        self.fused = fuse_projections(self.backbone) if fuse else None
+        if compile:
+            mode = compile if isinstance(compile, str) else None
+            self.compiled = torch.compile(self._step, dynamic=False, mode=mode)
+        else:
+            self.compiled = None
         reflex = model.reflex
         own_dtype = reflex.adapters[0].attn_gate.dtype
         if adapter_dtype is not None and adapter_dtype != own_dtype:
@@ -84,106 +177,132 @@ class FastReflex:
         self.words = [w & _MASK32 for w in reflex.instr_words.tolist()]
         # The codebook side of the cosine, normalised once (Reflex.scores recomputes it).
         self.table = F.normalize(reflex.instr_table.weight.float(), dim=-1)
-        self._contexts: dict[int, dict] = {}
 
-    # ------------------------------------------------------------ the pieces
-    def _context(self, length: int) -> dict:
-        """Positions, rotary tables and causal mask for `length` tokens: state-independent."""
-        if length not in self._contexts:
-            dtype = self.backbone.embed_tokens.weight.dtype
-            positions = torch.arange(length, device=self.device)[None]
-            probe = torch.zeros(1, length, 1, dtype=dtype, device=self.device)
-            cos_sin = self.backbone.rotary_emb(probe, positions)
-            self._contexts[length] = {
-                "position_ids": positions, "position_embeddings": cos_sin,
-                "attention_mask": self._causal_mask(length, dtype, positions),
-            }
-        return self._contexts[length]
-
-    def _causal_mask(self, length: int, dtype: torch.dtype, positions: torch.Tensor):
-        """What Qwen2Model would build for an unpadded prompt: None under sdpa
-        (its kernel applies is_causal), an explicit mask for eager attention."""
-        from transformers.masking_utils import create_causal_mask
-
-        kwargs = dict(config=self.backbone.config,
-                      inputs_embeds=torch.zeros(1, length, 1, dtype=dtype, device=self.device),
-                      attention_mask=None, past_key_values=None, position_ids=positions)
-        if "cache_position" in inspect.signature(create_causal_mask).parameters:  # older 5.x
-            kwargs["cache_position"] = positions[0]
-        return create_causal_mask(**kwargs)
-
-    def _layer(self, i: int, h: torch.Tensor, ctx: dict) -> torch.Tensor:
-        # .forward, not __call__: ReflexModel's adapter hooks must not fire here.
-        out = self.backbone.layers[i].forward(h, past_key_values=None, use_cache=False, **ctx)
-        return out[0] if isinstance(out, tuple) else out
-
+    # ----------------------------------------------------------- per prompt
     @torch.no_grad()
-    def prefix(self, ids: torch.Tensor) -> torch.Tensor:
-        """Token ids [B, T] (no padding needed) -> hidden [B, T, H] after layer `first`."""
-        ids = ids.to(self.device)
-        ctx = self._context(ids.shape[1])
-        h = self.backbone.embed_tokens(ids)
+    def prompts(self, token_lists: Sequence[Sequence[int]]) -> PromptBatch:
+        """Pack the prompts (no padding) and run them up to the first adapter's layer."""
+        ids = torch.tensor([t for tokens in token_lists for t in tokens], device=self.device)
+        batch = PromptBatch(self, self.backbone.embed_tokens(ids), [len(t) for t in token_lists])
         for i in range(self.first + 1):
-            h = self._layer(i, h, ctx)
-        return h
+            batch.prefix = self._decoder_layer(i, batch.prefix, batch, pooled=False)
+        return batch
 
+    # ------------------------------------------------------------ per cycle
     @torch.no_grad()
-    def step(self, prefix: torch.Tensor, states: torch.Tensor,
-             last: torch.Tensor | None = None) -> torch.Tensor:
-        """prefix [1 or B, T, H] + states [B, 65] int64 -> predicted embeddings [B, E].
+    def step(self, prompts: PromptBatch, states: torch.Tensor) -> torch.Tensor:
+        """A prompt batch + states [B, 65] int64 -> predicted embeddings [B, E]."""
+        return (self.compiled or self._step)(prompts, states)
 
-        `last` holds each row's last real token when prompts of different
-        lengths were right-padded together (default: the last column).
-        """
-        ctx = self._context(prefix.shape[1])  # built outside any compiled region
-        return (self.compiled or self._step)(prefix, states, last, ctx)
-
-    def _step(self, prefix, states, last, ctx) -> torch.Tensor:
-        batch = states.shape[0]
+    def _step(self, prompts: PromptBatch, states: torch.Tensor) -> torch.Tensor:
         kv = self.reflex.encode_state(states)
-        h = prefix.expand(batch, -1, -1)
-        for i in range(self.first, len(self.backbone.layers)):
+        h, pooled = prompts.prefix, False  # [N, H] until pooled, then [B, H]
+        last_layer = len(self.backbone.layers) - 1
+        for i in range(self.first, last_layer + 1):
             if i > self.first:
-                h = self._layer(i, h, ctx)
+                pooled = i == last_layer
+                h = self._decoder_layer(i, h, prompts, pooled)
             if i in self.adapter_at:
-                h = self.adapter_at[i](h, kv)
-        pooled = h[:, -1] if last is None else h[torch.arange(batch, device=h.device), last]
-        return self.reflex.head(self.backbone.norm(pooled))  # RMSNorm is per token
+                h = self._adapter(self.adapter_at[i], h, kv, None if pooled else prompts)
+        if not pooled:
+            h = h[prompts.last]
+        return self.reflex.head(self.backbone.norm(h))  # RMSNorm is per token
+
+    def _decoder_layer(self, i: int, h: torch.Tensor, prompts: PromptBatch, pooled: bool) -> torch.Tensor:
+        """Decoder layer i (Qwen2DecoderLayer.forward's math) on packed tokens;
+        pooled=True returns only each prompt's last token."""
+        layer = self.backbone.layers[i]
+        attn, mlp = layer.self_attn, layer.mlp
+        fused = self.fused[i] if self.fused else None
+        d = attn.head_dim
+        x = layer.input_layernorm(h)
+        if fused:
+            q, k, v = F.linear(x, fused["qkv"], fused["qkv_bias"]).split(
+                [attn.q_proj.out_features, attn.k_proj.out_features, attn.v_proj.out_features], dim=-1)
+        else:
+            q, k, v = attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)
+        q, k = apply_rotary_pos_emb(q.view(len(x), -1, d), k.view(len(x), -1, d),
+                                    prompts.cos, prompts.sin, unsqueeze_dim=1)
+        grid = lambda t: prompts.to_grid(t).transpose(1, 2)  # [B, heads, T, D]
+        k, v = grid(k), grid(v.reshape(len(x), -1, d))
+        if pooled:  # one query per prompt, reading its own prompt's keys
+            q = q[prompts.last][:, :, None]
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=None if prompts.uniform else prompts.key_mask,
+                                               scale=attn.scaling, enable_gqa=True)
+            o, h = o.flatten(1), h[prompts.last]
+        else:
+            o = F.scaled_dot_product_attention(grid(q), k, v, is_causal=True, scale=attn.scaling,
+                                               enable_gqa=True)
+            o = prompts.from_grid(o.transpose(1, 2)).flatten(1)
+        h = h + attn.o_proj(o)
+        x = layer.post_attention_layernorm(h)
+        if fused:
+            gate, up = F.linear(x, fused["gate_up"]).chunk(2, dim=-1)
+            return h + mlp.down_proj(mlp.act_fn(gate) * up)
+        return h + mlp(x)
+
+    def _adapter(self, adapter: Adapter, h: torch.Tensor, kv: torch.Tensor,
+                 prompts: PromptBatch | None) -> torch.Tensor:
+        """Adapter.forward on packed tokens (or on one pooled row per prompt: prompts=None)."""
+        dtype = adapter.attn_gate.dtype
+        x, kv = h.to(dtype), kv.to(dtype)
+        mha = adapter.attn
+        dim, heads = mha.embed_dim, mha.num_heads
+        q = F.linear(adapter.norm_q(x), mha.in_proj_weight[:dim], mha.in_proj_bias[:dim])
+        k, v = F.linear(kv, mha.in_proj_weight[dim:], mha.in_proj_bias[dim:]).chunk(2, dim=-1)
+        heads_of = lambda t: t.unflatten(-1, (heads, -1)).transpose(1, 2)  # [B, heads, L, D]
+        q = prompts.to_grid(q) if prompts is not None else q[:, None]
+        o = F.scaled_dot_product_attention(heads_of(q), heads_of(k), heads_of(v)).transpose(1, 2)
+        o = prompts.from_grid(o).flatten(1) if prompts is not None else o.flatten(1)
+        x = x + torch.tanh(adapter.attn_gate) * mha.out_proj(o)
+        x = x + torch.tanh(adapter.mlp_gate) * adapter.mlp(adapter.norm_mlp(x))
+        return x.to(h.dtype)
 
     def rows(self, pred: torch.Tensor) -> torch.Tensor:
         """Codebook row of each prediction: Reflex.scores' cosine, float32, argmax."""
         return (F.normalize(pred.float(), dim=-1) @ self.table.T).argmax(dim=-1)
 
-    def runner(self, prefix: torch.Tensor, last: torch.Tensor | None = None) -> "StepRunner":
-        return StepRunner(self, prefix, last)
+    def runner(self, prompts: PromptBatch) -> "StepRunner":
+        return StepRunner(self, prompts)
 
 
 class StepRunner:
-    """One prefix's per-cycle step, as a CUDA graph per batch size where possible.
+    """One prompt batch's per-cycle step, as a CUDA graph where possible.
 
-    A graph reads fixed addresses: the prefix (held here), a static states
-    buffer written before each replay, and outputs allocated at capture.
+    A one-prompt batch serves any number of states (one row each, a graph per
+    count); a batch of B prompts takes exactly B states. A graph reads fixed
+    addresses: the prompt batch (held here), a static states buffer written
+    before each replay, and outputs allocated at capture.
     """
 
-    def __init__(self, fast: FastReflex, prefix: torch.Tensor, last: torch.Tensor | None):
-        self.fast, self.prefix, self.last = fast, prefix, last
+    def __init__(self, fast: FastReflex, prompts: PromptBatch):
+        self.fast, self.prompts = fast, prompts
+        self.batches: dict[int, PromptBatch] = {prompts.batch: prompts}
         self.graphs: dict[int, tuple] = {}
 
-    def _compute(self, states: torch.Tensor, last: torch.Tensor | None):
-        pred = self.fast.step(self.prefix, states, last)
+    def _prompts_for(self, count: int) -> PromptBatch:
+        if count not in self.batches:
+            if self.prompts.batch != 1:
+                raise ValueError(f"a batch of {self.prompts.batch} prompts takes {self.prompts.batch} "
+                                 f"states, not {count}")
+            self.batches[count] = self.prompts.repeat(self.fast, count)
+        return self.batches[count]
+
+    def _compute(self, prompts: PromptBatch, states: torch.Tensor):
+        pred = self.fast.step(prompts, states)
         return pred, self.fast.rows(pred)
 
-    def _capture(self, batch: int) -> tuple:
-        states = torch.zeros(batch, STATE_WORDS, dtype=torch.int64, device=self.fast.device)
+    def _capture(self, prompts: PromptBatch) -> tuple:
+        states = torch.zeros(prompts.batch, STATE_WORDS, dtype=torch.int64, device=self.fast.device)
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):  # warm-up: cuBLAS handles, workspaces, kernel choice
             for _ in range(2):
-                self._compute(states, self.last)
+                self._compute(prompts, states)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.no_grad(), torch.cuda.graph(graph):
-            pred, rows = self._compute(states, self.last)
+            pred, rows = self._compute(prompts, states)
         return graph, states, pred, rows
 
     @torch.no_grad()
@@ -193,14 +312,12 @@ class StepRunner:
         With graphs the outputs are the graph's own buffers: read them before
         the next call.
         """
-        batch = states.shape[0]
+        prompts = self._prompts_for(states.shape[0])
         if not self.fast.cuda_graph:
-            return self._compute(states.to(self.fast.device), self.last)
-        if self.last is not None and batch != self.last.shape[0]:
-            raise ValueError("a padded prompt batch replays with one state per prompt")
-        if batch not in self.graphs:
-            self.graphs[batch] = self._capture(batch)
-        graph, static_states, pred, rows = self.graphs[batch]
+            return self._compute(prompts, states.to(self.fast.device))
+        if prompts.batch not in self.graphs:
+            self.graphs[prompts.batch] = self._capture(prompts)
+        graph, static_states, pred, rows = self.graphs[prompts.batch]
         static_states.copy_(states, non_blocking=True)
         graph.replay()
         return pred, rows
@@ -216,8 +333,7 @@ class FastPredictor:
     def __init__(self, fast: FastReflex, tokenizer, task: str, config: dict):
         self.fast = fast
         self.tokens: PromptTokens = encode_prompt(tokenizer, task, config)
-        self.prefix = fast.prefix(torch.tensor([self.tokens.ids]))
-        self.run = fast.runner(self.prefix)
+        self.run = fast.runner(fast.prompts([self.tokens.ids]))
 
     def embed(self, states: list[list[int]]) -> torch.Tensor:
         return self.run(states_tensor(states))[0].clone()
@@ -233,36 +349,37 @@ class FastPredictor:
 class FastBatchPredictor:
     """Many prompts in lockstep: predict(indices, states) for `run_many(with_indices=True)`.
 
-    The prompts are right-padded together and their prefixes computed once;
-    each row reads its own last real token. With CUDA graphs every cycle
-    replays the whole batch (finished programs' rows repeat their last state
-    and are ignored): one graph, no re-capture as programs stop. Eagerly, only
-    the rows still running are computed.
+    The prompts' prefixes are computed once, packed. With CUDA graphs every
+    cycle replays the whole batch (finished programs' rows repeat their last
+    state and are ignored): one graph, no re-capture as programs stop.
+    Eagerly, only the prompts still running are computed.
     """
 
-    def __init__(self, fast: FastReflex, tokenizer, prompts: list[str], config: dict,
-                 pad_id: int | None = None):
+    def __init__(self, fast: FastReflex, tokenizer, prompts: list[str], config: dict):
         self.fast = fast
         self.tokens = [encode_prompt(tokenizer, p, config) for p in prompts]
-        pad = pad_id if pad_id is not None else (tokenizer.pad_token_id or 0)
-        ids, self.lengths = pad_batch(self.tokens, pad)
-        self.prefix = fast.prefix(torch.tensor(ids))
-        self.last = torch.tensor([n - 1 for n in self.lengths], device=fast.device)
-        self.run = fast.runner(self.prefix, self.last)
+        self.lengths = [len(t.ids) for t in self.tokens]
+        self.prompts = fast.prompts([t.ids for t in self.tokens])
+        self.run = fast.runner(self.prompts)
         self.host_states = torch.zeros(len(prompts), STATE_WORDS, dtype=torch.int64)
         if fast.device.type == "cuda":
             self.host_states = self.host_states.pin_memory()
 
+    def _subset(self, indices: Sequence[int]) -> PromptBatch:
+        """The running prompts only (eager path): their packed rows of the prefix."""
+        starts = [sum(self.lengths[:i]) for i in range(len(self.lengths))]
+        rows = [starts[i] + t for i in indices for t in range(self.lengths[i])]
+        prefix = self.prompts.prefix[torch.tensor(rows, device=self.fast.device)]
+        return PromptBatch(self.fast, prefix, [self.lengths[i] for i in indices])
+
     def __call__(self, indices: Sequence[int], states: list[list[int]]) -> list[int]:
-        index = torch.tensor(list(indices), dtype=torch.int64)
         if self.fast.cuda_graph:
+            index = torch.tensor(list(indices), dtype=torch.int64)
             self.host_states[index] = states_tensor(states)
             rows = self.run(self.host_states)[1][index.to(self.fast.device)].tolist()
         else:
-            width = max(self.lengths[i] for i in indices)  # drop columns all rows ignore
-            prefix = self.prefix[index.to(self.fast.device), :width]
-            pred = self.fast.step(prefix, states_tensor(states).to(self.fast.device),
-                                  self.last[index.to(self.fast.device)])
+            subset = self.prompts if len(indices) == self.prompts.batch else self._subset(indices)
+            pred = self.fast.step(subset, states_tensor(states).to(self.fast.device))
             rows = self.fast.rows(pred).tolist()
         return [self.fast.words[r] for r in rows]
 

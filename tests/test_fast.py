@@ -43,8 +43,8 @@ def test_fast_step_equals_the_hooked_padded_forward(torch_fixture, fast):
     states = _states(64, 0)
     for task in TASKS[:2]:
         reference = TorchPredictor(model, tokenizer, task, config)  # padded to 96, hooks
-        ids = torch.tensor([reference.tokens.ids])
-        got = fast.step(fast.prefix(ids), torch.tensor(states))
+        prompts = fast.prompts([reference.tokens.ids] * len(states))
+        got = fast.step(prompts, torch.tensor(states))
         ref = reference.embed(states)
         rel = ((got - ref).norm(dim=-1) / ref.norm(dim=-1)).max().item()
         print(f"{task!r}: max relative error {rel:.1e}")
@@ -111,6 +111,27 @@ def test_bf16_adapters_are_a_copy(torch_fixture):
     agree = np.mean(np.array(want) == np.array(got))
     print(f"bf16 adapters: word agreement {agree:.3f} on random states")
     assert agree > 0.8
+
+
+def test_fused_projections_change_nothing(fixture_dir):
+    """fuse=True re-homes q/k/v and gate/up into one tensor each: same values, the
+    reference keeps working on the views, and the fused step agrees with it."""
+    from reflex_torch.fast import FastPredictor, FastReflex
+    from reflex_torch.load import TorchPredictor, load_reflex
+
+    model, tokenizer, config = load_reflex(fixture_dir / "reflex.pt",
+                                           backbone=str(fixture_dir / "backbone"), device="cpu")
+    states = _states(32, 4)
+    before = TorchPredictor(model, tokenizer, TASKS[0], config).embed(states)
+    attn = model.backbone.layers[1].self_attn
+    q_weight = attn.q_proj.weight.clone()
+    fused = FastReflex(model, fuse=True)
+    assert torch.equal(attn.q_proj.weight, q_weight)
+    assert attn.k_proj.weight.data_ptr() == attn.q_proj.weight.data_ptr() + q_weight.numel() * q_weight.element_size()
+    after = TorchPredictor(model, tokenizer, TASKS[0], config).embed(states)
+    assert torch.equal(before, after)
+    got = FastPredictor(fused, tokenizer, TASKS[0], config).embed(states)
+    assert ((got - before).norm(dim=-1) / before.norm(dim=-1)).max().item() < 1e-5
 
 
 def test_compiled_mlx_step_equals_the_plain_step(mlx_float32):
