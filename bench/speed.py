@@ -242,13 +242,12 @@ def mlx_rows(torch_model, config, prompts, states, batches, cycles, agree_states
             last = None if batch == 1 else mx.array([len(p) - 1 for p in group])
             prefix = model.prefix(ids)
             mx.eval(prefix)
-            variants = [("compiled", model.compiled_step)]
+            variants = [("compiled", model.compiled_words)]
             if batch == 1 and adapters == "fp32" and name == "bf16":
-                variants.append(("not compiled", model.step))
-            for how, step in variants:
-                def call(s, step=step):
-                    pred = step(prefix, mx.array(s), last) if last is not None else step(prefix, mx.array(s))
-                    return np.array(model.reflex.decode(pred))
+                variants.append(("not compiled", lambda *a: model.reflex.decode(model.step(*a))))
+            for how, words_of in variants:
+                def call(s, words_of=words_of):
+                    return np.array(words_of(prefix, mx.array(s), last))
                 inputs = [states[(i * batch + np.arange(batch)) % len(states)] for i in range(cycles)]
                 row = {"path": f"MLX {device} ({name} backbone, {adapters} adapters, {how})",
                        "batch": batch, "ms_cycle": median_ms(call, inputs)}

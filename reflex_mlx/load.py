@@ -67,6 +67,7 @@ class MLXPredictor:
     def __init__(self, model: ReflexModel, tokenizer, task: str, config: dict,
                  compiled: bool = True):
         self.model = model
+        self.compiled = compiled
         self.step = model.compiled_step if compiled else model.step
         self.tokens: PromptTokens = encode_prompt(tokenizer, task, config)
         self.prefix = model.prefix(mx.array([self.tokens.ids]))
@@ -76,7 +77,10 @@ class MLXPredictor:
         return self.step(self.prefix, states_array(states))
 
     def predict_many(self, states: list[list[int]]) -> list[int]:
-        words = self.model.reflex.decode(self.embed(states))
+        if self.compiled:
+            words = self.model.compiled_words(self.prefix, states_array(states))
+        else:
+            words = self.model.reflex.decode(self.embed(states))
         return [int(w) for w in np.array(words)]
 
     def __call__(self, state: list[int]) -> int:
@@ -93,7 +97,8 @@ class MLXBatchPredictor:
     def __init__(self, model: ReflexModel, tokenizer, prompts: list[str], config: dict,
                  compiled: bool = True):
         self.model = model
-        self.step = model.compiled_step if compiled else model.step
+        self.words = model.compiled_words if compiled else (
+            lambda *a: model.reflex.decode(model.step(*a)))
         self.tokens = [encode_prompt(tokenizer, p, config) for p in prompts]
         ids, lengths = pad_batch(self.tokens, tokenizer.pad_token_id or 0)
         self.prefix = model.prefix(mx.array(ids))
@@ -104,5 +109,5 @@ class MLXBatchPredictor:
         rows = np.asarray(indices)
         width = int(self.last[rows].max()) + 1  # drop columns that are padding for all rows
         prefix = self.prefix[mx.array(rows), :width]
-        pred = self.step(prefix, states_array(states), mx.array(self.last[rows]))
-        return [int(w) for w in np.array(self.model.reflex.decode(pred))]
+        words = self.words(prefix, states_array(states), mx.array(self.last[rows]))
+        return [int(w) for w in np.array(words)]
