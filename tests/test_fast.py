@@ -134,6 +134,24 @@ def test_fused_projections_change_nothing(fixture_dir):
     assert ((got - before).norm(dim=-1) / before.norm(dim=-1)).max().item() < 1e-5
 
 
+def test_torch_compiled_step_equals_the_plain_step(torch_fixture, fast):
+    """compile=True (the fastest CUDA setting, with the graph) computes the same step."""
+    import shutil
+
+    from reflex_torch.fast import FastReflex
+
+    if shutil.which("g++") is None and shutil.which("c++") is None:
+        pytest.skip("torch.compile on CPU needs a C++ compiler")
+    model, tokenizer, config = torch_fixture
+    token_lists = [tokenizer(t)["input_ids"] for t in TASKS]
+    states = torch.tensor(_states(len(TASKS), 5))
+    compiled = FastReflex(model, compile=True)
+    want = fast.step(fast.prompts(token_lists), states)
+    got = compiled.step(compiled.prompts(token_lists), states)
+    assert ((got - want).norm(dim=-1) / want.norm(dim=-1)).max().item() < 1e-5
+    assert compiled.rows(got).tolist() == fast.rows(want).tolist()
+
+
 def test_compiled_mlx_step_equals_the_plain_step(mlx_float32):
     from reflex_mlx.load import MLXBatchPredictor, MLXPredictor
 
