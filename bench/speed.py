@@ -244,7 +244,7 @@ def mlx_rows(torch_model, config, prompts, states, batches, cycles, agree_states
             mx.eval(prefix)
             variants = [("compiled", model.compiled_words)]
             if batch == 1 and adapters == "fp32" and name == "bf16":
-                variants.append(("not compiled", lambda *a: model.reflex.decode(model.step(*a))))
+                variants.append(("not compiled", model.words))
             for how, words_of in variants:
                 def call(s, words_of=words_of):
                     return np.array(words_of(prefix, mx.array(s), last))

@@ -67,8 +67,8 @@ class MLXPredictor:
     def __init__(self, model: ReflexModel, tokenizer, task: str, config: dict,
                  compiled: bool = True):
         self.model = model
-        self.compiled = compiled
         self.step = model.compiled_step if compiled else model.step
+        self.words = model.compiled_words if compiled else model.words
         self.tokens: PromptTokens = encode_prompt(tokenizer, task, config)
         self.prefix = model.prefix(mx.array([self.tokens.ids]))
         mx.eval(self.prefix)
@@ -77,11 +77,7 @@ class MLXPredictor:
         return self.step(self.prefix, states_array(states))
 
     def predict_many(self, states: list[list[int]]) -> list[int]:
-        if self.compiled:
-            words = self.model.compiled_words(self.prefix, states_array(states))
-        else:
-            words = self.model.reflex.decode(self.embed(states))
-        return [int(w) for w in np.array(words)]
+        return [int(w) for w in np.array(self.words(self.prefix, states_array(states)))]
 
     def __call__(self, state: list[int]) -> int:
         return self.predict_many([state])[0]
@@ -97,8 +93,7 @@ class MLXBatchPredictor:
     def __init__(self, model: ReflexModel, tokenizer, prompts: list[str], config: dict,
                  compiled: bool = True):
         self.model = model
-        self.words = model.compiled_words if compiled else (
-            lambda *a: model.reflex.decode(model.step(*a)))
+        self.words = model.compiled_words if compiled else model.words
         self.tokens = [encode_prompt(tokenizer, p, config) for p in prompts]
         ids, lengths = pad_batch(self.tokens, tokenizer.pad_token_id or 0)
         self.prefix = model.prefix(mx.array(ids))

@@ -237,11 +237,14 @@ class ReflexModel(nn.Module):
         fresh model). Same function as `step`; tests/test_fast.py checks it."""
         return self._compiled("step", lambda *a: self.step(*a))(prefix, states, last)
 
+    def words(self, prefix: mx.array, states: mx.array, last: mx.array | None = None) -> mx.array:
+        """The decoded words [B] (uint32) of `step`."""
+        return self.reflex.decode(self.step(prefix, states, last))
+
     def compiled_words(self, prefix: mx.array, states: mx.array,
                        last: mx.array | None = None) -> mx.array:
-        """The decoded words [B] (uint32) of `step`, step and decode in one compiled call."""
-        return self._compiled("words", lambda *a: self.reflex.decode(self.step(*a)))(
-            prefix, states, last)
+        """`words` through mx.compile: step and decode in one compiled call."""
+        return self._compiled("words", lambda *a: self.words(*a))(prefix, states, last)
 
     def _compiled(self, name: str, fn):
         cache = self.__dict__.setdefault("_compiled_fns", {})  # kept out of the module tree

@@ -103,7 +103,7 @@ class PromptBatch:
         self.lengths = list(lengths)
         self.batch, self.width = len(self.lengths), max(self.lengths)
         self.uniform = len(set(self.lengths)) == 1  # then grid == packed: no gathers
-        starts = [sum(self.lengths[:b]) for b in range(self.batch)]
+        self.starts = starts = [sum(self.lengths[:b]) for b in range(self.batch)]
         T = self.width
         positions = [t for n in self.lengths for t in range(n)]
         self.prefix = prefix
@@ -128,6 +128,12 @@ class PromptBatch:
         """[B, T, ...] -> [N, ...] packed (the pads dropped)."""
         y = y.reshape(self.batch * self.width, *y.shape[2:])
         return y if self.uniform else y[self.packed]
+
+    def select(self, fast: "FastReflex", indices: Sequence[int]) -> "PromptBatch":
+        """The prompts at `indices` only, with their packed rows of the prefix."""
+        rows = [self.starts[i] + t for i in indices for t in range(self.lengths[i])]
+        return PromptBatch(fast, self.prefix[torch.tensor(rows, device=self.prefix.device)],
+                           [self.lengths[i] for i in indices])
 
     def repeat(self, fast: "FastReflex", count: int) -> "PromptBatch":
         """This one-prompt batch as `count` rows (one per state)."""
@@ -358,19 +364,12 @@ class FastBatchPredictor:
     def __init__(self, fast: FastReflex, tokenizer, prompts: list[str], config: dict):
         self.fast = fast
         self.tokens = [encode_prompt(tokenizer, p, config) for p in prompts]
-        self.lengths = [len(t.ids) for t in self.tokens]
         self.prompts = fast.prompts([t.ids for t in self.tokens])
+        self.lengths = self.prompts.lengths
         self.run = fast.runner(self.prompts)
         self.host_states = torch.zeros(len(prompts), STATE_WORDS, dtype=torch.int64)
         if fast.device.type == "cuda":
             self.host_states = self.host_states.pin_memory()
-
-    def _subset(self, indices: Sequence[int]) -> PromptBatch:
-        """The running prompts only (eager path): their packed rows of the prefix."""
-        starts = [sum(self.lengths[:i]) for i in range(len(self.lengths))]
-        rows = [starts[i] + t for i in indices for t in range(self.lengths[i])]
-        prefix = self.prompts.prefix[torch.tensor(rows, device=self.fast.device)]
-        return PromptBatch(self.fast, prefix, [self.lengths[i] for i in indices])
 
     def __call__(self, indices: Sequence[int], states: list[list[int]]) -> list[int]:
         if self.fast.cuda_graph:
@@ -378,7 +377,8 @@ class FastBatchPredictor:
             self.host_states[index] = states_tensor(states)
             rows = self.run(self.host_states)[1][index.to(self.fast.device)].tolist()
         else:
-            subset = self.prompts if len(indices) == self.prompts.batch else self._subset(indices)
+            subset = (self.prompts if len(indices) == self.prompts.batch
+                      else self.prompts.select(self.fast, indices))
             pred = self.fast.step(subset, states_tensor(states).to(self.fast.device))
             rows = self.fast.rows(pred).tolist()
         return [self.fast.words[r] for r in rows]
