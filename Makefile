@@ -2,6 +2,8 @@
 VENV          ?= .venv
 PY            := $(VENV)/bin/python
 TORCH_VERSION := 2.13.0
+# e.g. https://download.pytorch.org/whl/cpu: where plain PyPI would give a CUDA build
+TORCH_INDEX   ?=
 PROMPT        ?= compute 5 factorial
 MODEL         ?=
 # A small random checkpoint, for trying the pipeline offline (`make fixture`).
@@ -13,13 +15,13 @@ TINY_MLX      := reflex_mlx/models/reflex-tiny
 TINY_CONVERT_ARGS ?= --no-quantize --backbone-dtype float16
 CONVERT_ARGS  ?=
 
-.PHONY: setup test run eval heldout tiny-mlx convert parity parity-gpu fixture clean
+.PHONY: setup setup-gpu test run eval heldout tiny-mlx convert parity parity-gpu fixture clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch pinned first: a looser spec would pull a CUDA build and its gigabytes
-	$(PY) -m pip install -q torch==$(TORCH_VERSION)
+	$(PY) -m pip install -q torch==$(TORCH_VERSION) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(PY) -m pip install -q -e '.[torch,dev]'
 	touch $@
 
@@ -59,14 +61,22 @@ convert: setup
 parity: setup
 	$(PY) -m pytest -q -s tests/test_parity_cpu.py tests/test_prompt.py
 
-# Released shape (random weights from a seed, no download) on CUDA: torch bf16 reference vs
-# MLX bf16 and 4-bit (docs/parity.md). Needs a CUDA torch and MLX's CUDA build in $(PY):
-# run `make setup` on the GPU host first, or pass PY=python3 where they are installed.
-# The report (parity_release.md/.json) goes to PARITY_OUT.
+# On CUDA: torch as released (bf16 backbone) vs MLX bf16 and 4-bit, at the released shape
+# (random weights from a seed, no download) and on reflex-tiny's eval (docs/parity.md).
+# Needs a CUDA torch and MLX's CUDA build in $(PY): `make setup-gpu` on the GPU host first,
+# or pass PY=python3 where they are installed.
+# The reports (parity_release.* and parity_tiny.*) go to PARITY_OUT.
 PARITY_OUT    ?= runs/parity
 parity-gpu:
 	PARITY_OUT=$(PARITY_OUT) $(PY) -m pytest -q -s -m gpu tests/test_parity_gpu.py
-	@cat $(PARITY_OUT)/parity_release.md
+	@cat $(PARITY_OUT)/parity_release.md $(PARITY_OUT)/parity_tiny.md
+
+# A Linux GPU host: swap MLX's CPU backend for its CUDA build (same MLX version).
+MLX_CUDA      ?= cuda13
+setup-gpu: setup
+	$(PY) -m pip uninstall -q -y mlx-cpu
+	$(PY) -m pip install -q "mlx[$(MLX_CUDA)]==$$($(PY) -c 'import importlib.metadata as m; print(m.version("mlx"))')"
+	$(PY) -c 'import mlx.core as mx; assert mx.is_available(mx.gpu), "MLX sees no GPU"; print("MLX on", mx.default_device())'
 
 clean:
 	rm -rf $(FIXTURE) $(FIXTURE_MLX)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The H200 runs behind docs/parity.md and docs/performance.md, as they were made
 # with the lent GPU (torch 2.11 CUDA, transformers 5.17, MLX 0.32.4 CUDA build,
-# mlx-lm 0.32.2). Usage: bench/h200.sh parity|speed OUTDIR  (corpus copied to .corpus/)
+# mlx-lm 0.32.2). Usage: bench/h200.sh parity|speed|agree|parity-gpu OUTDIR [PYTEST_K]
+# (corpus copied to .corpus/)
 set -uo pipefail
 what=$1; out=$2
 export PYTHONUNBUFFERED=1
@@ -20,7 +21,14 @@ parity)
       --tiny-mlx /tmp/reflex-tiny-bf16,/tmp/reflex-tiny-q4,reflex_mlx/models/reflex-tiny
   ;;
 speed)
-  timeout 420 python3 -m bench.speed --shape release --out "$out/speed" --cycles 30 --corpus .corpus
-  timeout 130 python3 -m bench.speed --tiny-torch reflex_torch/models/reflex-tiny --out "$out/agree"
+  timeout 540 python3 -m bench.speed --shape release --out "$out/speed" --cycles 30 --corpus .corpus \
+      --torch-compile
+  ;;
+agree)
+  timeout 400 python3 -m bench.speed --tiny-torch reflex_torch/models/reflex-tiny --out "$out/agree" \
+      --torch-compile
+  ;;
+parity-gpu)  # the pytest suite itself (make parity-gpu); -k picks one of its two tests
+  PARITY_OUT="$out/parity" timeout 560 python3 -m pytest -q -s -m gpu tests/test_parity_gpu.py ${3:+-k "$3"}
   ;;
 esac

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import click
 
-from reflex_core.hub import resolve_backbone, resolve_checkpoint
+from reflex_core.hub import backbone_config, resolve_backbone, resolve_checkpoint
 from reflex_core.spec import (
     ADAPTER_HEADS, ADAPTERS_FILE, BACKBONE_DIR, DEFAULT_RELEASE_DIR, MODEL_CONFIG_FILE,
     MODEL_FORMAT, MODEL_FORMAT_VERSION, QUANT_GROUP_SIZE, adapter_layers, reflex_config,
@@ -45,7 +45,7 @@ def convert_checkpoint(
     import mlx.core as mx
     from mlx_lm import convert as mlx_lm_convert
 
-    from reflex_mlx.model import Reflex
+    from reflex_mlx.model import Reflex, ReflexArgs
 
     out = Path(out)
     if out.exists():
@@ -54,6 +54,7 @@ def convert_checkpoint(
     ckpt = read_checkpoint(checkpoint_path)
     config = reflex_config(ckpt.config)
     backbone_source = resolve_backbone(backbone or config["backbone_id"], near=checkpoint_path)
+    num_layers = _check_fit(ckpt, config, backbone_config(backbone_source))
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
@@ -62,28 +63,32 @@ def convert_checkpoint(
     try:
         log = io.StringIO() if quiet else sys.stderr
         with contextlib.redirect_stdout(log):
-            mlx_lm_convert(
-                hf_path=backbone_source, mlx_path=str(tmp / BACKBONE_DIR), quantize=quantize,
-                q_bits=bits if quantize else None, q_group_size=QUANT_GROUP_SIZE if quantize else None,
-                dtype=backbone_dtype,
-            )
-        backbone_config = _spell_rope_theta(tmp / BACKBONE_DIR / "config.json")
-        num_layers = backbone_config["num_hidden_layers"]
-        if backbone_config["hidden_size"] != config["hidden"]:
-            raise ConvertError(
-                f"backbone hidden size {backbone_config['hidden_size']} does not match the "
-                f"checkpoint's {config['hidden']}"
-            )
-
-        weights = Reflex.sanitize({name: mx.array(t.numpy()) for name, t in ckpt.state.items()})
-        target = getattr(mx, dtype)
-        weights = {
-            k: v.astype(target) if mx.issubdtype(v.dtype, mx.floating) else v
-            for k, v in weights.items()
-        }
-        mx.save_safetensors(str(tmp / ADAPTERS_FILE), weights, metadata={"format": MODEL_FORMAT})
+            try:
+                mlx_lm_convert(
+                    hf_path=backbone_source, mlx_path=str(tmp / BACKBONE_DIR), quantize=quantize,
+                    q_bits=bits if quantize else None,
+                    q_group_size=QUANT_GROUP_SIZE if quantize else None, dtype=backbone_dtype,
+                )
+            except Exception as err:  # mlx-lm and the hub raise many kinds; one line for the user
+                raise ConvertError(f"mlx-lm could not convert the backbone {backbone_source}: "
+                                   f"{str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}"
+                                   ) from None
+        _spell_rope_theta(tmp / BACKBONE_DIR / "config.json")
 
         layers = adapter_layers(num_layers, config["inject_every"])
+        target = getattr(mx, dtype)
+        weights = {}
+        for name, value in Reflex.sanitize({n: mx.array(t.numpy()) for n, t in ckpt.state.items()}).items():
+            weights[name] = value.astype(target) if mx.issubdtype(value.dtype, mx.floating) else value
+        ckpt.close()
+        try:  # every name and shape the MLX model will load, checked before anything is saved
+            Reflex(ReflexArgs.from_config({**config, "adapter_layers": layers})).load_weights(
+                list(weights.items()), strict=True)
+        except ValueError as err:
+            raise ConvertError(f"the checkpoint does not fit the Reflex modules: {str(err).splitlines()[0]}"
+                               ) from None
+        mx.save_safetensors(str(tmp / ADAPTERS_FILE), weights, metadata={"format": MODEL_FORMAT})
+
         model_config = {
             **config,
             "format": MODEL_FORMAT, "format_version": MODEL_FORMAT_VERSION,
@@ -100,6 +105,23 @@ def convert_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _check_fit(ckpt, config: dict, qwen: dict) -> int:
+    """The backbone's layer count, once the checkpoint is known to fit it: same
+    hidden size, one adapter per injected layer. Checked before any conversion."""
+    if qwen.get("hidden_size") != config["hidden"]:
+        raise ConvertError(f"backbone hidden size {qwen.get('hidden_size')} does not match the "
+                           f"checkpoint's {config['hidden']}")
+    num_layers = qwen.get("num_hidden_layers")
+    if not isinstance(num_layers, int) or num_layers <= 0:
+        raise ConvertError("the backbone config has no num_hidden_layers")
+    wanted = len(adapter_layers(num_layers, config["inject_every"]))
+    stored = len({name.split(".")[1] for name in ckpt.state if name.startswith("adapters.")})
+    if stored != wanted:
+        raise ConvertError(f"the checkpoint has {stored} adapters; a {num_layers}-layer backbone with "
+                           f"inject_every={config['inject_every']} takes {wanted}")
+    return num_layers
 
 
 def _spell_rope_theta(config_path: Path) -> dict:
@@ -120,15 +142,18 @@ def _spell_rope_theta(config_path: Path) -> dict:
               help="Backbone: a transformers directory or hub id (default: the checkpoint's backbone_id).")
 @click.option("--out", type=click.Path(path_type=Path),
               default=Path(DEFAULT_RELEASE_DIR).expanduser(), show_default=True)
-@click.option("--bits", type=click.Choice(["4", "8"]), default="4", show_default=True)
+@click.option("--bits", type=click.Choice(["4", "8"]), default=None,
+              help="Backbone quantization bits, group size 64.  [default: 4]")
 @click.option("--no-quantize", is_flag=True, help="Keep the backbone unquantized.")
 @click.option("--dtype", type=click.Choice(DTYPES), default="float32", show_default=True,
               help="dtype of the adapter-side weights (float32 as released).")
 @click.option("--backbone-dtype", type=click.Choice(DTYPES), default=None,
               help="dtype of the backbone's unquantized weights (default: the backbone's own).")
 def main(checkpoint, backbone, out, bits, no_quantize, dtype, backbone_dtype):
+    if bits is not None and no_quantize:
+        raise click.UsageError("--bits and --no-quantize contradict each other; give one")
     try:
-        path = convert_checkpoint(checkpoint, backbone, out, bits=int(bits),
+        path = convert_checkpoint(checkpoint, backbone, out, bits=int(bits or 4),
                                   quantize=not no_quantize, dtype=dtype,
                                   backbone_dtype=backbone_dtype)
     except (ConvertError, CheckpointError, FileNotFoundError, OSError, ValueError) as err:

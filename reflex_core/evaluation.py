@@ -157,6 +157,11 @@ def format_report(report: dict, model_name: str) -> str:
         for row in rows:
             lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
         lines.append("")
-    lines.append(f"total: {report['passed']}/{report['total']} ({model_name})   "
-                 f"released 7B: {published['total']}/{report['total']} ({published['model']})")
+    # The summary: every section and the total, ours beside the release's.
+    summary = [("section", model_name, published["model"])]
+    summary += [(name, f"{s['passed']}/{s['total']}", f"{published['sections'][name]}/{s['total']}")
+                for name, s in report["sections"].items()]
+    summary.append(("total", f"{report['passed']}/{report['total']}", f"{published['total']}/{report['total']}"))
+    widths = [max(len(row[i]) for row in summary) for i in range(3)]
+    lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in summary]
     return "\n".join(lines)

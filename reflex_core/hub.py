@@ -18,6 +18,9 @@ def resolve_checkpoint(source: str | None) -> Path:
     if path.exists():
         return path
     parts = source.split("/")
+    under_local_folder = len(parts) > 1 and parts[0] not in ("", ".") and Path(parts[0]).is_dir()
+    if _looks_local(source) or under_local_folder or (len(parts) == 2 and source.endswith(".pt")):
+        raise FileNotFoundError(f"no checkpoint at {source}")
     if len(parts) == 2:
         repo, filename = source, HUB_FILE
     elif len(parts) == 3:
@@ -40,4 +43,24 @@ def resolve_backbone(source: str, near: Path | None = None) -> str:
         return str(path)
     if near is not None and not path.is_absolute() and (Path(near).parent / path).is_dir():
         return str(Path(near).parent / path)
+    if _looks_local(source) or len(source.split("/")) > 2:
+        raise FileNotFoundError(f"no backbone directory at {source}")
     return source
+
+
+def _looks_local(source: str) -> bool:
+    """Spelled as a path, never a hub name: absolute, or relative with ./ ../ ~."""
+    return source.startswith(("/", ".", "~")) or "\\" in source
+
+
+def backbone_config(source: str) -> dict:
+    """The backbone's transformers config.json: read locally, or fetched alone from
+    the hub (a few kB), so a mismatch is found before gigabytes are converted."""
+    import json
+
+    path = Path(source)
+    if path.is_dir():
+        return json.loads((path / "config.json").read_text())
+    from huggingface_hub import hf_hub_download
+
+    return json.loads(Path(hf_hub_download(repo_id=source, filename="config.json")).read_text())

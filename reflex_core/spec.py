@@ -59,10 +59,28 @@ CONFIG_DEFAULTS = {
 }
 
 
+# Keys every consumer reads, and what each must hold.
+_POSITIVE_INT_KEYS = ("hidden", "inject_every", "adapter_mlp_ratio", "max_instr_tokens", "embed_dim", "num_instrs")
+_BOOL_KEYS = ("chat_template", "context_prefix")
+
+
 def reflex_config(raw: dict) -> dict:
-    """The checkpoint config with the released defaults filled in."""
+    """The checkpoint config with the released defaults filled in, checked.
+
+    Raises ValueError (one line) when a key holds the wrong kind of value, so a
+    hand-edited or foreign config fails at load, not deep inside a forward pass.
+    """
+    if not isinstance(raw, dict):
+        raise ValueError("the Reflex config is not a mapping")
     cfg = dict(CONFIG_DEFAULTS)
     cfg.update(raw)
+    for key in _POSITIVE_INT_KEYS:
+        value = cfg[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ValueError(f"config key {key!r} must be a positive integer, not {value!r}")
+    for key in _BOOL_KEYS:
+        if not isinstance(cfg[key], bool):
+            raise ValueError(f"config key {key!r} must be true or false, not {cfg[key]!r}")
     return cfg
 
 

@@ -9,7 +9,7 @@ import mlx.core as mx
 import numpy as np
 
 from reflex_core.prompt import PromptTokens, encode_prompt, pad_batch
-from reflex_core.spec import ADAPTERS_FILE, BACKBONE_DIR, MODEL_CONFIG_FILE, MODEL_FORMAT
+from reflex_core.spec import ADAPTERS_FILE, BACKBONE_DIR, MODEL_CONFIG_FILE, MODEL_FORMAT, reflex_config
 
 from .model import Reflex, ReflexArgs, ReflexModel
 
@@ -39,6 +39,10 @@ def load_model(model_dir: str | Path) -> tuple[ReflexModel, object, dict]:
         raise ModelError(f"cannot read {config_path}: {_first_line(err)}") from None
     if not isinstance(config, dict) or config.get("format") != MODEL_FORMAT:
         raise ModelError(f"{config_path} is not a {MODEL_FORMAT} model config")
+    try:
+        config = reflex_config(config)
+    except ValueError as err:
+        raise ModelError(f"{config_path}: {err}") from None
 
     try:
         backbone, tokenizer = load_backbone(str(model_dir / config.get("backbone", BACKBONE_DIR)))

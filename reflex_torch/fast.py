@@ -153,7 +153,9 @@ class FastReflex:
     product for each. cuda_graph: capture and replay the step on CUDA (ignored
     elsewhere). compile: also pass the step through torch.compile (True, or a
     torch.compile mode such as "max-autotune-no-cudagraphs"); off by default,
-    since it costs a compilation per (prompt set, batch).
+    since it costs compilations: the first shape is compiled as is, the
+    first change of shape (another prompt length or batch) recompiles once
+    with symbolic sizes, which then serve every later shape.
     """
 
     def __init__(self, model: ReflexModel, adapter_dtype: torch.dtype | None = None,
@@ -164,7 +166,7 @@ class FastReflex:
         self.fused = fuse_projections(self.backbone) if fuse else None
         if compile:
             mode = compile if isinstance(compile, str) else None
-            self.compiled = torch.compile(self._step, dynamic=False, mode=mode)
+            self.compiled = torch.compile(self._step, mode=mode)  # dynamic=None: automatic
         else:
             self.compiled = None
         reflex = model.reflex

@@ -9,7 +9,8 @@ scratch together with the adapters; with --backbone a pretrained Qwen2 is
 loaded, frozen, and only the Reflex modules learn (the released recipe,
 DESIGN.md §7). Samples are (state, word) cycles from replaying every corpus
 program on the shared machine; 5% of the distinct programs are held out, and
-no prompt equal to one of the evaluation prompts is trained on.
+no prompt equal to one of the evaluation prompts (up to case, spacing and, by
+default, punctuation and quotes) is trained on.
 
 OUT gets reflex.pt (DESIGN.md §2 format), backbone/ (the from-scratch
 backbone and tokenizer, which `load_reflex` finds via backbone_id "backbone"),
@@ -23,6 +24,7 @@ import json
 import math
 import os
 import random
+import re
 import shutil
 import sys
 import tempfile
@@ -47,15 +49,42 @@ STATE_FILE = "train_state.pt"
 BACKBONE_DIR = "backbone"
 MAX_FLOAT32_BACKBONE_BYTES = 16 * 2**20  # bigger from-scratch backbones are saved in bfloat16
 
-# On --resume these come from the saved run, so the data split and the model are the same.
+# On --resume these always come from the saved run, so the data split and the model
+# are the same; every other setting does too unless given again on the command line.
 RUN_DEFINING_ARGS = (
-    "corpus", "families", "max_programs", "heldout_fraction", "seed", "backbone", "hidden",
-    "layers", "heads", "kv_heads", "intermediate", "vocab", "rope_theta", "embed_dim",
+    "corpus", "families", "max_programs", "heldout_fraction", "seed", "eval_filter", "backbone",
+    "hidden", "layers", "heads", "kv_heads", "intermediate", "vocab", "rope_theta", "embed_dim",
     "adapter_mlp_ratio", "inject_every", "max_instr_tokens", "temperature", "eval_samples",
 )
+# Per invocation: where, on what, and when to stop this time.
+NOT_RESUMED = ("out", "resume", "given", "stop_at", "time_limit", "device", "threads")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = build_parser()
+    args = p.parse_args(argv)
+    args.given = given_options(p, sys.argv[1:] if argv is None else argv)
+    pretrained = args.backbone is not None
+    if args.embed_dim is None:
+        args.embed_dim = 256 if pretrained else 128
+    if args.lr is None:
+        args.lr = 1e-4 if pretrained else 1e-3
+    if args.min_lr is None:
+        args.min_lr = args.lr / 100
+    return args
+
+
+def given_options(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
+    """The dests of the options present in argv (--opt value or --opt=value)."""
+    given = set()
+    for action in parser._actions:
+        for opt in action.option_strings:
+            if any(tok == opt or tok.startswith(opt + "=") for tok in argv):
+                given.add(action.dest)
+    return given
+
+
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--resume", action="store_true", help="continue from OUT/train_state.pt")
@@ -65,6 +94,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-programs", type=int, default=None, help="random subset of distinct programs (tests)")
     p.add_argument("--heldout-fraction", type=float, default=0.05)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval-filter", choices=sorted(EVAL_FILTERS), default="punctuation",
+                   help="which training prompts count as an evaluation prompt and are dropped: "
+                        "equal up to case and spacing (exact), or also up to punctuation and "
+                        "quotes (punctuation: 'say \"hi\"' is 'say hi')")
     # model
     p.add_argument("--backbone", default=None, help="pretrained Qwen2 (hub id or folder), frozen")
     p.add_argument("--hidden", type=int, default=192)
@@ -101,27 +134,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help=f"auto: float32 unless that exceeds {MAX_FLOAT32_BACKBONE_BYTES >> 20} MiB")
     p.add_argument("--time-limit", type=float, default=None, help="stop cleanly (saving) after this many seconds")
     p.add_argument("--stop-at", type=int, default=None, help="stop cleanly (saving) after this step")
-    args = p.parse_args(argv)
-    pretrained = args.backbone is not None
-    if args.embed_dim is None:
-        args.embed_dim = 256 if pretrained else 128
-    if args.lr is None:
-        args.lr = 1e-4 if pretrained else 1e-3
-    if args.min_lr is None:
-        args.min_lr = args.lr / 100
-    return args
+    return p
 
 
 # ----------------------------------------------------------------------------- data
 
 
 def normalise(prompt: str) -> str:
+    """Case and spacing ignored."""
     return " ".join(prompt.lower().split())
 
 
-def eval_prompts() -> set[str]:
-    """The evaluation prompts (normalised): never trained on."""
-    return {normalise(task["prompt"]) for task in json.loads(EVAL_TASKS.read_text())["tasks"]}
+def bare(prompt: str) -> str:
+    """Letters and digits only: punctuation and quotes ignored too."""
+    return " ".join(re.sub(r"[^a-z0-9]+", " ", prompt.lower()).split())
+
+
+EVAL_FILTERS = {"exact": normalise, "punctuation": bare}
+
+
+def eval_prompts(key=normalise) -> set[str]:
+    """The evaluation prompts, as `key` sees them: never trained on."""
+    return {key(task["prompt"]) for task in json.loads(EVAL_TASKS.read_text())["tasks"]}
 
 
 @dataclass
@@ -154,7 +188,8 @@ def split_programs(args) -> Split:
 
     n_held = max(1, round(args.heldout_fraction * len(distinct))) if len(distinct) > 1 else 0
     held = set(random.Random(args.seed + 1).sample(range(len(distinct)), n_held))
-    forbidden = eval_prompts()
+    key = EVAL_FILTERS[args.eval_filter]
+    forbidden = eval_prompts(key)
     train, heldout, removed, removed_distinct = [], [], 0, set()
     for index, group in enumerate(distinct):
         program, prompts = group["program"], list(group["prompts"])
@@ -164,16 +199,16 @@ def split_programs(args) -> Split:
                 "words": [f"{w:08x}" for w in program.words], "prompts": prompts,
             })
             continue
-        kept = [p for p in prompts if normalise(p) not in forbidden]
+        kept = [p for p in prompts if key(p) not in forbidden]
         removed += len(prompts) - len(kept)
-        removed_distinct |= {normalise(p) for p in prompts} & forbidden
+        removed_distinct |= {key(p) for p in prompts} & forbidden
         if kept:
             train.append({"program": program, "prompts": kept})
     counts = {
         "corpus": str(root), "programs": len(programs), "distinct_programs": len(groups),
         "used_programs": len(distinct), "heldout_programs": len(heldout), "train_programs": len(train),
         "removed_eval_prompt_pairs": removed, "removed_eval_prompts_distinct": len(removed_distinct),
-        "eval_prompts_distinct": len(forbidden),
+        "eval_prompts_distinct": len(forbidden), "eval_filter": args.eval_filter,
     }
     return Split(train, heldout, counts)
 
@@ -351,8 +386,10 @@ def main(argv: list[str] | None = None) -> dict:
         if not (out / STATE_FILE).exists():
             sys.exit(f"error: --resume but no {out / STATE_FILE}")
         saved = torch.load(out / STATE_FILE, map_location="cpu", weights_only=False)
-        for key in RUN_DEFINING_ARGS:
-            setattr(args, key, saved["args"][key])
+        before = {"eval_filter": "exact"}  # runs saved before the option existed
+        for key, value in {**before, **saved["args"]}.items():
+            if key in RUN_DEFINING_ARGS or (key not in args.given and key not in NOT_RESUMED):
+                setattr(args, key, value)
     out.mkdir(parents=True, exist_ok=True)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     torch.set_float32_matmul_precision("high")  # TF32 on CUDA

@@ -70,7 +70,7 @@ def test_missing_model_dir(tmp_path):
 
 
 @pytest.mark.parametrize("damage", ["no_config", "bad_config", "bad_adapters", "no_backbone",
-                                    "wrong_adapter_shape"])
+                                    "wrong_adapter_shape", "wrong_value_type"])
 def test_corrupt_model_dir(mlx_float32_dir, tmp_path, damage):
     broken = tmp_path / "model"
     shutil.copytree(mlx_float32_dir, broken)
@@ -83,6 +83,10 @@ def test_corrupt_model_dir(mlx_float32_dir, tmp_path, damage):
         (broken / "adapters.safetensors").write_bytes(data[: len(data) // 3])
     elif damage == "no_backbone":
         shutil.rmtree(broken / "backbone")
+    elif damage == "wrong_value_type":
+        config = json.loads((broken / "config.json").read_text())
+        config["max_instr_tokens"] = "ninety-six"
+        (broken / "config.json").write_text(json.dumps(config))
     else:
         config = json.loads((broken / "config.json").read_text())
         config["embed_dim"] += 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -70,9 +71,26 @@ def test_failure_leaves_nothing_behind(fixture_dir, tmp_path):
 
     other = build_fixture(tmp_path / "other", hidden=32, intermediate=64, heads=2, kv_heads=1)
     out = tmp_path / "parent" / "model"
-    with pytest.raises(ConvertError, match="hidden size"):
+    with pytest.raises(ConvertError, match="hidden size"):  # found before any conversion
         convert_checkpoint(str(fixture_dir / "reflex.pt"), str(other / "backbone"), out, quiet=True)
     assert not out.exists()
+
+    # A layer count that takes another number of adapters: refused up front too.
+    shallow = tmp_path / "shallow"
+    shutil.copytree(fixture_dir / "backbone", shallow)
+    config = json.loads((shallow / "config.json").read_text())
+    config["num_hidden_layers"] = 4
+    (shallow / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ConvertError, match="has 2 adapters"):
+        convert_checkpoint(str(fixture_dir / "reflex.pt"), str(shallow), out, quiet=True)
+
+    # A tensor of the wrong shape is found after the backbone is converted: the
+    # partial directory goes, nothing is left behind.
+    saved = torch.load(fixture_dir / "reflex.pt", weights_only=True)
+    saved["state"]["embed_head.weight"] = saved["state"]["embed_head.weight"][:-1]
+    torch.save(saved, tmp_path / "misshapen.pt")
+    with pytest.raises(ConvertError, match="does not fit"):
+        convert_checkpoint(str(tmp_path / "misshapen.pt"), str(fixture_dir / "backbone"), out, quiet=True)
     assert list((tmp_path / "parent").iterdir()) == []
 
 
@@ -89,6 +107,14 @@ def test_cli_one_line_errors(fixture_dir, tmp_path):
         assert "Traceback" not in proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
         assert not (tmp_path / "out").exists()
+    for argv, message in ((["--checkpoint", "nowhere/reflex.pt"], "no checkpoint at nowhere/reflex.pt"),
+                          (["--checkpoint", str(fixture_dir / "reflex.pt"), "--backbone", "./gone"],
+                           "no backbone directory at ./gone"),
+                          (["--bits", "8", "--no-quantize"], "contradict")):
+        proc = subprocess.run([sys.executable, "-m", "convert", *argv, "--out", str(tmp_path / "out")],
+                              capture_output=True, text=True, cwd=tmp_path)
+        assert proc.returncode != 0 and "Traceback" not in proc.stderr
+        assert message in proc.stderr, proc.stderr
 
 
 def test_reader_matches_torch_on_fixture(fixture_dir):

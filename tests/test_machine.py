@@ -23,6 +23,9 @@ SOURCE_DATA_FAMILIES = {
     "bubble_sort_small", "copy_array", "count_char", "count_occurrences", "find_element",
     "max_array", "memcpy", "min_array", "reverse_array", "strlen", "sum_array",
 }
+# Of those, the families where no program at all can match (every expected
+# result depends on the unrecorded data); every other family has a passing one.
+UNMATCHABLE_FAMILIES = {"copy_array", "max_array", "sum_array"}
 
 
 def program_predictor(words: list[int]):
@@ -234,7 +237,8 @@ def test_corpus_loads(corpus_programs):
 
 def test_every_corpus_program_replays(corpus_programs):
     """Every program, driven by its own words, halts; all outside SOURCE_DATA_FAMILIES
-    meet their expected result; the replayed targets form DESIGN §7's 695-word set."""
+    meet their expected result, and at least one of every family but the
+    UNMATCHABLE_FAMILIES does; the replayed targets form DESIGN §7's 695-word set."""
     passes = collections.Counter()
     totals = collections.Counter()
     failures = []
@@ -250,7 +254,7 @@ def test_every_corpus_program_replays(corpus_programs):
             failures.append((program.family, program.instruction, program.expected_result))
     assert {family for family, _, _ in failures} <= SOURCE_DATA_FAMILIES, failures[:5]
     families_without_pass = {f for f in totals if passes[f] == 0}
-    assert families_without_pass <= SOURCE_DATA_FAMILIES
+    assert families_without_pass <= UNMATCHABLE_FAMILIES, families_without_pass
     assert len(target_words) == 695  # DESIGN §7: distinct words over all replayed programs
 
 

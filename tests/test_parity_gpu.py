@@ -57,6 +57,14 @@ def test_cpu_float32_parity_and_sabotage(tmp_path):
     print((tmp_path / "parity_release.md").read_text())
 
 
+def _mlx_on_gpu() -> None:
+    """A GPU run must compare against MLX's CUDA backend, never fall back to its CPU."""
+    import mlx.core as mx
+
+    if not mx.is_available(mx.gpu):
+        pytest.fail("MLX has no GPU backend in this environment (mlx[cpu]); run `make setup-gpu`")
+
+
 @pytest.mark.gpu
 def test_release_shape_bf16_parity_on_cuda(tmp_path):
     """Released shape, bf16 backbone, torch CUDA vs MLX (CUDA backend), 256 corpus states.
@@ -64,6 +72,7 @@ def test_release_shape_bf16_parity_on_cuda(tmp_path):
     torch and MLX run in separate processes (--isolate); the report lands in
     $PARITY_OUT when set (make parity-gpu), else in a temporary directory.
     """
+    _mlx_on_gpu()
     out = Path(os.environ.get("PARITY_OUT") or tmp_path)
     report = _run(out, "--shape", "release", "--states", "256", "--backbone-dtype", "bfloat16",
                   "--candidates", "bf16,q4", "--isolate")
@@ -71,3 +80,32 @@ def test_release_shape_bf16_parity_on_cuda(tmp_path):
     _assert_checks(report, "bf16", parity.TOLERANCES["bf16"])
     q4 = report["candidates"]["q4"]  # measured and reported, not asserted (docs/parity.md)
     assert q4["top1_agreement"] > 0
+
+
+@pytest.mark.gpu
+def test_tiny_parity_on_cuda(tmp_path):
+    """reflex-tiny, every cycle of the 41-task eval: torch on CUDA as released (bf16
+    backbone, float32 adapters) against MLX on the GPU with a bf16 and a 4-bit
+    backbone, lock-step on the reference's states and free-running.
+
+    Tolerances (docs/parity.md): a trained model's margins are far above bf16
+    noise, so bf16 must agree on >= 99.5 % of cycles with identical pass/fail;
+    4-bit on >= 99 % with identical pass/fail.
+    """
+    from convert.convert import convert_checkpoint
+
+    _mlx_on_gpu()
+    tiny = REPO / "reflex_torch" / "models" / "reflex-tiny"
+    dirs = {"bf16": dict(quantize=False, backbone_dtype="bfloat16"), "q4": dict(bits=4)}
+    for name, options in dirs.items():
+        convert_checkpoint(str(tiny / "reflex.pt"), None, tmp_path / f"reflex-tiny-{name}", quiet=True, **options)
+    out = Path(os.environ.get("PARITY_OUT") or tmp_path)
+    parity.main(["--subject", "tiny", "--out", str(out), "--tiny-torch", str(tiny),
+                 "--tiny-mlx", ",".join(str(tmp_path / f"reflex-tiny-{n}") for n in dirs)])
+    report = json.loads((out / "parity_tiny.json").read_text())
+    print((out / "parity_tiny.md").read_text())
+    floors = {"reflex-tiny-bf16 (unquantized)": 0.995, "reflex-tiny-q4 (4-bit)": 0.99}
+    for name, floor in floors.items():
+        c = report["candidates"][name]
+        assert c["lockstep"]["rate"] >= floor, (name, c["lockstep"])
+        assert c["free_running"]["same_pass"] == c["free_running"]["runs"], (name, c["free_running"])

@@ -37,9 +37,9 @@ def test_padding_to_96_does_not_change_the_embedding(torch_fixture):
     a = padded.embed(states).numpy()
     b = unpadded.embed(states).numpy()
     assert a.dtype == np.float32
-    rel = np.linalg.norm(a - b) / np.linalg.norm(a)
-    print(f"padded vs unpadded relative error: {rel:.2e}")
-    assert rel < 1e-6
+    rel = np.linalg.norm(a - b, axis=-1) / np.linalg.norm(a, axis=-1)  # per state
+    print(f"padded vs unpadded relative error: max {rel.max():.2e} over {len(rel)} states")
+    assert rel.max() < 1e-6
 
 
 def test_long_prompt_is_truncated_and_reported(torch_fixture):
