@@ -197,7 +197,7 @@ def batch_agreement(model, fast, runner, group, agree_states, words, rounds: int
 
 
 # -------------------------------------------------------------------- MLX paths
-def mlx_variant(base, torch_model, config, adapter_dtype: str):
+def mlx_variant(base, torch_model, config, adapter_dtype: str, fuse: bool = True):
     """An MLX ReflexModel sharing `base`'s backbone, with adapters copied in adapter_dtype."""
     import mlx.core as mx
 
@@ -209,7 +209,7 @@ def mlx_variant(base, torch_model, config, adapter_dtype: str):
     weights = Reflex.sanitize({k: to_mlx(v) for k, v in torch_model.reflex.state_dict().items()})
     reflex.load_weights([(k, v.astype(target) if mx.issubdtype(v.dtype, mx.floating) else v)
                          for k, v in weights.items()], strict=True)
-    model = ReflexModel(SimpleNamespace(model=base.backbone), reflex)
+    model = ReflexModel(SimpleNamespace(model=base.backbone), reflex, fuse=fuse)
     model.eval()
     mx.eval(model.parameters())
     return model
@@ -229,6 +229,8 @@ def mlx_rows(torch_model, config, prompts, states, batches, cycles, agree_states
         base = mlx_model_from_torch(torch_model, config, "bfloat16", bits, "float32")
         models[(name, "fp32")] = base
         models[(name, "bf16")] = mlx_variant(base, torch_model, config, "bfloat16")
+        if bits is None:
+            unfused = mlx_variant(base, torch_model, config, "bfloat16", fuse=False)
     note(f"MLX on {device}: copied the weights in {time.time() - t0:.0f} s")
     torch_model.to("meta")  # frees the torch copy where the caller still holds the model
     release_torch_memory()
@@ -245,13 +247,15 @@ def mlx_rows(torch_model, config, prompts, states, batches, cycles, agree_states
             variants = [("compiled", model.compiled_words)]
             if batch == 1 and adapters == "fp32" and name == "bf16":
                 variants.append(("not compiled", model.words))
+            if batch == 1 and adapters == "bf16" and name == "bf16":
+                variants.append(("compiled, q/k/v and gate/up not fused", unfused.compiled_words))
             for how, words_of in variants:
                 def call(s, words_of=words_of):
                     return np.array(words_of(prefix, mx.array(s), last))
                 inputs = [states[(i * batch + np.arange(batch)) % len(states)] for i in range(cycles)]
                 row = {"path": f"MLX {device} ({name} backbone, {adapters} adapters, {how})",
                        "batch": batch, "ms_cycle": median_ms(call, inputs)}
-                if batch == 1 and how == "compiled":
+                if batch == 1 and how.startswith("compiled"):
                     got = np.concatenate([call(agree_states[s:s + 32])
                                           for s in range(0, len(agree_states), 32)])
                     row["agreement"] = float((got.astype(np.uint32) == ref_words).mean())
@@ -364,6 +368,8 @@ def run_tiny(args) -> dict:
         mode = True if args.torch_compile == "default" else args.torch_compile
         fasts["bf16 fused torch.compile"] = FastReflex(model, adapter_dtype=torch.bfloat16, fuse=True,
                                                        compile=mode)
+    if args.no_torch_fast:
+        fasts = {}
     single = {f"fast torch {k} adapters, b1": (lambda task, f=f: FastPredictor(f, tokenizer, task, config).predict_many)
               for k, f in fasts.items()}
     batched = {f"fast torch {k} adapters, run_batch": (lambda prompts, f=f: FastBatchPredictor(f, tokenizer, prompts, config))
@@ -441,6 +447,8 @@ def parse_args(argv=None):
     p.add_argument("--agree-states", type=int, default=256,
                    help="states for the word-agreement column (multiple of 32)")
     p.add_argument("--no-mlx", action="store_true", help="leave out the MLX rows")
+    p.add_argument("--no-torch-fast", action="store_true",
+                   help="--tiny-torch: leave out the fast torch paths (the reference still runs)")
     p.add_argument("--torch-compile", nargs="?", const="default", default=None, metavar="MODE",
                    help="add rows for the fast path with torch.compile inside the graph (bf16 adapters, "
                         "fused; compiled for the first shape, once more with symbolic sizes); MODE: a torch.compile mode, "
