@@ -2,7 +2,9 @@
 around an mlx-lm Qwen2 backbone (DESIGN.md §3).
 
 The adapters are injected by an explicit loop over the backbone's decoder
-layers. Only the real prompt tokens run (no padding: attention is causal, so
+layers; each layer is computed by `ReflexModel._layer`, mlx-lm's Qwen2 block
+math over the layer's own modules, with q/k/v and gate/up fused into one matmul
+each. Only the real prompt tokens run (no padding: attention is causal, so
 right pads never changed the last real token). Everything up to the first
 adapter does not depend on the machine state, so `prefix()` computes it once
 per prompt and `step()` runs the rest each cycle. Only the last token is
