@@ -151,9 +151,8 @@ def torch_rows(model, shape_name: str, prompts, states: np.ndarray, batches: lis
         mode = "" if torch_compile == "default" else f" mode {torch_compile}"
         variants.append((f"bf16 adapters, fused, torch.compile{mode} +", torch.bfloat16, True,
                          torch_compile))
-    for label, dtype, fuse, compile_mode in variants:
-        compile = (compile_mode if compile_mode != "default" else True) if compile_mode else False
-        fast = FastReflex(model, adapter_dtype=dtype, cuda_graph=True, compile=compile, fuse=fuse)
+    for label, dtype, fuse, compile_mode in variants:  # "default" is torch.compile's own default mode
+        fast = FastReflex(model, adapter_dtype=dtype, cuda_graph=True, compile=compile_mode or False, fuse=fuse)
         words = np.array(fast.words, dtype=np.uint32)
         for batch in batches:
             group = prompts[:batch]
@@ -362,14 +361,13 @@ def run_tiny(args) -> dict:
     torch_dir = Path(args.tiny_torch)
     model, tokenizer, config = load_reflex(torch_dir / "reflex.pt", backbone=str(torch_dir / "backbone"))
     make_ref = lambda task: TorchPredictor(model, tokenizer, task, config).predict_many
-    fasts = {"fp32": FastReflex(model), "bf16": FastReflex(model, adapter_dtype=torch.bfloat16),
-             "bf16 fused": FastReflex(model, adapter_dtype=torch.bfloat16, fuse=True)}
-    if args.torch_compile:  # the fastest setting of the speed table
-        mode = True if args.torch_compile == "default" else args.torch_compile
+    fasts = {}
+    if not args.no_torch_fast:
+        fasts = {"fp32": FastReflex(model), "bf16": FastReflex(model, adapter_dtype=torch.bfloat16),
+                 "bf16 fused": FastReflex(model, adapter_dtype=torch.bfloat16, fuse=True)}
+    if args.torch_compile and not args.no_torch_fast:  # the fastest setting of the speed table
         fasts["bf16 fused torch.compile"] = FastReflex(model, adapter_dtype=torch.bfloat16, fuse=True,
-                                                       compile=mode)
-    if args.no_torch_fast:
-        fasts = {}
+                                                       compile=args.torch_compile)
     single = {f"fast torch {k} adapters, b1": (lambda task, f=f: FastPredictor(f, tokenizer, task, config).predict_many)
               for k, f in fasts.items()}
     batched = {f"fast torch {k} adapters, run_batch": (lambda prompts, f=f: FastBatchPredictor(f, tokenizer, prompts, config))

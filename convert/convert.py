@@ -22,6 +22,7 @@ from pathlib import Path
 
 import click
 
+from reflex_core.errors import first_line
 from reflex_core.hub import backbone_config, resolve_backbone, resolve_checkpoint
 from reflex_core.spec import (
     ADAPTER_HEADS, ADAPTERS_FILE, BACKBONE_DIR, DEFAULT_RELEASE_DIR, MODEL_CONFIG_FILE,
@@ -71,8 +72,7 @@ def convert_checkpoint(
                 )
             except Exception as err:  # mlx-lm and the hub raise many kinds; one line for the user
                 raise ConvertError(f"mlx-lm could not convert the backbone {backbone_source}: "
-                                   f"{str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}"
-                                   ) from None
+                                   f"{first_line(err)}") from None
         _spell_rope_theta(tmp / BACKBONE_DIR / "config.json")
 
         layers = adapter_layers(num_layers, config["inject_every"])
@@ -85,8 +85,7 @@ def convert_checkpoint(
             Reflex(ReflexArgs.from_config({**config, "adapter_layers": layers})).load_weights(
                 list(weights.items()), strict=True)
         except ValueError as err:
-            raise ConvertError(f"the checkpoint does not fit the Reflex modules: {str(err).splitlines()[0]}"
-                               ) from None
+            raise ConvertError(f"the checkpoint does not fit the Reflex modules: {first_line(err)}") from None
         mx.save_safetensors(str(tmp / ADAPTERS_FILE), weights, metadata={"format": MODEL_FORMAT})
 
         model_config = {
@@ -157,5 +156,5 @@ def main(checkpoint, backbone, out, bits, no_quantize, dtype, backbone_dtype):
                                   quantize=not no_quantize, dtype=dtype,
                                   backbone_dtype=backbone_dtype)
     except (ConvertError, CheckpointError, FileNotFoundError, OSError, ValueError) as err:
-        raise click.ClickException(str(err).splitlines()[0] if str(err) else type(err).__name__)
+        raise click.ClickException(first_line(err))
     click.echo(f"wrote {path}")

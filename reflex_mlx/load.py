@@ -8,6 +8,7 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 
+from reflex_core.errors import first_line
 from reflex_core.prompt import PromptTokens, encode_prompt, pad_batch
 from reflex_core.spec import ADAPTERS_FILE, BACKBONE_DIR, MODEL_CONFIG_FILE, MODEL_FORMAT, reflex_config
 
@@ -16,11 +17,6 @@ from .model import Reflex, ReflexArgs, ReflexModel
 
 class ModelError(Exception):
     """A one-line reason a model directory cannot be used."""
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 def load_model(model_dir: str | Path) -> tuple[ReflexModel, object, dict]:
@@ -36,7 +32,7 @@ def load_model(model_dir: str | Path) -> tuple[ReflexModel, object, dict]:
     except FileNotFoundError:
         raise ModelError(f"{model_dir} is not a converted Reflex model (no {MODEL_CONFIG_FILE})") from None
     except (OSError, ValueError) as err:
-        raise ModelError(f"cannot read {config_path}: {_first_line(err)}") from None
+        raise ModelError(f"cannot read {config_path}: {first_line(err)}") from None
     if not isinstance(config, dict) or config.get("format") != MODEL_FORMAT:
         raise ModelError(f"{config_path} is not a {MODEL_FORMAT} model config")
     try:
@@ -47,14 +43,14 @@ def load_model(model_dir: str | Path) -> tuple[ReflexModel, object, dict]:
     try:
         backbone, tokenizer = load_backbone(str(model_dir / config.get("backbone", BACKBONE_DIR)))
     except Exception as err:  # mlx-lm raises many kinds; the user needs one line
-        raise ModelError(f"cannot load the backbone in {model_dir}: {_first_line(err)}") from None
+        raise ModelError(f"cannot load the backbone in {model_dir}: {first_line(err)}") from None
     try:
         reflex = Reflex(ReflexArgs.from_config(config))
         weights = mx.load(str(model_dir / ADAPTERS_FILE))
         reflex.load_weights(list(weights.items()), strict=True)
         model = ReflexModel(backbone, reflex)
     except Exception as err:
-        raise ModelError(f"cannot load the adapters in {model_dir}: {_first_line(err)}") from None
+        raise ModelError(f"cannot load the adapters in {model_dir}: {first_line(err)}") from None
     model.eval()
     mx.eval(model.parameters())
     return model, tokenizer, config

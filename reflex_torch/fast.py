@@ -65,17 +65,21 @@ def fuse_projections(backbone) -> list[dict]:
     fused tensor, same values), so the reference is unaffected; the fast step
     then runs one matrix product where there were three (q, k, v) or two
     (gate, up). No extra memory once done: layer by layer, the old tensors go.
-    Returns, per layer, the fused tensors: "qkv", "qkv_bias", "gate_up".
+    Done once per backbone (kept on it), so every fused FastReflex over the
+    same model shares the tensors. Returns, per layer, the fused tensors:
+    "qkv", "qkv_bias", "gate_up".
     """
-    fused_layers = []
-    for layer in backbone.layers:
-        attn, mlp = layer.self_attn, layer.mlp
-        fused_layers.append({
-            "qkv": _fuse([attn.q_proj, attn.k_proj, attn.v_proj], "weight"),
-            "qkv_bias": _fuse([attn.q_proj, attn.k_proj, attn.v_proj], "bias"),
-            "gate_up": _fuse([mlp.gate_proj, mlp.up_proj], "weight"),
-        })
-    return fused_layers
+    if "_fused_projections" not in backbone.__dict__:
+        fused_layers = []
+        for layer in backbone.layers:
+            attn, mlp = layer.self_attn, layer.mlp
+            fused_layers.append({
+                "qkv": _fuse([attn.q_proj, attn.k_proj, attn.v_proj], "weight"),
+                "qkv_bias": _fuse([attn.q_proj, attn.k_proj, attn.v_proj], "bias"),
+                "gate_up": _fuse([mlp.gate_proj, mlp.up_proj], "weight"),
+            })
+        backbone.__dict__["_fused_projections"] = fused_layers
+    return backbone.__dict__["_fused_projections"]
 
 
 def _fuse(modules, name: str) -> torch.Tensor:

@@ -57,13 +57,11 @@ RUN_DEFINING_ARGS = (
     "adapter_mlp_ratio", "inject_every", "max_instr_tokens", "temperature", "eval_samples",
 )
 # Per invocation: where, on what, and when to stop this time.
-NOT_RESUMED = ("out", "resume", "given", "stop_at", "time_limit", "device", "threads")
+NOT_RESUMED = ("out", "resume", "stop_at", "time_limit", "device", "threads")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = build_parser()
-    args = p.parse_args(argv)
-    args.given = given_options(p, sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
     pretrained = args.backbone is not None
     if args.embed_dim is None:
         args.embed_dim = 256 if pretrained else 128
@@ -386,9 +384,10 @@ def main(argv: list[str] | None = None) -> dict:
         if not (out / STATE_FILE).exists():
             sys.exit(f"error: --resume but no {out / STATE_FILE}")
         saved = torch.load(out / STATE_FILE, map_location="cpu", weights_only=False)
+        given = given_options(build_parser(), sys.argv[1:] if argv is None else argv)
         before = {"eval_filter": "exact"}  # runs saved before the option existed
         for key, value in {**before, **saved["args"]}.items():
-            if key in RUN_DEFINING_ARGS or (key not in args.given and key not in NOT_RESUMED):
+            if key in RUN_DEFINING_ARGS or (key not in given and key not in NOT_RESUMED):
                 setattr(args, key, value)
     out.mkdir(parents=True, exist_ok=True)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))

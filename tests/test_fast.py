@@ -132,6 +132,8 @@ def test_fused_projections_change_nothing(fixture_dir):
     assert torch.equal(before, after)
     got = FastPredictor(fused, tokenizer, TASKS[0], config).embed(states)
     assert ((got - before).norm(dim=-1) / before.norm(dim=-1)).max().item() < 1e-5
+    # A second fused FastReflex over the same model shares the fused tensors.
+    assert FastReflex(model, fuse=True).fused is fused.fused
 
 
 def test_torch_compiled_step_equals_the_plain_step(torch_fixture, fast):
