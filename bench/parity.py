@@ -8,14 +8,14 @@
 release: a random model of the released shape, drawn from --seed on the device
 (no download). The reference is the torch model as released (backbone in
 --backbone-dtype, adapters float32, prompt right-padded to 96); candidates are
-MLX models copied from it. Both see the same 60-token prompt and the same
-states, replayed from corpus programs. Compared, per state: the encoded state
-(kv, all 65 tokens), the hidden state after each adapter layer at the last real
-prompt token, and the final embedding; then the decoded word.
+MLX models copied from it (bench.bridge) and run by reflex_mlx.fast. Both see
+the same 60-token prompt and the same states, replayed from corpus programs.
+Compared per state (bench.metrics): the encoded state, the hidden state after
+each adapter layer at the last real prompt token, the final embedding, and the
+decoded word. --isolate runs the torch and MLX halves in separate processes.
 
 tiny: a trained model given as a torch checkpoint dir and converted MLX dirs;
-per-cycle agreement on the reference's own eval states, and free-running
-outcome agreement (bench.agreement).
+per-cycle and free-running agreement on the eval (bench.agreement).
 
 Writes DIR/parity_<subject>.json and .md and prints the table.
 """
@@ -24,106 +24,27 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
+from reflex_core.shapes import SHAPES
 from reflex_core.spec import EVAL_MAX_CYCLES
 
-REPO = Path(__file__).resolve().parent.parent
-PROMPT_LEN = 60
-PAD_TO = 96  # max_instr_tokens: the released reference pads to it
-PAD_ID = 151643  # Qwen2.5's <|endoftext|> (clipped to the vocab of smaller shapes)
+from .common import PAD_ID, PAD_TO, PROMPT_LEN, corpus_states, prompt_ids, write_report
+from .metrics import TOLERANCES, check_parity, compare, margin_summary
+
 SABOTAGES = ("none", "skip-adapter", "swap-rows")
-
-
-# ------------------------------------------------------------------ tolerances
-@dataclass(frozen=True)
-class Tolerance:
-    """What a candidate must meet; the reasoning is in docs/parity.md."""
-
-    final_median: float  # final-embedding relative error, median over states
-    final_p99: float  # ... and its 99th percentile
-    certified_agreement: float  # top-1 agreement required where the margin exceeds tau
-    min_certified_fraction: float = 0.2  # else the agreement check would be vacuous
-
-
-def margin_threshold(embed_dim: int, rel_error: float) -> float:
-    """tau, the margin below which a top-1 flip is noise, not a bug: 4 sigma of the
-    change in (cos top-1 - cos top-2) caused by a relative embedding error
-    `rel_error` in a random direction. Such an error moves the unit embedding by
-    ~rel_error; its component along u1 - u2 (length ~sqrt 2) is ~rel_error * sqrt(2 / E)."""
-    return 4.0 * rel_error * math.sqrt(2.0 / embed_dim)
-
-
-TOLERANCES = {
-    "float32": Tolerance(final_median=1e-5, final_p99=1e-4, certified_agreement=1.0),
-    "bf16": Tolerance(final_median=3e-2, final_p99=6e-2, certified_agreement=0.99),
+CANDIDATES = {  # name -> (MLX backbone dtype, bits); "ref" means the reference's own dtype
+    "float32": ("float32", None), "bf16": ("bfloat16", None),
+    "q4": ("ref", 4), "q8": ("ref", 8),
 }
-
-
-def check_parity(metrics: dict, tol: Tolerance) -> list[str]:
-    """The failures of one candidate's metrics against a tolerance (empty: it passes)."""
-    final = metrics["stages"]["final embedding"]
-    certified = metrics["certified"]
-    failures = []
-    if not final["median"] <= tol.final_median:
-        failures.append(f"final-embedding median relative error {final['median']:.3g} > {tol.final_median:g}")
-    if not final["p99"] <= tol.final_p99:
-        failures.append(f"final-embedding p99 relative error {final['p99']:.3g} > {tol.final_p99:g}")
-    if certified["fraction"] < tol.min_certified_fraction:
-        failures.append(f"only {certified['fraction']:.0%} of states have a margin above "
-                        f"tau={certified['tau']:.3g}: the agreement check would be vacuous")
-    elif not certified["agreement"] >= tol.certified_agreement:
-        failures.append(f"top-1 agreement {certified['agreement']:.4f} on the {certified['count']} "
-                        f"states with margin > tau={certified['tau']:.3g} < {tol.certified_agreement}")
-    return failures
-
-
-# ---------------------------------------------------------------------- inputs
-def corpus_states(n: int, corpus: str | None = None) -> tuple[np.ndarray, list[str]]:
-    """n distinct machine states from replayed corpus programs, spread over every family.
-
-    The longest program of each family is replayed; each contributes evenly
-    spaced cycles, taken round-robin across families until n are chosen.
-    """
-    from reflex_core.corpus import find_corpus, load_programs, replay
-
-    root = Path(corpus) if corpus else find_corpus() or REPO / ".corpus"
-    if root is None or not (Path(root) / "programs").is_dir():
-        raise SystemExit("corpus not found: pass --corpus PATH (the folder holding programs/)")
-    by_family: dict[str, object] = {}
-    for program in load_programs(root):
-        best = by_family.get(program.family)
-        if best is None or program.num_ops > best.num_ops:
-            by_family[program.family] = program
-    per_family = math.ceil(n / len(by_family))
-    queues = []
-    for family in sorted(by_family):
-        states = [s for s, _ in replay(by_family[family])]
-        picks = np.unique(np.linspace(0, len(states) - 1, min(per_family * 2, len(states))).astype(int))
-        queues.append([(family, states[i]) for i in picks])
-    chosen, seen = [], set()
-    for rank in range(max(len(q) for q in queues)):
-        for family, state in (q[rank] for q in queues if rank < len(q)):
-            if tuple(state) not in seen:  # every program starts from the same state
-                seen.add(tuple(state))
-                chosen.append((family, state))
-    chosen = chosen[:n]
-    if len(chosen) < n:
-        raise SystemExit(f"the corpus gave only {len(chosen)} states")
-    return np.array([s for _, s in chosen], dtype=np.uint32), [f for f, _ in chosen]
-
-
-def prompt_ids(vocab: int, seed: int, length: int = PROMPT_LEN) -> np.ndarray:
-    return np.random.default_rng(seed + 1).integers(0, min(vocab, PAD_ID), length)
 
 
 # ------------------------------------------------------------------- reference
@@ -132,21 +53,18 @@ def reference_captures(model, ids: np.ndarray, states: np.ndarray, batch: int) -
     decoded words and top-1/top-2 cosine margin, as float32 numpy."""
     import torch
 
-    device = next(model.reflex.parameters()).device
+    device = model.reflex.instr_words.device
     n_real = len(ids)
     pad_id = min(PAD_ID, model.backbone.config.vocab_size - 1)
-    row = list(ids) + [pad_id] * (PAD_TO - n_real)
-    input_ids = torch.tensor([row], device=device)
+    input_ids = torch.tensor([list(ids) + [pad_id] * (PAD_TO - n_real)], device=device)
     mask = torch.tensor([[1] * n_real + [0] * (PAD_TO - n_real)], device=device)
 
     seen: dict = {}
     hooks = [model.reflex.kv_norm.register_forward_hook(lambda m, a, out: seen.__setitem__("kv", out))]
     for layer in model.adapter_layers:  # registered after the adapter hooks: sees their output
         def grab(m, a, out, layer=layer):
-            h = out[0] if isinstance(out, tuple) else out
-            seen[layer] = h[:, n_real - 1]
+            seen[layer] = (out[0] if isinstance(out, tuple) else out)[:, n_real - 1]
         hooks.append(model.backbone.layers[layer].register_forward_hook(grab))
-
     parts: dict[str, list] = {}
     try:
         with torch.no_grad():
@@ -154,8 +72,7 @@ def reference_captures(model, ids: np.ndarray, states: np.ndarray, batch: int) -
                 words = torch.tensor(states[start:start + batch].astype(np.int64), device=device)
                 b = len(words)
                 pred = model(input_ids.expand(b, -1), mask.expand(b, -1), words)
-                scores = model.reflex.scores(pred)
-                top = scores.topk(2, dim=-1)
+                top = model.reflex.scores(pred).topk(2, dim=-1)
                 out = {"kv": seen["kv"], "pred": pred,
                        **{f"layer{L}": seen[L] for L in model.adapter_layers},
                        "top1": top.indices[:, 0], "margin": top.values[:, 0] - top.values[:, 1],
@@ -171,98 +88,42 @@ def reference_captures(model, ids: np.ndarray, states: np.ndarray, batch: int) -
 
 
 # ------------------------------------------------------------------- candidate
-def candidate_captures(model, ids: np.ndarray, states: np.ndarray, batch: int,
+def candidate_captures(fast, ids: np.ndarray, states: np.ndarray, batch: int,
                        sabotage: str = "none", ref_top1: np.ndarray | None = None) -> dict:
-    """The same captures from an MLX ReflexModel. `sabotage` breaks the candidate
-    on purpose, to show the checks fail: skip the middle adapter, or swap the
-    words of the two codebook rows the reference decodes most often (a swap of
-    rows nobody decodes changes no output, so no test could or should see it)."""
+    """The same captures from an MLX FastReflex runner. `sabotage` breaks the
+    runner on purpose, to show the checks fail: skip the middle adapter, or swap
+    the words of the two codebook rows the reference decodes most often (a swap
+    of rows nobody decodes changes no output, so no test could or should see it)."""
     import mlx.core as mx
 
-    layers = list(model.reflex.args.adapter_layers)
-    saved_index, saved_words = model.adapter_index, model.reflex.instr_words
+    layers = list(fast.model.adapter_layers)
+    adapter_at, codebook = dict(fast.adapter_at), list(fast.codebook)
     if sabotage == "skip-adapter":
-        skipped = layers[len(layers) // 2]
-        model.adapter_index = {k: v for k, v in saved_index.items() if k != skipped}
+        del fast.adapter_at[layers[len(layers) // 2]]
     elif sabotage == "swap-rows":
-        a, b = np.argsort(-np.bincount(ref_top1, minlength=len(saved_words)), kind="stable")[:2]
-        words = np.array(saved_words)
-        words[[a, b]] = words[[b, a]]
-        model.reflex.instr_words = mx.array(words)
+        a, b = np.argsort(-np.bincount(ref_top1, minlength=len(codebook)), kind="stable")[:2]
+        fast.codebook[a], fast.codebook[b] = codebook[b], codebook[a]
     elif sabotage != "none":
         raise ValueError(f"unknown sabotage {sabotage!r}")
     parts: dict[str, list] = {}
     try:
-        prefix = model.prefix(mx.array(ids[None].astype(np.int32)))
+        prompt = fast.prefix([ids.tolist()])
         for start in range(0, len(states), batch):
+            chunk = states[start:start + batch]
             cap: dict = {}
-            pred = model.step(prefix, mx.array(states[start:start + batch]), capture=cap)
-            out = {"kv": cap["kv"], "pred": pred, **{f"layer{L}": cap[L] for L in layers},
-                   "words": model.reflex.decode(pred)}
+            pred = fast.step(prompt.repeat(len(chunk)), mx.array(chunk), capture=cap)
+            out = {"kv": cap["kv"], "pred": pred, **{f"layer{L}": cap[L] for L in layers}}
             mx.eval(out)
+            out = {k: np.array(v.astype(mx.float32)) for k, v in out.items()}
+            out["words"] = np.array(fast.decode(pred), dtype=np.uint32)
             for key, value in out.items():
-                value = value.astype(mx.float32) if mx.issubdtype(value.dtype, mx.floating) else value
-                parts.setdefault(key, []).append(np.array(value))
+                parts.setdefault(key, []).append(value)
     finally:
-        model.adapter_index, model.reflex.instr_words = saved_index, saved_words
+        fast.adapter_at, fast.codebook = adapter_at, codebook
     return {k: np.concatenate(v) for k, v in parts.items()}
 
 
-# --------------------------------------------------------------------- metrics
-def _relative(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a, b = a.reshape(len(a), -1).astype(np.float64), b.reshape(len(b), -1).astype(np.float64)
-    return np.linalg.norm(a - b, axis=1) / np.linalg.norm(a, axis=1)
-
-
-def _summary(x: np.ndarray) -> dict:
-    return {"median": float(np.median(x)), "p99": float(np.percentile(x, 99)), "max": float(x.max())}
-
-
-def stage_names(adapter_layer_list: list[int]) -> list[tuple[str, str]]:
-    return ([("kv", "state encoder (kv)")]
-            + [(f"layer{L}", f"adapter {i} (after layer {L})") for i, L in enumerate(adapter_layer_list)]
-            + [("pred", "final embedding")])
-
-
-def compare(ref: dict, cand: dict, adapter_layer_list: list[int], embed_dim: int,
-            tol: Tolerance | None = None) -> dict:
-    """Per-stage relative errors, top-1 agreement, and agreement where margin > tau.
-
-    tau is set by the candidate's observed p99 final error, capped by the
-    tolerance's: a broken candidate cannot widen it to hide flips (its error
-    fails the tolerance anyway), an exact one (swapped rows) is checked on
-    almost every state.
-    """
-    stages = {label: _summary(_relative(ref[key], cand[key]))
-              for key, label in stage_names(adapter_layer_list)}
-    rel = stages["final embedding"]["p99"]
-    tau = margin_threshold(embed_dim, min(rel, tol.final_p99) if tol else rel)
-    same = ref["words"].astype(np.uint32) == cand["words"].astype(np.uint32)
-    above = ref["margin"] > tau
-    flipped = ref["margin"][~same]
-    return {
-        "stages": stages,
-        "top1_agreement": float(same.mean()),
-        "disagreements": int((~same).sum()),
-        "largest_margin_flipped": float(flipped.max()) if len(flipped) else 0.0,
-        "certified": {"tau": tau, "count": int(above.sum()), "fraction": float(above.mean()),
-                      "agreement": float(same[above].mean()) if above.any() else float("nan")},
-    }
-
-
-def margin_summary(margin: np.ndarray, words: np.ndarray) -> dict:
-    q = [1, 10, 25, 50, 75, 90]
-    return {**{f"p{p}": float(np.percentile(margin, p)) for p in q},
-            "distinct_words": int(len(np.unique(words))), "states": int(len(margin))}
-
-
 # ------------------------------------------------------------------ the subject
-CANDIDATES = {  # name -> (MLX backbone dtype, bits); "ref" means the reference's own dtype
-    "float32": ("float32", None), "bf16": ("bfloat16", None),
-    "q4": ("ref", 4), "q8": ("ref", 8),
-}
-
-
 def _torch_dtype(name: str):
     import torch
 
@@ -276,19 +137,16 @@ def _device(arg: str | None) -> str:
 
 
 def build_reference(args):
-    from reflex_torch.random_model import SHAPES, build_random_reflex
+    from reflex_torch.random import build_random_reflex
 
-    device = _device(args.device)
     t0 = time.time()
-    model, config = build_random_reflex(SHAPES[args.shape], args.seed, device,
+    model, config = build_random_reflex(SHAPES[args.shape], args.seed, _device(args.device),
                                         _torch_dtype(args.backbone_dtype))
     return model, config, time.time() - t0
 
 
 def run_reference_phase(args, model=None) -> dict:
     """Reference captures on the subject's states (the model is built if not given)."""
-    from reflex_torch.random_model import SHAPES
-
     import torch
 
     timings = {}
@@ -308,46 +166,43 @@ def run_reference_phase(args, model=None) -> dict:
     return {"ref": ref, "ids": ids, "states": states, "families": families, "timings": timings}
 
 
-def run_candidate_phase(args, phase: dict, torch_model=None, config=None) -> dict:
+def run_candidate_phase(args, phase: dict, torch_model=None) -> dict:
     """Every candidate x sabotage against the reference captures in `phase`."""
     import mlx.core as mx
 
-    from reflex_mlx.from_torch import mlx_model_from_torch, release_torch_memory
-    from reflex_torch.random_model import SHAPES, reflex_config_for
+    from reflex_mlx.fast import FastReflex
+
+    from .bridge import mlx_model_from_torch, release_torch_memory
 
     if args.mlx_device == "cpu":
         mx.set_default_device(mx.cpu)
-    shape = SHAPES[args.shape]
     timings = phase["timings"]
     if torch_model is None:  # a separate process: draw the same weights again
-        torch_model, config, timings["rebuild_s"] = build_reference(args)
-    config = config or reflex_config_for(shape)
+        torch_model, _, timings["rebuild_s"] = build_reference(args)
     layers = list(torch_model.adapter_layers)
 
     # Copy every candidate's weights first, then let the torch model go.
-    models = {}
+    runners = {}
     for name in args.candidates:
         dtype, bits = CANDIDATES[name]
         t0 = time.time()
-        models[name] = mlx_model_from_torch(
-            torch_model, config, args.backbone_dtype if dtype == "ref" else dtype, bits)
+        model = mlx_model_from_torch(torch_model, args.backbone_dtype if dtype == "ref" else dtype, bits)
+        runners[name] = FastReflex(model, fuse=True)
         timings[f"copy_{name}_s"] = time.time() - t0
-    torch_model.to("meta")  # frees its device memory even where the caller still holds it
+    release_torch_memory(torch_model)
     del torch_model
-    release_torch_memory()
 
-    ref = phase["ref"]
     results = {}
-    for n, (name, model) in enumerate(models.items()):
+    for n, (name, fast) in enumerate(runners.items()):
         # Sabotage proves the checks can fail; the first candidate is enough for that.
         for sabotage in args.sabotage if n == 0 else ["none"]:
             key = name if sabotage == "none" else f"{name}+{sabotage}"
             t0 = time.time()
-            cand = candidate_captures(model, phase["ids"], phase["states"], args.batch,
-                                      sabotage, ref["top1"])
+            cand = candidate_captures(fast, phase["ids"], phase["states"], args.batch, sabotage,
+                                      phase["ref"]["top1"])
             timings[f"candidate_{key}_s"] = time.time() - t0
             tol = TOLERANCES.get(name)
-            metrics = compare(ref, cand, layers, shape.embed_dim, tol)
+            metrics = compare(phase["ref"], cand, layers, SHAPES[args.shape].embed_dim, tol)
             metrics["tolerance"] = asdict(tol) if tol else None
             metrics["failures"] = check_parity(metrics, tol) if tol else None
             results[key] = metrics
@@ -368,38 +223,21 @@ def load_phase(path: Path) -> dict:
             "ref": {k[4:]: data[k] for k in data.files if k.startswith("ref_")}}
 
 
-def _self_command(args, phase: str, workdir: Path) -> list[str]:
-    cmd = [sys.executable, "-m", "bench.parity", "--subject", "release",
-           "--out", str(Path(args.out).resolve()),
-           "--shape", args.shape, "--states", str(args.states), "--seed", str(args.seed),
-           "--batch", str(args.batch), "--prompt-len", str(args.prompt_len),
-           "--backbone-dtype", args.backbone_dtype,
-           "--candidates", ",".join(args.candidates), "--sabotage", ",".join(args.sabotage),
-           "--phase", phase, "--workdir", str(workdir), "--mlx-device", args.mlx_device,
-           "--mlx-tf32", args.mlx_tf32]
-    if args.corpus:
-        cmd += ["--corpus", str(Path(args.corpus).resolve())]
-    if args.device:
-        cmd += ["--device", args.device]
-    return cmd
-
-
-def run_release(args) -> dict | None:
-    """The release subject; with --isolate torch and MLX run in separate processes."""
-    from reflex_torch.random_model import SHAPES
-
+def run_release(args, argv: list[str]) -> dict | None:
+    """The release subject; with --isolate each half runs as this command in its own process."""
     if args.isolate:
         with tempfile.TemporaryDirectory(prefix="parity-") as tmp:
             workdir = Path(args.workdir or tmp).resolve()
             workdir.mkdir(parents=True, exist_ok=True)
+            rest = [a for a in argv if a != "--isolate"]
             for phase in ("reference", "candidates"):
-                subprocess.run(_self_command(args, phase, workdir), check=True, cwd=REPO)
+                subprocess.run([sys.executable, "-m", "bench.parity", *rest, "--phase", phase,
+                                "--workdir", str(workdir)], check=True, cwd=os.getcwd())
         return None
     if args.phase != "all" and not args.workdir:
         raise SystemExit("--phase reference/candidates needs --workdir (shared between the two)")
     npz = Path(args.workdir or ".") / "reference.npz"
     if args.phase == "reference":
-        npz.parent.mkdir(parents=True, exist_ok=True)
         save_phase(npz, run_reference_phase(args))
         print(f"reference captures in {npz}")
         return None
@@ -407,14 +245,12 @@ def run_release(args) -> dict | None:
         phase = load_phase(npz)
         results = run_candidate_phase(args, phase)
     else:
-        model, config, build_s = build_reference(args)
+        model, _, build_s = build_reference(args)
         phase = run_reference_phase(args, model)
         phase["timings"]["build_s"] = build_s
-        results = run_candidate_phase(args, phase, model, config)
-        del model
-    shape = SHAPES[args.shape]
+        results = run_candidate_phase(args, phase, model)
     report = {
-        "subject": "release", "shape": args.shape, "shape_values": asdict(shape),
+        "subject": "release", "shape": args.shape, "shape_values": asdict(SHAPES[args.shape]),
         "seed": args.seed, "states": len(phase["states"]), "prompt_tokens": len(phase["ids"]),
         "families": len(set(phase["families"])), "reference": {
             "device": _device(args.device), "backbone_dtype": args.backbone_dtype,
@@ -424,15 +260,13 @@ def run_release(args) -> dict | None:
         "mlx_enable_tf32": os.environ.get("MLX_ENABLE_TF32", "unset (MLX default: 1)"),
         "candidates": results, "timings": phase["timings"],
     }
-    write_report(args.out, report, release_markdown(report))
+    write_report(args.out, "parity_release", report, release_markdown(report))
     return report
 
 
-# ---------------------------------------------------------------------- report
 def release_markdown(report: dict) -> str:
     cands = report["candidates"]
     names = list(cands)
-    first = cands[names[0]]["stages"]
     lines = [f"## Parity, release subject ({report['shape']} shape, seed {report['seed']}, "
              f"{report['states']} states from {report['families']} families, "
              f"{report['prompt_tokens']}-token prompt)", "",
@@ -442,8 +276,8 @@ def release_markdown(report: dict) -> str:
              f"(MLX_ENABLE_TF32: {report['mlx_enable_tf32']}).", "",
              "Relative error ||ref - cand|| / ||ref|| per state, median / p99 / max:", "",
              "| stage | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
-    for stage in first:
-        cells = [("{median:.2e} / {p99:.2e} / {max:.2e}").format(**cands[n]["stages"][stage]) for n in names]
+    for stage in cands[names[0]]["stages"]:
+        cells = ["{median:.2e} / {p99:.2e} / {max:.2e}".format(**cands[n]["stages"][stage]) for n in names]
         lines.append(f"| {stage} | " + " | ".join(cells) + " |")
     rows = [
         ("top-1 agreement", lambda m: f"{m['top1_agreement']:.4f} ({m['disagreements']} differ)"),
@@ -463,45 +297,31 @@ def release_markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(out: Path, report: dict, markdown: str) -> None:
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"parity_{report['subject']}.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
-    (out / f"parity_{report['subject']}.md").write_text(markdown)
-    print(markdown)
-
-
 def run_tiny(args) -> dict:
     """A trained model: lock-step and free-running agreement on the 41-task eval."""
-    from reflex_mlx.load import MLXPredictor, load_model
-    from reflex_torch.load import TorchPredictor, load_reflex
+    from reflex_mlx.fast import FastReflex
+    from reflex_mlx.load import load_model as load_mlx
+    from reflex_torch.load import load_model as load_torch
+    from reflex_torch.model import Reference
 
-    from .agreement import compare_backends
+    from .agreement import batched, compare_backends, markdown, one_by_one
 
     if not args.tiny_torch or not args.tiny_mlx:
         raise SystemExit("--subject tiny needs --tiny-torch DIR and --tiny-mlx DIR[,DIR]")
     torch_dir = Path(args.tiny_torch)
-    model, tokenizer, config = load_reflex(torch_dir / "reflex.pt", backbone=str(torch_dir / "backbone"),
-                                           device=_device(args.device))
-    make_ref = lambda task: TorchPredictor(model, tokenizer, task, config).predict_many
+    model, tokenizer, config = load_torch(torch_dir / "reflex.pt", backbone=str(torch_dir / "backbone"),
+                                          device=_device(args.device))
+    reference = batched(Reference(model, tokenizer.pad_token_id, config["max_instr_tokens"]), tokenizer, config)
     candidates = {}
     for path in args.tiny_mlx.split(","):
-        m, tok, cfg = load_model(path)
+        m, tok, cfg = load_mlx(path)
         q = cfg.get("quantization")
         name = f"{Path(path).name} ({str(q['bits']) + '-bit' if q else 'unquantized'})"
-        candidates[name] = lambda task, m=m, tok=tok, cfg=cfg: MLXPredictor(m, tok, task, cfg).predict_many
-    result = compare_backends(make_ref, candidates, max_cycles=args.max_cycles)
+        candidates[name] = one_by_one(FastReflex(m, fuse=True, compile=True), tok, cfg)
+    result = compare_backends(reference, candidates, max_cycles=args.max_cycles)
     report = {"subject": "tiny", "torch": str(torch_dir), **result}
-    lines = [f"## Parity, tiny subject ({torch_dir})", "",
-             f"Reference (torch, {_device(args.device)}): {result['reference_passed']}/{result['total']} passed.", "",
-             "| candidate | lock-step word agreement | runs identical | same pass | candidate passed |",
-             "|---|---|---|---|---|"]
-    for name, c in result["candidates"].items():
-        ls, fr = c["lockstep"], c["free_running"]
-        lines.append(f"| {name} | {ls['agree']}/{ls['cycles']} ({ls['rate']:.4f}) | "
-                     f"{fr['identical']}/{fr['runs']} | {fr['same_pass']}/{fr['runs']} | "
-                     f"{fr['candidate_passed']}/{fr['runs']} |")
-    write_report(args.out, report, "\n".join(lines) + "\n")
+    text = markdown(f"## Parity, tiny subject ({torch_dir})", result, f"torch, {_device(args.device)}")
+    write_report(args.out, "parity_tiny", report, text)
     return report
 
 
@@ -557,11 +377,12 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     if args.subject == "tiny":
         run_tiny(args)
     else:
-        run_release(args)
+        run_release(args, argv)
 
 
 if __name__ == "__main__":

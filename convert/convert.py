@@ -26,7 +26,7 @@ from reflex_core.errors import first_line
 from reflex_core.hub import backbone_config, resolve_backbone, resolve_checkpoint
 from reflex_core.spec import (
     ADAPTER_HEADS, ADAPTERS_FILE, BACKBONE_DIR, DEFAULT_RELEASE_DIR, MODEL_CONFIG_FILE,
-    MODEL_FORMAT, MODEL_FORMAT_VERSION, QUANT_GROUP_SIZE, adapter_layers, reflex_config,
+    MODEL_FORMAT, MODEL_FORMAT_VERSION, QUANT_GROUP_SIZE, ReflexArgs, adapter_layers, reflex_config,
 )
 
 from .checkpoint import CheckpointError, read_checkpoint
@@ -46,7 +46,7 @@ def convert_checkpoint(
     import mlx.core as mx
     from mlx_lm import convert as mlx_lm_convert
 
-    from reflex_mlx.model import Reflex, ReflexArgs
+    from reflex_mlx.model import Reflex
 
     out = Path(out)
     if out.exists():
@@ -82,7 +82,7 @@ def convert_checkpoint(
             weights[name] = value.astype(target) if mx.issubdtype(value.dtype, mx.floating) else value
         ckpt.close()
         try:  # every name and shape the MLX model will load, checked before anything is saved
-            Reflex(ReflexArgs.from_config({**config, "adapter_layers": layers})).load_weights(
+            Reflex(ReflexArgs.from_config(config, num_layers)).load_weights(
                 list(weights.items()), strict=True)
         except ValueError as err:
             raise ConvertError(f"the checkpoint does not fit the Reflex modules: {first_line(err)}") from None

@@ -1,4 +1,4 @@
-"""The Reflex training corpus (DESIGN.md §7): loading, checking and replaying programs.
+"""The Reflex training corpus (docs/design.md §7): loading, checking and replaying programs.
 
 The corpus is a dev and CI resource only; nothing here is needed at run time.
 """

@@ -1,4 +1,4 @@
-"""The 41-task evaluation of DESIGN.md §6, for any backend.
+"""The 41-task evaluation of docs/design.md §6, for any backend.
 
 A backend supplies `make_predictor(prompt) -> predict_many(states) -> words`;
 this module runs every task under the eval's cycle limit, applies the checks

@@ -1,4 +1,4 @@
-"""The cycle loop of DESIGN.md §5, independent of the model backend.
+"""The cycle loop of docs/design.md §5, independent of the model backend.
 
 A predictor is any callable state (65 words) -> instruction word. `ProgramRun`
 holds one machine and advances it one predicted word at a time, so a batched
@@ -14,9 +14,9 @@ from typing import Callable, Sequence
 from capstone import CS_ARCH_RISCV, CS_MODE_RISCV32, Cs
 
 from . import spec
+from .spec import MASK32
 from .machine import Machine, MachineError
 
-_MASK32 = 0xFFFFFFFF
 _SNAPSHOT_START = spec.DATA_ADDR
 _SNAPSHOT_END = spec.MEMORY_BASE + spec.MEMORY_SIZE
 
@@ -29,7 +29,7 @@ _disassembler = Cs(CS_ARCH_RISCV, CS_MODE_RISCV32)
 @functools.lru_cache(maxsize=4096)
 def disassemble(word: int) -> str:
     """Assembly text of one word; offsets are relative, so the pc does not matter."""
-    word &= _MASK32
+    word &= MASK32
     for _address, _size, mnemonic, operands in _disassembler.disasm_lite(word.to_bytes(4, "little"), 0):
         return f"{mnemonic} {operands}".strip()
     return f".word 0x{word:08x} (illegal)"
@@ -97,7 +97,7 @@ class ProgramRun:
         """Carry out one cycle with the predicted word; True once the run has ended."""
         if self.finished:
             raise RuntimeError("feed() on a finished run")
-        word &= _MASK32
+        word &= MASK32
         pc = self.machine.pc
         self.cycles.append(Cycle(pc, word, disassemble(word)))
         try:
@@ -187,5 +187,5 @@ def check(result: RunResult, kind: str, expected) -> bool:
 
 def memory_holds(result: RunResult, addr: int, expected_words: Sequence[int]) -> bool:
     """Consecutive words from addr equal expected_words, compared as unsigned 32-bit."""
-    wanted = [v & _MASK32 for v in expected_words]
+    wanted = [v & MASK32 for v in expected_words]
     return result.words(addr, len(wanted)) == wanted

@@ -1,4 +1,4 @@
-"""The RV32I machine the model drives (DESIGN.md §5), over Unicorn.
+"""The RV32I machine the model drives (docs/design.md §5), over Unicorn.
 
 The whole address space is one mapping backed by a buffer this module owns, so
 the state windows are read straight from host memory (no Unicorn call per read);
@@ -15,8 +15,8 @@ from unicorn import unicorn_const as uc_const
 from unicorn.riscv_const import UC_RISCV_REG_PC, UC_RISCV_REG_X0
 
 from . import spec
+from .spec import MASK32
 
-_MASK32 = 0xFFFFFFFF
 _ADDRESS_SPACE = 1 << 32
 _MEMORY_END = spec.MEMORY_BASE + spec.MEMORY_SIZE
 _WINDOW_BYTES = 4 * spec.WINDOW_WORDS
@@ -97,12 +97,12 @@ class Machine:
 
     def registers(self) -> list[int]:
         """x0..x31 as unsigned words."""
-        return [v & _MASK32 for v in self._uc.reg_read_batch(_REGISTER_IDS[: spec.NUM_REGS])]
+        return [v & MASK32 for v in self._uc.reg_read_batch(_REGISTER_IDS[: spec.NUM_REGS])]
 
     def state(self) -> list[int]:
         """The 65-word state vector of §5: registers, pc, pc window, sp window."""
         values = self._uc.reg_read_batch(_REGISTER_IDS)
-        state = [v & _MASK32 for v in values[: spec.NUM_REGS]]
+        state = [v & MASK32 for v in values[: spec.NUM_REGS]]
         state.append(self._pc)
         state.extend(self._window(self._pc))
         state.extend(self._window(state[spec.SP_REG]))
@@ -136,15 +136,15 @@ class Machine:
         """Store a word and drop Unicorn's stale translation of those bytes."""
         if not _is_mapped(addr):
             raise MachineError(f"write of instruction to unmapped memory at pc {_hex(addr)}", addr)
-        self._uc.mem_write(addr, _WORD.pack(word & _MASK32))
+        self._uc.mem_write(addr, _WORD.pack(word & MASK32))
         self._uc.ctl_remove_cache(addr, addr + 4)
 
     def step(self) -> None:
         """Execute exactly the one instruction at pc."""
         pc = self._pc
         try:
-            self._uc.emu_start(pc, _MASK32, count=1)
+            self._uc.emu_start(pc, MASK32, count=1)
         except UcError as error:
             word = self.read_words(pc, 1)[0] if _is_mapped(pc) else None
             raise MachineError(f"{_describe(error, word)} at pc {_hex(pc)}", pc) from None
-        self._pc = self._uc.reg_read(UC_RISCV_REG_PC) & _MASK32
+        self._pc = self._uc.reg_read(UC_RISCV_REG_PC) & MASK32

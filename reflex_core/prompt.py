@@ -1,4 +1,4 @@
-"""Prompt rendering and tokenization (DESIGN.md §4), shared by both backends.
+"""Prompt rendering and tokenization (docs/design.md §4), shared by both backends.
 
 The tokenizer is any Hugging Face tokenizer (mlx-lm wraps the same class), so
 this module needs neither mlx nor torch.
@@ -44,22 +44,6 @@ def encode_prompt(tokenizer, task: str, config: dict) -> PromptTokens:
     ids = list(tokenizer.encode(text))
     limit = int(config["max_instr_tokens"])
     return PromptTokens(ids=ids[:limit], original_length=len(ids))
-
-
-def padded(tokens: PromptTokens, length: int, pad_id: int) -> tuple[list[int], list[int]]:
-    """Right-pad to `length` as the released reference does: (ids, attention mask)."""
-    n = len(tokens.ids)
-    return tokens.ids + [pad_id] * (length - n), [1] * n + [0] * (length - n)
-
-
-def pad_batch(batch: list[PromptTokens], pad_id: int) -> tuple[list[list[int]], list[int]]:
-    """Right-pad several prompts to the longest: (rows of ids, each real length).
-
-    Under causal attention the pads after a prompt never reach its real
-    tokens, so a batch reads each row at its own last real position.
-    """
-    width = max(len(t.ids) for t in batch)
-    return [padded(t, width, pad_id)[0] for t in batch], [len(t.ids) for t in batch]
 
 
 def truncation_notice(tokens: PromptTokens, limit: int) -> str:

@@ -6,7 +6,8 @@ immediates are signed Python ints (offsets in bytes, relative to the instruction
 
 from __future__ import annotations
 
-_MASK32 = 0xFFFFFFFF
+from .spec import MASK32
+
 
 OP_LUI = 0b0110111
 OP_AUIPC = 0b0010111
@@ -187,4 +188,4 @@ def jalr(rd: int, rs1: int, offset: int) -> int:
 
 def to_bytes(words: list[int]) -> bytes:
     """The little-endian program image of a list of words."""
-    return b"".join((w & _MASK32).to_bytes(4, "little") for w in words)
+    return b"".join((w & MASK32).to_bytes(4, "little") for w in words)

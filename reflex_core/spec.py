@@ -1,10 +1,12 @@
-"""The facts of the released Reflex model, defined once (DESIGN.md §2, §4, §5).
+"""The facts of the released Reflex model, defined once (docs/design.md §2, §4, §5).
 
 Everything here is plain Python: both backends, the converter and the machine
 import it, so no fact is written twice.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 # ----------------------------------------------------------------- machine (§5)
 MEMORY_BASE = 0x1000
@@ -17,6 +19,7 @@ DEST_ADDR = 0x5200
 DISPLAY_ADDR = 0x6000  # one ASCII character per 32-bit word
 SOURCE_SEED = tuple(range(1, 9))
 
+MASK32 = 0xFFFFFFFF  # a machine word: instruction words and registers are unsigned 32-bit
 HALT_WORD = 0x0000006F  # jal x0, 0
 NUM_REGS = 32
 WINDOW_WORDS = 16
@@ -87,6 +90,39 @@ def reflex_config(raw: dict) -> dict:
 def adapter_layers(num_layers: int, inject_every: int) -> list[int]:
     """Decoder layers followed by an adapter: every inject_every-th, 0-based."""
     return list(range(inject_every - 1, num_layers, inject_every))
+
+
+@dataclass(frozen=True)
+class ReflexArgs:
+    """The shape of the Reflex modules, as both backends build them: `Reflex(args)`."""
+
+    hidden: int
+    embed_dim: int
+    num_instrs: int
+    adapter_mlp_ratio: int
+    adapter_layers: tuple[int, ...]
+    adapter_heads: int = ADAPTER_HEADS
+
+    @classmethod
+    def from_config(cls, config: dict, num_layers: int | None = None) -> ReflexArgs:
+        """From a checkpoint or model config; the adapter layers come from the
+        backbone's layer count (`num_layers`, else the config's own list or count)."""
+        if num_layers is None and config.get("adapter_layers"):
+            layers = config["adapter_layers"]
+        else:
+            layers = adapter_layers(num_layers or config["num_layers"], config["inject_every"])
+        return cls(
+            hidden=config["hidden"],
+            embed_dim=config["embed_dim"],
+            num_instrs=config["num_instrs"],
+            adapter_mlp_ratio=config["adapter_mlp_ratio"],
+            adapter_layers=tuple(layers),
+            adapter_heads=config.get("adapter_heads", ADAPTER_HEADS),
+        )
+
+    @property
+    def num_adapters(self) -> int:
+        return len(self.adapter_layers)
 
 # ------------------------------------------------- converted model directory
 MODEL_FORMAT = "reflex-mlx"

@@ -2,44 +2,91 @@
 
 `ReflexModel` reproduces the release by hooking adapters onto transformers'
 decoder layers and running the whole padded prompt every cycle. That is
-launch-overhead bound (DESIGN.md §8). `FastReflex` is a switch over the *same*
-`ReflexModel` (no second set of weights, unless bf16 adapters are asked for)
-that computes the same function with less work:
+launch-overhead bound (docs/design.md §8). `FastReflex` is a runner over the
+*same* `ReflexModel` (no second set of weights, unless bf16 adapters are asked
+for) that computes the same function with less work:
 
-* no padding: the prompts of a batch are packed token after token ([N, H],
-  N = the real tokens); only attention, which must not mix prompts, sees them
-  on a [B, T] grid (causal, so a prompt's right pads never reach its tokens);
+* no padding: a batch's prompts are packed token after token (N rows; the
+  index math is reflex_core.batching); only attention, which must not mix
+  prompts, sees them on a [B, T] grid;
 * everything up to and including the first adapter's decoder layer does not
-  depend on the machine state, so `prompts()` runs it once per prompt set;
+  depend on the machine state, so `prefix()` runs it once per prompt set;
 * the last decoder layer feeds only the pooled last token, so past its
-  attention (which still reads every token's keys) it runs on one row per
-  prompt, and so does any adapter after it;
-* the per-cycle step is written out layer by layer over the backbone's own
-  modules (norms, projections, MLP, rotary tables; DESIGN.md §3's order), so
-  ReflexModel's adapter hooks never fire and the adapters are applied here;
-* on CUDA each (prompt set, batch) step is captured once as a CUDA graph and
-  replayed every cycle, with the decode (cosine + argmax) inside the graph;
-  optionally torch.compile fuses its elementwise kernels first.
+  attention it runs on one row per prompt, and so does any adapter after it;
+* the per-cycle `step` is written out layer by layer over the backbone's own
+  modules, so ReflexModel's hooks never fire and the adapters are called here;
+* options: q/k/v and gate/up as one matmul each (`fuse_projections`),
+  torch.compile, and on CUDA each (prompt set, batch) step captured once as a
+  CUDA graph and replayed every cycle, with the decode inside the graph.
 
-`FastPredictor` (one prompt) and `FastBatchPredictor` / `run_batch` (many
-prompts in lockstep) plug into `reflex_core.loop` and `reflex_core.evaluation`.
+reflex_mlx/fast.py is the same file for MLX.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 from transformers.models.qwen2.modeling_qwen2 import apply_rotary_pos_emb
 
-from reflex_core.loop import RunResult, run_many
-from reflex_core.prompt import PromptTokens, encode_prompt
-from reflex_core.spec import DEFAULT_MAX_CYCLES, STATE_WORDS
+from reflex_core.batching import PackedLayout
+from reflex_core.cache import once_per_object
+from reflex_core.spec import MASK32, STATE_WORDS
 
-from .model import Adapter, Reflex, ReflexModel
+from .model import Reflex, ReflexModel, states_tensor
 
-_MASK32 = 0xFFFFFFFF
+
+@dataclass
+class FusedLayer:
+    """One decoder layer's q/k/v as one projection and gate/up as another."""
+
+    qkv: nn.Linear
+    qkv_split: list[int]  # where q ends and k ends in qkv's output
+    gate_up: nn.Linear
+
+
+def _joined(parts: list[nn.Linear]) -> nn.Linear:
+    """One nn.Linear whose output rows are the parts' rows in order; each part's
+    weight and bias become views of it (same values, no second copy)."""
+    joined = nn.Linear(parts[0].in_features, sum(p.out_features for p in parts),
+                       bias=parts[0].bias is not None, device="meta")
+    for name in ("weight", "bias"):
+        if getattr(parts[0], name) is None:
+            continue
+        whole = torch.cat([getattr(p, name) for p in parts])
+        setattr(joined, name, nn.Parameter(whole, requires_grad=False))
+        start = 0
+        for p in parts:
+            size = p.out_features
+            setattr(p, name, nn.Parameter(whole[start:start + size], requires_grad=False))
+            start += size
+    return joined
+
+
+@torch.no_grad()
+def fuse_projections(backbone: nn.Module) -> list[FusedLayer]:
+    """Each decoder layer's q/k/v and gate/up stored as one tensor each, in place.
+
+    The modules keep working unchanged (their weights become views of the
+    fused tensors), so the reference is unaffected; the fast step runs one
+    product where there were three (q, k, v) or two (gate, up). Done once per
+    backbone, however many runners fuse it.
+    """
+    def build():
+        fused = []
+        for layer in backbone.layers:
+            attn, mlp = layer.self_attn, layer.mlp
+            q, k = attn.q_proj.out_features, attn.k_proj.out_features
+            fused.append(FusedLayer(qkv=_joined([attn.q_proj, attn.k_proj, attn.v_proj]),
+                                    qkv_split=[q, q + k],
+                                    gate_up=_joined([mlp.gate_proj, mlp.up_proj])))
+        return fused
+
+    return once_per_object(backbone, "fused projections", build)
 
 
 def cast_reflex(reflex: Reflex, dtype: torch.dtype) -> Reflex:
@@ -51,77 +98,29 @@ def cast_reflex(reflex: Reflex, dtype: torch.dtype) -> Reflex:
     """
     device = reflex.instr_words.device
     with torch.device("meta"):
-        copy = Reflex(reflex.config, len(reflex.adapters)).to(dtype)
+        copy = Reflex(reflex.args).to(dtype)
     copy.to_empty(device=device)
     copy.load_state_dict(reflex.state_dict())
     return copy.eval().requires_grad_(False)
 
 
-@torch.no_grad()
-def fuse_projections(backbone) -> list[dict]:
-    """Store each decoder layer's q/k/v and gate/up weights in one tensor, in place.
-
-    The modules keep working unchanged (their weights become views of the
-    fused tensor, same values), so the reference is unaffected; the fast step
-    then runs one matrix product where there were three (q, k, v) or two
-    (gate, up). No extra memory once done: layer by layer, the old tensors go.
-    Done once per backbone (kept on it), so every fused FastReflex over the
-    same model shares the tensors. Returns, per layer, the fused tensors:
-    "qkv", "qkv_bias", "gate_up".
-    """
-    if "_fused_projections" not in backbone.__dict__:
-        fused_layers = []
-        for layer in backbone.layers:
-            attn, mlp = layer.self_attn, layer.mlp
-            fused_layers.append({
-                "qkv": _fuse([attn.q_proj, attn.k_proj, attn.v_proj], "weight"),
-                "qkv_bias": _fuse([attn.q_proj, attn.k_proj, attn.v_proj], "bias"),
-                "gate_up": _fuse([mlp.gate_proj, mlp.up_proj], "weight"),
-            })
-        backbone.__dict__["_fused_projections"] = fused_layers
-    return backbone.__dict__["_fused_projections"]
-
-
-def _fuse(modules, name: str) -> torch.Tensor:
-    fused = torch.cat([getattr(m, name) for m in modules])
-    start = 0
-    for m in modules:
-        size = getattr(m, name).shape[0]
-        setattr(m, name, torch.nn.Parameter(fused[start:start + size], requires_grad=False))
-        start += size
-    return fused
-
-
 class PromptBatch:
-    """B prompts, state-independent: their packed prefix and where each token sits.
+    """B prompts, state-independent: their packed prefix [N, H] and the layout's
+    indices as tensors (reflex_core.batching.PackedLayout)."""
 
-    `prefix` [N, H] holds the hidden states after the first adapter's layer for
-    the N real tokens, prompt after prompt. `grid` [B*T] maps the padded grid
-    that attention uses to packed rows (pads repeat their prompt's last token;
-    causal attention never lets a real token see them), `packed` [N] maps back,
-    `last` [B] is each prompt's last token, `cos`/`sin` [N, D] its rotary table.
-    """
-
-    def __init__(self, fast: "FastReflex", prefix: torch.Tensor, lengths: Sequence[int]):
+    def __init__(self, fast: FastReflex, prefix: torch.Tensor, layout: PackedLayout):
         device = prefix.device
-        self.lengths = list(lengths)
-        self.batch, self.width = len(self.lengths), max(self.lengths)
-        self.uniform = len(set(self.lengths)) == 1  # then grid == packed: no gathers
-        self.starts = starts = [sum(self.lengths[:b]) for b in range(self.batch)]
-        T = self.width
-        positions = [t for n in self.lengths for t in range(n)]
-        self.prefix = prefix
-        self.grid = torch.tensor([s + min(t, n - 1) for s, n in zip(starts, self.lengths) for t in range(T)],
-                                 device=device)
-        self.packed = torch.tensor([b * T + t for b, n in enumerate(self.lengths) for t in range(n)],
-                                   device=device)
-        self.last = torch.tensor([s + n - 1 for s, n in zip(starts, self.lengths)], device=device)
-        # keys a pooled (last) query may read: its own prompt's tokens
-        self.key_mask = (torch.arange(T, device=device)[None] < torch.tensor(self.lengths, device=device)[:, None]
-                         )[:, None, None, :]
-        probe = torch.zeros(1, len(positions), 1, dtype=prefix.dtype, device=device)
-        cos, sin = fast.backbone.rotary_emb(probe, torch.tensor([positions], device=device))
+        tensor = lambda values: torch.tensor(values, device=device)
+        self.prefix, self.layout = prefix, layout
+        self.batch, self.width, self.uniform = layout.batch, layout.width, layout.uniform
+        self.grid, self.packed, self.last = tensor(layout.grid), tensor(layout.packed), tensor(layout.last)
+        self.key_mask = tensor(layout.key_valid)[:, None, None, :]  # [B, 1, 1, T]
+        probe = torch.zeros(1, layout.tokens, 1, dtype=prefix.dtype, device=device)
+        cos, sin = fast.backbone.rotary_emb(probe, tensor([layout.positions]))
         self.cos, self.sin = cos[0], sin[0]
+        self.graphs: dict[int, tuple] = {}  # CUDA graphs of this batch, by state count
+        self.repeats: dict[int, PromptBatch] = {}
+        self.host_states: torch.Tensor | None = None  # lockstep states, pinned, for the graph
 
     def to_grid(self, x: torch.Tensor) -> torch.Tensor:
         """[N, ...] packed -> [B, T, ...]."""
@@ -133,265 +132,175 @@ class PromptBatch:
         y = y.reshape(self.batch * self.width, *y.shape[2:])
         return y if self.uniform else y[self.packed]
 
-    def select(self, fast: "FastReflex", indices: Sequence[int]) -> "PromptBatch":
+    def select(self, fast: FastReflex, indices: Sequence[int]) -> PromptBatch:
         """The prompts at `indices` only, with their packed rows of the prefix."""
-        rows = [self.starts[i] + t for i in indices for t in range(self.lengths[i])]
-        return PromptBatch(fast, self.prefix[torch.tensor(rows, device=self.prefix.device)],
-                           [self.lengths[i] for i in indices])
+        rows = torch.tensor(self.layout.rows_of(indices), device=self.prefix.device)
+        return PromptBatch(fast, self.prefix[rows], self.layout.select(indices))
 
-    def repeat(self, fast: "FastReflex", count: int) -> "PromptBatch":
+    def repeat(self, fast: FastReflex, count: int) -> PromptBatch:
         """This one-prompt batch as `count` rows (one per state)."""
-        if self.batch != 1:
-            raise ValueError("only a one-prompt batch repeats")
-        return PromptBatch(fast, self.prefix.repeat(count, 1), self.lengths * count)
+        if count not in self.repeats:
+            self.repeats[count] = PromptBatch(fast, self.prefix.repeat(count, 1), self.layout.repeat(count))
+        return self.repeats[count]
 
 
 class FastReflex:
-    """prompts(token lists) once, then step(prompts, states) per cycle.
+    """prefix(token lists) once, then step(batch, states) per cycle.
 
     adapter_dtype: None keeps the model's own Reflex modules (float32 as
     released); torch.bfloat16 runs them in bf16 from a copy, or from the
     model's own modules cast in place when in_place=True (the reference then
-    changes too). fuse: store q/k/v and gate/up as one tensor each
-    (fuse_projections: same values, the reference keeps working) and run one
-    product for each. cuda_graph: capture and replay the step on CUDA (ignored
-    elsewhere). compile: also pass the step through torch.compile (True, or a
-    torch.compile mode such as "max-autotune-no-cudagraphs"); off by default,
-    since it costs compilations: the first shape is compiled as is, the
-    first change of shape (another prompt length or batch) recompiles once
-    with symbolic sizes, which then serve every later shape.
+    changes too). fuse: q/k/v and gate/up as one product each
+    (`fuse_projections`). compile: pass the step through torch.compile (True,
+    or a mode such as "max-autotune-no-cudagraphs"); the first change of shape
+    recompiles once with symbolic sizes, which then serve every later shape.
+    cuda_graph: capture and replay the step on CUDA (ignored elsewhere).
     """
 
     def __init__(self, model: ReflexModel, adapter_dtype: torch.dtype | None = None,
-                 cuda_graph: bool = True, in_place: bool = False, compile: bool | str = False,
-                 fuse: bool = False):
+                 fuse: bool = False, compile: bool | str = False, cuda_graph: bool = True,
+                 in_place: bool = False):
         self.model = model
         self.backbone = model.backbone
         self.fused = fuse_projections(self.backbone) if fuse else None
-        if compile:
-            mode = compile if isinstance(compile, str) else None
-            self.compiled = torch.compile(self._step, mode=mode)  # dynamic=None: automatic
-        else:
-            self.compiled = None
         reflex = model.reflex
-        own_dtype = reflex.adapters[0].attn_gate.dtype
-        if adapter_dtype is not None and adapter_dtype != own_dtype:
-            if in_place:
-                reflex.to(adapter_dtype)
-            else:
-                reflex = cast_reflex(reflex, adapter_dtype)
+        if adapter_dtype is not None and adapter_dtype != reflex.adapters[0].attn_gate.dtype:
+            reflex = reflex.to(adapter_dtype) if in_place else cast_reflex(reflex, adapter_dtype)
         self.reflex = reflex
-        self.adapter_dtype = reflex.adapters[0].attn_gate.dtype
         self.first = model.adapter_layers[0]
         self.adapter_at = dict(zip(model.adapter_layers, reflex.adapters))
         self.device = reflex.instr_words.device
         self.cuda_graph = cuda_graph and self.device.type == "cuda"
-        self.words = [w & _MASK32 for w in reflex.instr_words.tolist()]
+        self.codebook = [w & MASK32 for w in reflex.instr_words.tolist()]
         # The codebook side of the cosine, normalised once (Reflex.scores recomputes it).
         self.table = F.normalize(reflex.instr_table.weight.float(), dim=-1)
+        mode = compile if isinstance(compile, str) else None
+        self.compiled = torch.compile(self._step, mode=mode) if compile else None
 
     # ----------------------------------------------------------- per prompt
     @torch.no_grad()
-    def prompts(self, token_lists: Sequence[Sequence[int]]) -> PromptBatch:
-        """Pack the prompts (no padding) and run them up to the first adapter's layer."""
+    def prefix(self, token_lists: Sequence[Sequence[int]]) -> PromptBatch:
+        """Pack the prompts and run them up to and including the first adapter's layer."""
         ids = torch.tensor([t for tokens in token_lists for t in tokens], device=self.device)
-        batch = PromptBatch(self, self.backbone.embed_tokens(ids), [len(t) for t in token_lists])
+        batch = PromptBatch(self, self.backbone.embed_tokens(ids), PackedLayout.of(token_lists))
         for i in range(self.first + 1):
-            batch.prefix = self._decoder_layer(i, batch.prefix, batch, pooled=False)
+            batch.prefix = self._layer(i, batch.prefix, batch, pooled=False)
         return batch
 
     # ------------------------------------------------------------ per cycle
     @torch.no_grad()
-    def step(self, prompts: PromptBatch, states: torch.Tensor) -> torch.Tensor:
+    def step(self, batch: PromptBatch, states: torch.Tensor) -> torch.Tensor:
         """A prompt batch + states [B, 65] int64 -> predicted embeddings [B, E]."""
-        return (self.compiled or self._step)(prompts, states)
+        return (self.compiled or self._step)(batch, states)
 
-    def _step(self, prompts: PromptBatch, states: torch.Tensor) -> torch.Tensor:
+    def _step(self, batch: PromptBatch, states: torch.Tensor) -> torch.Tensor:
         kv = self.reflex.encode_state(states)
-        h, pooled = prompts.prefix, False  # [N, H] until pooled, then [B, H]
+        h, pooled = batch.prefix, False  # [N, H] until pooled, then [B, H]
         last_layer = len(self.backbone.layers) - 1
         for i in range(self.first, last_layer + 1):
             if i > self.first:
                 pooled = i == last_layer
-                h = self._decoder_layer(i, h, prompts, pooled)
+                h = self._layer(i, h, batch, pooled)
             if i in self.adapter_at:
-                h = self._adapter(self.adapter_at[i], h, kv, None if pooled else prompts)
+                h = self.adapter_at[i](h, kv, None if pooled else batch)
         if not pooled:
-            h = h[prompts.last]
+            h = h[batch.last]
         return self.reflex.head(self.backbone.norm(h))  # RMSNorm is per token
 
-    def _decoder_layer(self, i: int, h: torch.Tensor, prompts: PromptBatch, pooled: bool) -> torch.Tensor:
-        """Decoder layer i (Qwen2DecoderLayer.forward's math) on packed tokens;
+    def _layer(self, i: int, h: torch.Tensor, batch: PromptBatch, pooled: bool) -> torch.Tensor:
+        """Decoder layer i (Qwen2DecoderLayer's math) on packed tokens;
         pooled=True returns only each prompt's last token."""
         layer = self.backbone.layers[i]
         attn, mlp = layer.self_attn, layer.mlp
         fused = self.fused[i] if self.fused else None
-        d = attn.head_dim
         x = layer.input_layernorm(h)
         if fused:
-            q, k, v = F.linear(x, fused["qkv"], fused["qkv_bias"]).split(
-                [attn.q_proj.out_features, attn.k_proj.out_features, attn.v_proj.out_features], dim=-1)
+            q, k, v = fused.qkv(x).tensor_split(fused.qkv_split, dim=-1)
         else:
             q, k, v = attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)
-        q, k = apply_rotary_pos_emb(q.view(len(x), -1, d), k.view(len(x), -1, d),
-                                    prompts.cos, prompts.sin, unsqueeze_dim=1)
-        grid = lambda t: prompts.to_grid(t).transpose(1, 2)  # [B, heads, T, D]
-        k, v = grid(k), grid(v.reshape(len(x), -1, d))
+        heads = lambda t: t.view(len(x), -1, attn.head_dim)
+        q, k = apply_rotary_pos_emb(heads(q), heads(k), batch.cos, batch.sin, unsqueeze_dim=1)
+        grid = lambda t: batch.to_grid(t).transpose(1, 2)  # [B, heads, T, D]
+        k, v = grid(k), grid(heads(v))
         if pooled:  # one query per prompt, reading its own prompt's keys
-            q = q[prompts.last][:, :, None]
-            o = F.scaled_dot_product_attention(q, k, v, attn_mask=None if prompts.uniform else prompts.key_mask,
-                                               scale=attn.scaling, enable_gqa=True)
-            o, h = o.flatten(1), h[prompts.last]
+            q = q[batch.last][:, :, None]
+            mask = None if batch.uniform else batch.key_mask
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=attn.scaling, enable_gqa=True)
+            o, h = o.flatten(1), h[batch.last]
         else:
             o = F.scaled_dot_product_attention(grid(q), k, v, is_causal=True, scale=attn.scaling,
                                                enable_gqa=True)
-            o = prompts.from_grid(o.transpose(1, 2)).flatten(1)
+            o = batch.from_grid(o.transpose(1, 2)).flatten(1)
         h = h + attn.o_proj(o)
         x = layer.post_attention_layernorm(h)
         if fused:
-            gate, up = F.linear(x, fused["gate_up"]).chunk(2, dim=-1)
+            gate, up = fused.gate_up(x).chunk(2, dim=-1)
             return h + mlp.down_proj(mlp.act_fn(gate) * up)
         return h + mlp(x)
-
-    def _adapter(self, adapter: Adapter, h: torch.Tensor, kv: torch.Tensor,
-                 prompts: PromptBatch | None) -> torch.Tensor:
-        """Adapter.forward on packed tokens (or on one pooled row per prompt: prompts=None)."""
-        dtype = adapter.attn_gate.dtype
-        x, kv = h.to(dtype), kv.to(dtype)
-        mha = adapter.attn
-        dim, heads = mha.embed_dim, mha.num_heads
-        q = F.linear(adapter.norm_q(x), mha.in_proj_weight[:dim], mha.in_proj_bias[:dim])
-        k, v = F.linear(kv, mha.in_proj_weight[dim:], mha.in_proj_bias[dim:]).chunk(2, dim=-1)
-        heads_of = lambda t: t.unflatten(-1, (heads, -1)).transpose(1, 2)  # [B, heads, L, D]
-        q = prompts.to_grid(q) if prompts is not None else q[:, None]
-        o = F.scaled_dot_product_attention(heads_of(q), heads_of(k), heads_of(v)).transpose(1, 2)
-        o = prompts.from_grid(o).flatten(1) if prompts is not None else o.flatten(1)
-        x = x + torch.tanh(adapter.attn_gate) * mha.out_proj(o)
-        x = x + torch.tanh(adapter.mlp_gate) * adapter.mlp(adapter.norm_mlp(x))
-        return x.to(h.dtype)
 
     def rows(self, pred: torch.Tensor) -> torch.Tensor:
         """Codebook row of each prediction: Reflex.scores' cosine, float32, argmax."""
         return (F.normalize(pred.float(), dim=-1) @ self.table.T).argmax(dim=-1)
 
-    def runner(self, prompts: PromptBatch) -> "StepRunner":
-        return StepRunner(self, prompts)
+    def decode(self, pred: torch.Tensor) -> list[int]:
+        return [self.codebook[r] for r in self.rows(pred).tolist()]
 
-
-class StepRunner:
-    """One prompt batch's per-cycle step, as a CUDA graph where possible.
-
-    A one-prompt batch serves any number of states (one row each, a graph per
-    count); a batch of B prompts takes exactly B states. A graph reads fixed
-    addresses: the prompt batch (held here), a static states buffer written
-    before each replay, and outputs allocated at capture.
-    """
-
-    def __init__(self, fast: FastReflex, prompts: PromptBatch):
-        self.fast, self.prompts = fast, prompts
-        self.batches: dict[int, PromptBatch] = {prompts.batch: prompts}
-        self.graphs: dict[int, tuple] = {}
-
-    def _prompts_for(self, count: int) -> PromptBatch:
-        if count not in self.batches:
-            if self.prompts.batch != 1:
-                raise ValueError(f"a batch of {self.prompts.batch} prompts takes {self.prompts.batch} "
-                                 f"states, not {count}")
-            self.batches[count] = self.prompts.repeat(self.fast, count)
-        return self.batches[count]
-
-    def _compute(self, prompts: PromptBatch, states: torch.Tensor):
-        pred = self.fast.step(prompts, states)
-        return pred, self.fast.rows(pred)
-
-    def _capture(self, prompts: PromptBatch) -> tuple:
-        states = torch.zeros(prompts.batch, STATE_WORDS, dtype=torch.int64, device=self.fast.device)
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):  # warm-up: cuBLAS handles, workspaces, kernel choice
-            for _ in range(2):
-                self._compute(prompts, states)
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.no_grad(), torch.cuda.graph(graph):
-            pred, rows = self._compute(prompts, states)
-        return graph, states, pred, rows
+    # ---------------------------------------------- the runner protocol
+    def embed(self, batch: PromptBatch, states) -> np.ndarray:
+        return self._run(batch, states_tensor(states))[0].float().cpu().numpy()
 
     @torch.no_grad()
-    def __call__(self, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """states [B, 65] int64 (any device) -> (pred [B, E], rows [B]) on the device.
+    def words(self, batch: PromptBatch, states, indices: Sequence[int] | None = None) -> list[int]:
+        """Words for the states of the prompts at `indices` (all when None).
+
+        With CUDA graphs every call replays the whole batch (finished programs'
+        rows repeat their last state and are ignored): one graph, no re-capture
+        as programs stop. Eagerly, only the prompts asked for are computed.
+        """
+        states = states_tensor(states)
+        if indices is None or len(indices) == batch.batch:
+            return [self.codebook[r] for r in self._run(batch, states)[1].tolist()]
+        if not self.cuda_graph:
+            pred = self.step(batch.select(self, indices), states.to(self.device))
+            return self.decode(pred)
+        if batch.host_states is None:
+            batch.host_states = torch.zeros(batch.batch, STATE_WORDS, dtype=torch.int64).pin_memory()
+        index = torch.tensor(list(indices))
+        batch.host_states[index] = states
+        rows = self._run(batch, batch.host_states)[1][index.to(self.device)]
+        return [self.codebook[r] for r in rows.tolist()]
+
+    def _run(self, batch: PromptBatch, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(pred [B, E], rows [B]) for states [B, 65]; a one-prompt batch takes any count.
 
         With graphs the outputs are the graph's own buffers: read them before
         the next call.
         """
-        prompts = self._prompts_for(states.shape[0])
-        if not self.fast.cuda_graph:
-            return self._compute(prompts, states.to(self.fast.device))
-        if prompts.batch not in self.graphs:
-            self.graphs[prompts.batch] = self._capture(prompts)
-        graph, static_states, pred, rows = self.graphs[prompts.batch]
+        count = states.shape[0]
+        if count != batch.batch:
+            if batch.batch != 1:
+                raise ValueError(f"a batch of {batch.batch} prompts takes {batch.batch} states, not {count}")
+            batch = batch.repeat(self, count)
+        if not self.cuda_graph:
+            pred = self.step(batch, states.to(self.device))
+            return pred, self.rows(pred)
+        if count not in batch.graphs:
+            batch.graphs[count] = self._capture(batch)
+        graph, static_states, pred, rows = batch.graphs[count]
         static_states.copy_(states, non_blocking=True)
         graph.replay()
         return pred, rows
 
-
-def states_tensor(states: Sequence[Sequence[int]]) -> torch.Tensor:
-    return torch.tensor(states, dtype=torch.int64)
-
-
-class FastPredictor:
-    """State -> word for one task, like TorchPredictor but through FastReflex."""
-
-    def __init__(self, fast: FastReflex, tokenizer, task: str, config: dict):
-        self.fast = fast
-        self.tokens: PromptTokens = encode_prompt(tokenizer, task, config)
-        self.run = fast.runner(fast.prompts([self.tokens.ids]))
-
-    def embed(self, states: list[list[int]]) -> torch.Tensor:
-        return self.run(states_tensor(states))[0].clone()
-
-    def predict_many(self, states: list[list[int]]) -> list[int]:
-        rows = self.run(states_tensor(states))[1].tolist()
-        return [self.fast.words[r] for r in rows]
-
-    def __call__(self, state: list[int]) -> int:
-        return self.predict_many([state])[0]
-
-
-class FastBatchPredictor:
-    """Many prompts in lockstep: predict(indices, states) for `run_many(with_indices=True)`.
-
-    The prompts' prefixes are computed once, packed. With CUDA graphs every
-    cycle replays the whole batch (finished programs' rows repeat their last
-    state and are ignored): one graph, no re-capture as programs stop.
-    Eagerly, only the prompts still running are computed.
-    """
-
-    def __init__(self, fast: FastReflex, tokenizer, prompts: list[str], config: dict):
-        self.fast = fast
-        self.tokens = [encode_prompt(tokenizer, p, config) for p in prompts]
-        self.prompts = fast.prompts([t.ids for t in self.tokens])
-        self.lengths = self.prompts.lengths
-        self.run = fast.runner(self.prompts)
-        self.host_states = torch.zeros(len(prompts), STATE_WORDS, dtype=torch.int64)
-        if fast.device.type == "cuda":
-            self.host_states = self.host_states.pin_memory()
-
-    def __call__(self, indices: Sequence[int], states: list[list[int]]) -> list[int]:
-        if self.fast.cuda_graph:
-            index = torch.tensor(list(indices), dtype=torch.int64)
-            self.host_states[index] = states_tensor(states)
-            rows = self.run(self.host_states)[1][index.to(self.fast.device)].tolist()
-        else:
-            subset = (self.prompts if len(indices) == self.prompts.batch
-                      else self.prompts.select(self.fast, indices))
-            pred = self.fast.step(subset, states_tensor(states).to(self.fast.device))
-            rows = self.fast.rows(pred).tolist()
-        return [self.fast.words[r] for r in rows]
-
-
-def run_batch(fast: FastReflex, tokenizer, prompts: list[str], config: dict,
-              max_cycles: int = DEFAULT_MAX_CYCLES) -> list[RunResult]:
-    """Run every prompt's program in lockstep; each stops on its own outcome."""
-    predict = FastBatchPredictor(fast, tokenizer, prompts, config)
-    return run_many(predict, len(prompts), max_cycles=max_cycles, with_indices=True)
+    def _capture(self, batch: PromptBatch) -> tuple:
+        states = torch.zeros(batch.batch, STATE_WORDS, dtype=torch.int64, device=self.device)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm-up: cuBLAS handles, workspaces, kernel choice
+            for _ in range(2):
+                self.rows(self.step(batch, states))
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.no_grad(), torch.cuda.graph(graph):
+            pred = self.step(batch, states)
+            rows = self.rows(pred)
+        return graph, states, pred, rows

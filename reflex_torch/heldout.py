@@ -5,7 +5,7 @@
 `reflex_torch.train` writes OUT/heldout.json (the held-out programs' words and
 prompts) next to OUT/reflex.pt. This module replays those programs on the
 shared machine to rebuild every held-out cycle, loads the model the way
-inference does (`load_reflex`), and scores teacher-forced next-word top-1.
+inference does (`load_model`), and scores teacher-forced next-word top-1.
 The training loop calls the same `top1` on the same pairs, so its eval numbers
 and this module's agree (exactly on CPU).
 """
@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 
 from reflex_core.corpus import CorpusProgram, replay
-from reflex_core.prompt import encode_prompt, padded
+from reflex_core.batching import pad_batch
+from reflex_core.prompt import encode_prompt
 
 HELDOUT_FILE = "heldout.json"
 EVAL_SEED = 0  # the fixed sample of (cycle, prompt) pairs the training eval uses
@@ -84,10 +85,8 @@ def predict(model, tokenizer, config: dict, pairs: list[Pair], batch: int = 64) 
         for pair in chunk:
             if pair.prompt not in tokens:
                 tokens[pair.prompt] = encode_prompt(tokenizer, pair.prompt, config)
-        length = max(len(tokens[p.prompt].ids) for p in chunk)
-        rows = [padded(tokens[p.prompt], length, tokenizer.pad_token_id) for p in chunk]
-        input_ids = torch.tensor([ids for ids, _ in rows], device=device)
-        mask = torch.tensor([m for _, m in rows], device=device)
+        ids, mask = pad_batch([tokens[p.prompt].ids for p in chunk], tokenizer.pad_token_id)
+        input_ids, mask = torch.tensor(ids, device=device), torch.tensor(mask, device=device)
         states = torch.tensor([p.state for p in chunk], dtype=torch.int64, device=device)
         words += model.reflex.decode(model(input_ids, mask, states))
     return words
@@ -109,12 +108,12 @@ def main(argv: list[str] | None = None) -> float:
     parser.add_argument("--batch", type=int, default=64)
     args = parser.parse_args(argv)
 
-    from .load import load_reflex
+    from .load import load_model
 
     if not (args.out / HELDOUT_FILE).exists():
         sys.exit(f"error: no {HELDOUT_FILE} in {args.out} (written by python -m reflex_torch.train)")
     started = time.time()
-    model, tokenizer, config = load_reflex(
+    model, tokenizer, config = load_model(
         args.out / "reflex.pt", backbone=args.backbone, device=args.device,
         backbone_dtype=torch.float32 if args.device == "cpu" else None,
     )

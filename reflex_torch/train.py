@@ -7,13 +7,13 @@
 Without --backbone a new small Qwen2 (and its own tokenizer) is trained from
 scratch together with the adapters; with --backbone a pretrained Qwen2 is
 loaded, frozen, and only the Reflex modules learn (the released recipe,
-DESIGN.md §7). Samples are (state, word) cycles from replaying every corpus
+docs/design.md §7). Samples are (state, word) cycles from replaying every corpus
 program on the shared machine; 5% of the distinct programs are held out, and
 no prompt equal to one of the evaluation prompts (up to case, spacing and, by
 default, punctuation and quotes) is trained on.
 
-OUT gets reflex.pt (DESIGN.md §2 format), backbone/ (the from-scratch
-backbone and tokenizer, which `load_reflex` finds via backbone_id "backbone"),
+OUT gets reflex.pt (docs/design.md §2 format), backbone/ (the from-scratch
+backbone and tokenizer, which `load_model` finds via backbone_id "backbone"),
 heldout.json, curve.jsonl and train_state.pt (for --resume).
 """
 
@@ -39,7 +39,9 @@ import reflex_core
 from reflex_core.corpus import find_corpus, load_programs, replay
 from reflex_core.hub import resolve_backbone
 from reflex_core.prompt import encode_prompt
-from reflex_core.spec import SYSTEM_PROMPT, adapter_layers
+from reflex_core.files import write_atomically
+from reflex_core.shapes import TINY, qwen2_config, reflex_config
+from reflex_core.spec import SYSTEM_PROMPT, ReflexArgs
 
 from .heldout import HELDOUT_FILE, heldout_cycles, make_pairs, top1
 from .model import Reflex, ReflexModel
@@ -281,13 +283,11 @@ def build_backbone(args, train_prompts: list[str], device, resume: bool):
     else:  # on the texts as the model sees them, so the fixed system message merges into few tokens
         texts = [f"system\n{SYSTEM_PROMPT}\nuser\n{p}\nassistant\n" for p in train_prompts]
         tokenizer = as_loaded(train_tokenizer(texts, args.vocab))
-    qwen_config = Qwen2Config(
-        vocab_size=len(tokenizer), hidden_size=args.hidden, intermediate_size=args.intermediate,
-        num_hidden_layers=args.layers, num_attention_heads=args.heads,
-        num_key_value_heads=args.kv_heads, max_position_embeddings=512, rope_theta=args.rope_theta,
-        rms_norm_eps=1e-6, tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id, bos_token_id=None,
-    )
+    shape = TINY.with_(hidden=args.hidden, layers=args.layers, heads=args.heads, kv_heads=args.kv_heads,
+                       intermediate=args.intermediate, rope_theta=args.rope_theta)
+    qwen_config = Qwen2Config(**qwen2_config(
+        shape, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id, bos_token_id=None))
     causal = Qwen2ForCausalLM(qwen_config).to(device)
     return causal, causal.model, tokenizer, BACKBONE_DIR
 
@@ -324,9 +324,7 @@ def count_params(module: torch.nn.Module) -> int:
 
 
 def atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    write_atomically(path, lambda tmp: torch.save(obj, tmp))
 
 
 def write_release(out: Path, reflex: Reflex, config: dict, causal, tokenizer, args) -> None:
@@ -411,13 +409,10 @@ def main(argv: list[str] | None = None) -> dict:
     codebook = sorted({w for cycles in train_cycles + held_cycles for _, w in cycles})
 
     causal, backbone, tokenizer, backbone_id = build_backbone(args, train_prompts, device, args.resume)
-    config = {
-        "backbone_id": backbone_id, "hidden": backbone.config.hidden_size,
-        "inject_every": args.inject_every, "adapter_mlp_ratio": args.adapter_mlp_ratio,
-        "max_instr_tokens": args.max_instr_tokens, "embed_dim": args.embed_dim,
-        "num_instrs": len(codebook), "chat_template": True, "context_prefix": False,
-    }
-    reflex = Reflex(config, len(adapter_layers(backbone.config.num_hidden_layers, args.inject_every)))
+    shape = TINY.with_(hidden=backbone.config.hidden_size, inject_every=args.inject_every,
+                       mlp_ratio=args.adapter_mlp_ratio, embed_dim=args.embed_dim, num_instrs=len(codebook))
+    config = reflex_config(shape, backbone_id, max_instr_tokens=args.max_instr_tokens)
+    reflex = Reflex(ReflexArgs.from_config(config, backbone.config.num_hidden_layers))
     reflex.instr_words.copy_(torch.tensor(codebook, dtype=torch.int64))
     reflex.to(device)
     model = ReflexModel(backbone, reflex)

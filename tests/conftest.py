@@ -1,27 +1,53 @@
-"""Session fixtures: one small random Reflex checkpoint, converted both ways.
+"""Shared fixtures: one small random Reflex checkpoint, converted both ways, and helpers.
 
-Built by the project itself (reflex_torch.fixture + convert), so the tests run
-offline with real transformers, mlx-lm and safetensors files.
+Built by the project itself (reflex_torch.random + convert), so the tests run
+offline with real transformers, mlx-lm and safetensors files. Nothing here
+imports torch at collection: the tests of reflex_core run without it.
 """
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
+import numpy as np
 import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_TORCH = ROOT / "reflex_torch" / "models" / "reflex-tiny"
+TINY_MLX = ROOT / "reflex_mlx" / "models" / "reflex-tiny"
 
 
 def pytest_collection_modifyitems(config, items):
-    import torch  # noqa: F401  (the gpu marker only makes sense with torch present)
+    gpu = [item for item in items if "gpu" in item.keywords]
+    if not gpu:
+        return
+    cuda = False
+    if importlib.util.find_spec("torch") is not None:
+        import torch
 
-    if not torch.cuda.is_available():
+        cuda = torch.cuda.is_available()
+    if not cuda:
         skip = pytest.mark.skip(reason="needs CUDA (no GPU here)")
-        for item in items:
-            if "gpu" in item.keywords:
-                item.add_marker(skip)
+        for item in gpu:
+            item.add_marker(skip)
+
+
+def random_state_list(n: int, seed: int) -> list[list[int]]:
+    """n machine states of uniformly random 32-bit words."""
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 2**32, size=(n, 65), dtype=np.uint64).tolist()
+
+
+@pytest.fixture(scope="session")
+def random_states():
+    """random_states(n, seed) -> n states of random words (list of 65-word lists)."""
+    return random_state_list
 
 
 @pytest.fixture(scope="session")
 def fixture_dir(tmp_path_factory):
-    from reflex_torch.fixture import build_fixture
+    from reflex_torch.random import build_fixture
 
     return build_fixture(tmp_path_factory.mktemp("fixture"))
 
@@ -49,10 +75,9 @@ def mlx_4bit_dir(fixture_dir, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def torch_fixture(fixture_dir):
-    from reflex_torch.load import load_reflex
+    from reflex_torch.load import load_model
 
-    return load_reflex(fixture_dir / "reflex.pt", backbone=str(fixture_dir / "backbone"),
-                       device="cpu")
+    return load_model(fixture_dir / "reflex.pt", backbone=str(fixture_dir / "backbone"), device="cpu")
 
 
 @pytest.fixture(scope="session")
@@ -60,3 +85,27 @@ def mlx_float32(mlx_float32_dir):
     from reflex_mlx.load import load_model
 
     return load_model(mlx_float32_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    """(tokenizer, config) of the bundled reflex-tiny, read without torch."""
+    import json
+
+    from transformers import AutoTokenizer
+
+    from reflex_core.spec import reflex_config
+
+    config = reflex_config(json.loads((TINY_MLX / "config.json").read_text()))
+    return AutoTokenizer.from_pretrained(TINY_MLX / "backbone"), config
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """On a small shared CPU two torch threads spin against each other (20x slower here)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

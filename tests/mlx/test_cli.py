@@ -16,8 +16,8 @@ from reflex_mlx.cli import main
 MEMORY_KEYS = {"0x5000", "0x5200", "0x6000"}
 
 
-def _run(*args):
-    return CliRunner().invoke(main, ["run", *map(str, args)])
+def _run(*args, backend="mlx"):
+    return CliRunner().invoke(main, ["run", "--backend", backend, *map(str, args)])
 
 
 def test_run_prints_trace_and_outcome(mlx_float32_dir):

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY_TORCH = ROOT / "reflex_torch" / "models" / "reflex-tiny"
 TINY_MLX = ROOT / "reflex_mlx" / "models" / "reflex-tiny"
 MiB = 1 << 20
@@ -72,18 +72,20 @@ def test_heldout_top1_is_at_least_95_percent():
 @pytest.mark.slow
 def test_eval_replay_agrees_between_backends():
     """The whole 41-task eval: torch float32 vs MLX as shipped, on the same states."""
-    from bench.agreement import lockstep_agreement, outcome_agreement, recorded_eval
+    from bench.agreement import batched, lockstep_agreement, one_by_one, outcome_agreement, recorded_eval
     from reflex_core.evaluation import evaluate
-    from reflex_mlx.load import MLXBatchPredictor, MLXPredictor, load_model
-    from reflex_torch.load import TorchPredictor, load_reflex
+    from reflex_mlx.fast import FastReflex
+    from reflex_mlx.load import load_model as load_mlx
+    from reflex_torch.load import load_model as load_torch
+    from reflex_torch.model import Reference
 
-    torch_model, torch_tok, torch_cfg = load_reflex(TINY_TORCH / "reflex.pt", device="cpu")
-    reference, batches = recorded_eval(
-        lambda p: TorchPredictor(torch_model, torch_tok, p, torch_cfg).predict_many)
-    mlx_model, mlx_tok, mlx_cfg = load_model(TINY_MLX)
-    lockstep = lockstep_agreement(
-        batches, lambda p: MLXPredictor(mlx_model, mlx_tok, p, mlx_cfg).predict_many)
-    own = evaluate(make_batch_predictor=lambda ps: MLXBatchPredictor(mlx_model, mlx_tok, ps, mlx_cfg))
+    torch_model, torch_tok, torch_cfg = load_torch(TINY_TORCH / "reflex.pt", device="cpu")
+    reference, recording = recorded_eval(
+        batched(Reference(torch_model, torch_tok.pad_token_id, 96), torch_tok, torch_cfg))
+    mlx_model, mlx_tok, mlx_cfg = load_mlx(TINY_MLX)
+    fast = FastReflex(mlx_model, fuse=True, compile=True)
+    lockstep = lockstep_agreement(recording, one_by_one(fast, mlx_tok, mlx_cfg))
+    own = evaluate(make_batch_predictor=batched(fast, mlx_tok, mlx_cfg))
     outcomes = outcome_agreement(reference, own)
     print(f"reference {reference['passed']}/{reference['total']}, mlx {own['passed']}/{own['total']}; "
           f"lockstep words {lockstep['agree']}/{lockstep['cycles']}; outcomes {outcomes}")

@@ -1,8 +1,9 @@
 """MLX against the PyTorch reference on CPU, on the project's random fixture.
 
-float32 MLX (unquantized backbone) must match the float32 reference to 1e-4
-relative error and decode the same word; the 4-bit backbone is measured and
-printed (its error is what 4-bit quantization of random weights gives).
+float32 MLX (unquantized backbone, fast runner as the CLI uses it) must match
+the float32 reference (hooks, padded to 96) to 1e-4 relative error and decode
+the same word; the 4-bit backbone is measured and printed (its error is what
+4-bit quantization of random weights gives).
 """
 
 from __future__ import annotations
@@ -11,47 +12,43 @@ import numpy as np
 import pytest
 
 from reflex_core.corpus import find_corpus, load_programs, replay
+from reflex_core.predict import Predictor
 
 TASK = "compute 5 factorial and store it"
 
 
-def _random_states(n: int, seed: int) -> list[list[int]]:
-    rng = np.random.default_rng(seed)
-    return rng.integers(0, 2**32, size=(n, 65), dtype=np.uint64).tolist()
-
-
 def _compare(torch_fixture, mlx_model, task, states):
-    from reflex_mlx.load import MLXPredictor
-    from reflex_torch.load import TorchPredictor
+    from reflex_mlx.fast import FastReflex
+    from reflex_torch.model import Reference
 
     model, tokenizer, config = torch_fixture
-    reference = TorchPredictor(model, tokenizer, task, config)
+    reference = Predictor(Reference(model, tokenizer.pad_token_id, config["max_instr_tokens"]),
+                          tokenizer, task, config)
     mlx_reflex, mlx_tokenizer, mlx_config = mlx_model
-    candidate = MLXPredictor(mlx_reflex, mlx_tokenizer, task, mlx_config)
-    ref = reference.embed(states).numpy()
-    got = np.array(candidate.embed(states))
+    candidate = Predictor(FastReflex(mlx_reflex, fuse=True, compile=True), mlx_tokenizer, task, mlx_config)
+    ref, got = reference.embed(states), candidate.embed(states)
     rel = np.linalg.norm(ref - got, axis=-1) / np.linalg.norm(ref, axis=-1)
-    ref_words = model.reflex.decode(reference.embed(states))
-    got_words = candidate.predict_many(states)
-    agree = float(np.mean(np.array(ref_words) == np.array(got_words)))
+    ref_words = reference.predict_many(states)
+    agree = float(np.mean(np.array(ref_words) == np.array(candidate.predict_many(states))))
     return rel, agree, ref_words
 
 
-def test_float32_parity_on_random_states(torch_fixture, mlx_float32):
-    rel, agree, words = _compare(torch_fixture, mlx_float32, TASK, _random_states(256, 1))
+def test_float32_parity_on_random_states(torch_fixture, mlx_float32, random_states):
+    rel, agree, words = _compare(torch_fixture, mlx_float32, TASK, random_states(256, 1))
     print(f"float32: max relative error {rel.max():.2e}, word agreement {agree:.4f}")
     assert rel.max() < 1e-4
     assert agree == 1.0
     assert len(set(words)) > 1, "the fixture's words should depend on the state"
 
 
-def test_words_depend_on_the_prompt(torch_fixture):
-    from reflex_torch.load import TorchPredictor
+def test_words_depend_on_the_prompt(torch_fixture, random_states):
+    from reflex_torch.model import Reference
 
     model, tokenizer, config = torch_fixture
-    states = _random_states(128, 2)
-    a = TorchPredictor(model, tokenizer, "say hi", config).predict_many(states)
-    b = TorchPredictor(model, tokenizer, TASK, config).predict_many(states)
+    reference = Reference(model, tokenizer.pad_token_id, 96)
+    states = random_states(128, 2)
+    a = Predictor(reference, tokenizer, "say hi", config).predict_many(states)
+    b = Predictor(reference, tokenizer, TASK, config).predict_many(states)
     assert a != b
 
 
@@ -74,10 +71,10 @@ def test_float32_parity_on_replayed_programs(torch_fixture, mlx_float32, replaye
         assert agree == 1.0
 
 
-def test_4bit_agreement_is_measured(torch_fixture, mlx_4bit_dir):
+def test_4bit_agreement_is_measured(torch_fixture, mlx_4bit_dir, random_states):
     from reflex_mlx.load import load_model
 
-    rel, agree, _ = _compare(torch_fixture, load_model(mlx_4bit_dir), TASK, _random_states(256, 3))
+    rel, agree, _ = _compare(torch_fixture, load_model(mlx_4bit_dir), TASK, random_states(256, 3))
     print(f"4-bit backbone vs float32 reference: median relative error {np.median(rel):.3f}, "
           f"word agreement {agree:.3f}")
     assert 0 < np.median(rel) < 1.0  # quantized, so not equal; yet the same function

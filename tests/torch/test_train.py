@@ -1,7 +1,7 @@
 """Tests for the training code (reflex_torch.train) and the held-out evaluation.
 
 Why: a model this project trains must load through the same path as the
-released one (`load_reflex`) and predict exactly what training measured; its
+released one (`load_model`) and predict exactly what training measured; its
 held-out programs must really be unseen; no evaluation prompt may leak into
 training; and a run stopped by the time limit must resume where it left off.
 """
@@ -24,7 +24,7 @@ if find_corpus() is None:
 
 from reflex_torch import heldout as heldout_mod  # noqa: E402
 from reflex_torch import train  # noqa: E402
-from reflex_torch.load import load_reflex  # noqa: E402
+from reflex_torch.load import load_model  # noqa: E402
 
 TINY = [
     "--max-programs", "60", "--hidden", "64", "--layers", "4", "--heads", "4", "--kv-heads", "2",
@@ -76,9 +76,9 @@ def test_loss_falls(trained):
 
 
 def test_loaded_model_predicts_as_in_training(trained):
-    """load_reflex (the inference path, hooks and all) gives the training model's predictions."""
+    """load_model (the inference path, hooks and all) gives the training model's predictions."""
     out, result = trained
-    model, tokenizer, config = load_reflex(out / "reflex.pt", device="cpu", backbone_dtype=torch.float32)
+    model, tokenizer, config = load_model(out / "reflex.pt", device="cpu", backbone_dtype=torch.float32)
     pairs = result["eval_pairs"]
     for prompt in {p.prompt for p in pairs}:  # the same token ids as in training
         assert tokenizer.encode(prompt) == result["tokenizer"].encode(prompt)
@@ -160,8 +160,8 @@ def test_frozen_backbone_recipe(trained, tmp_path):
     assert not (tmp_path / "backbone").exists()
     saved = torch.load(tmp_path / "reflex.pt", weights_only=True)
     assert saved["config"]["backbone_id"] == str(source.resolve())
-    model, _, _ = load_reflex(tmp_path / "reflex.pt", device="cpu")
-    original, _, _ = load_reflex(full / "reflex.pt", device="cpu")
+    model, _, _ = load_model(tmp_path / "reflex.pt", device="cpu")
+    original, _, _ = load_model(full / "reflex.pt", device="cpu")
     for (name, a), b in zip(model.backbone.state_dict().items(), original.backbone.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)  # frozen: unchanged
     assert not torch.equal(saved["state"]["embed_head.weight"],

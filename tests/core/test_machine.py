@@ -1,4 +1,4 @@
-"""The machine, the cycle loop and the corpus loader (DESIGN.md §5, §7)."""
+"""The machine, the cycle loop and the corpus loader (docs/design.md §5, §7)."""
 
 from __future__ import annotations
 

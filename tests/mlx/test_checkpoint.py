@@ -32,7 +32,7 @@ def _torch():
 
 
 def make_reflex_state(torch, hidden=16, adapters=2, ratio=2, embed=8, num_instrs=5, seed=0):
-    """A tiny state dict with the DESIGN.md §2 key names and dtypes (float32 + int64 instr_words)."""
+    """A tiny state dict with the docs/design.md §2 key names and dtypes (float32 + int64 instr_words)."""
     g = torch.Generator().manual_seed(seed)
     H, rH, E, N = hidden, ratio * hidden, embed, num_instrs
 

@@ -16,7 +16,8 @@ from mlx.utils import tree_flatten
 from convert.checkpoint import read_checkpoint
 from convert.convert import ConvertError, convert_checkpoint
 from reflex_core.spec import ADAPTERS_FILE, MODEL_FORMAT
-from reflex_mlx.model import Reflex, ReflexArgs
+from reflex_core.spec import ReflexArgs
+from reflex_mlx.model import Reflex
 
 
 def test_layout_and_names(fixture_dir, mlx_float32_dir):
@@ -67,9 +68,10 @@ def test_existing_output_is_not_touched(fixture_dir, tmp_path):
 
 def test_failure_leaves_nothing_behind(fixture_dir, tmp_path):
     # A backbone whose hidden size does not match the checkpoint's adapters.
-    from reflex_torch.fixture import build_fixture
+    from reflex_core.shapes import FIXTURE
+    from reflex_torch.random import build_fixture
 
-    other = build_fixture(tmp_path / "other", hidden=32, intermediate=64, heads=2, kv_heads=1)
+    other = build_fixture(tmp_path / "other", shape=FIXTURE.with_(hidden=32, intermediate=64, heads=2, kv_heads=1))
     out = tmp_path / "parent" / "model"
     with pytest.raises(ConvertError, match="hidden size"):  # found before any conversion
         convert_checkpoint(str(fixture_dir / "reflex.pt"), str(other / "backbone"), out, quiet=True)

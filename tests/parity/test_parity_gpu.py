@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 
 from bench import parity
+from bench.metrics import TOLERANCES, Tolerance
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _corpus() -> str:
@@ -35,7 +36,7 @@ def _run(out: Path, *argv: str) -> dict:
     return json.loads((out / "parity_release.json").read_text())
 
 
-def _assert_checks(report: dict, candidate: str, tol: parity.Tolerance) -> None:
+def _assert_checks(report: dict, candidate: str, tol: Tolerance) -> None:
     """The unsabotaged candidate passes; each sabotage fails, for its own reason."""
     results = report["candidates"]
     assert parity.check_parity(results[candidate], tol) == []
@@ -53,7 +54,7 @@ def test_cpu_float32_parity_and_sabotage(tmp_path):
                   "--batch", "48", "--device", "cpu", "--mlx-device", "cpu",
                   "--backbone-dtype", "float32", "--candidates", "float32")
     assert report["reference"]["margin"]["distinct_words"] > 1, "words should depend on the state"
-    _assert_checks(report, "float32", parity.TOLERANCES["float32"])
+    _assert_checks(report, "float32", TOLERANCES["float32"])
     print((tmp_path / "parity_release.md").read_text())
 
 
@@ -77,7 +78,7 @@ def test_release_shape_bf16_parity_on_cuda(tmp_path):
     report = _run(out, "--shape", "release", "--states", "256", "--backbone-dtype", "bfloat16",
                   "--candidates", "bf16,q4", "--isolate")
     print((out / "parity_release.md").read_text())
-    _assert_checks(report, "bf16", parity.TOLERANCES["bf16"])
+    _assert_checks(report, "bf16", TOLERANCES["bf16"])
     q4 = report["candidates"]["q4"]  # measured and reported, not asserted (docs/parity.md)
     assert q4["top1_agreement"] > 0
 

@@ -1,0 +1,95 @@
+"""The backends the command line can drive, found through entry points.
+
+Each package registers itself (pyproject.toml, group `reflex_mlx.backends`):
+`reflex_mlx.backend` and `reflex_torch.backend`. The command line imports
+neither framework itself, so the MLX package works where torch is absent and
+the torch side joins when it is installed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any, Protocol
+
+GROUP = "reflex_mlx.backends"
+
+
+@dataclass
+class Loaded:
+    """A model ready to drive the machine through reflex_core.predict."""
+
+    runner: Any  # reflex_core.predict.Runner
+    tokenizer: Any
+    config: dict
+    source: str  # what was loaded, for the user
+    device: str
+
+
+class Backend(Protocol):
+    name: str
+    requires: tuple[str, ...]  # importable modules it needs
+    install_hint: str  # what to install when they are missing
+
+    def accelerated(self) -> bool:
+        """Whether it computes on a GPU here (Metal or CUDA)."""
+
+    def load(self, model: Path | None, fast: bool = True) -> Loaded:
+        """model: a directory this backend reads, or None for its bundled default."""
+
+
+class BackendError(Exception):
+    """A one-line reason a backend cannot be used."""
+
+
+def registered() -> dict[str, str]:
+    """name -> "module:object" of every installed backend."""
+    return {ep.name: ep.value for ep in entry_points(group=GROUP)}
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a parent that fails, or a module blocked in sys.modules
+        return False
+
+
+def installed(name: str) -> bool:
+    """Registered and its frameworks importable (checked without importing them)."""
+    spec = registered().get(name)
+    if spec is None:
+        return False
+    backend = _import(spec)
+    return all(_importable(module) for module in backend.requires)
+
+
+def get(name: str) -> Backend:
+    spec = registered().get(name)
+    if spec is None:
+        known = ", ".join(sorted(registered())) or "none"
+        raise BackendError(f"no backend {name!r} is installed (installed: {known})")
+    backend = _import(spec)
+    missing = [m for m in backend.requires if not _importable(m)]
+    if missing:
+        raise BackendError(f"{missing[0]} is not installed: the {name} backend needs "
+                           f"{', '.join(backend.requires)} ({backend.install_hint})")
+    return backend
+
+
+def choose() -> tuple[str, str]:
+    """(name, why): MLX where it has a GPU, else torch when installed, else MLX on its CPU."""
+    mlx_here = installed("mlx")
+    if mlx_here and get("mlx").accelerated():
+        return "mlx", "MLX has a GPU here"
+    if installed("torch"):
+        return "torch", "MLX has no GPU here and torch is installed" if mlx_here else "MLX is not installed"
+    if mlx_here:
+        return "mlx", "on its CPU: no GPU here and torch is not installed"
+    raise BackendError("no backend is installed: pip install 'reflex-mlx' or 'reflex-mlx[torch]'")
+
+
+def _import(spec: str):
+    module, _, attr = spec.partition(":")
+    return getattr(importlib.import_module(module), attr)

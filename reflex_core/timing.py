@@ -1,0 +1,27 @@
+"""The one timing helper: the median wall time of a call that returns host values."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Callable, Sequence
+
+
+def median_ms(call: Callable, inputs: Sequence, warmup: int = 1,
+              sync: Callable[[], None] | None = None) -> float:
+    """Median milliseconds of call(x) over `inputs`, after `warmup` untimed calls.
+
+    `call` must return host values (decoded words), so its work has finished
+    when it returns; `sync` (e.g. torch.cuda.synchronize) drains earlier work
+    before each start.
+    """
+    for x in inputs[:warmup]:
+        call(x)
+    times = []
+    for x in inputs:
+        if sync is not None:
+            sync()
+        start = time.perf_counter()
+        call(x)
+        times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times)

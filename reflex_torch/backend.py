@@ -1,0 +1,66 @@
+"""The PyTorch backend of the command line (registered in pyproject.toml)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from reflex_core.backends import BackendError, Loaded
+from reflex_core.spec import MODEL_CONFIG_FILE
+
+
+def _sources(model: Path | None) -> tuple[str | None, str | None, str]:
+    """(checkpoint, backbone, description) for a model directory.
+
+    A directory holding reflex.pt (and backbone/ or a backbone_id) is read as
+    it is; a converted MLX directory names the sources it was made from
+    (None: the release on the hub).
+    """
+    from .load import BUNDLED_MODEL
+
+    if model is None:
+        return str(BUNDLED_MODEL / "reflex.pt"), None, str(BUNDLED_MODEL)
+    model = Path(model).expanduser()
+    if (model / "reflex.pt").is_file():
+        backbone = model / "backbone"  # else the checkpoint's backbone_id
+        return str(model / "reflex.pt"), str(backbone) if backbone.is_dir() else None, str(model)
+    try:
+        config = json.loads((model / MODEL_CONFIG_FILE).read_text())
+    except (OSError, ValueError):
+        raise BackendError(f"{model} holds no reflex.pt and no converted model config") from None
+    checkpoint = config.get("source_checkpoint")
+    return checkpoint, config.get("source_backbone"), checkpoint or "the release"
+
+
+class TorchBackend:
+    name = "torch"
+    requires = ("torch", "transformers")
+    install_hint = "pip install 'reflex-mlx[torch]'"
+
+    def accelerated(self) -> bool:
+        import torch
+
+        return torch.cuda.is_available()
+
+    def load(self, model: Path | None, fast: bool = True) -> Loaded:
+        """A torch model directory (reflex.pt + backbone) or a converted MLX
+        directory's sources; None: the bundled reflex-tiny."""
+        from .fast import FastReflex
+        from .load import load_model
+        from .model import Reference
+
+        checkpoint, backbone, source = _sources(model)
+        try:
+            reflex, tokenizer, config = load_model(checkpoint, backbone=backbone)
+        except (OSError, ValueError, RuntimeError) as err:
+            from reflex_core.errors import first_line
+
+            raise BackendError(f"cannot load {source}: {first_line(err)}") from None
+        if fast:
+            runner = FastReflex(reflex, fuse=True)
+        else:
+            runner = Reference(reflex, tokenizer.pad_token_id or 0, config["max_instr_tokens"])
+        return Loaded(runner, tokenizer, config, source, f"torch {runner.device}")
+
+
+BACKEND = TorchBackend()
