@@ -6,6 +6,7 @@ TORCH_VERSION := 2.13.0
 TORCH_INDEX   ?=
 PROMPT        ?= compute 5 factorial
 MODEL         ?=
+BACKEND       ?=
 # A small random checkpoint, for trying the pipeline offline (`make fixture`).
 FIXTURE       := models/fixture
 FIXTURE_MLX   := models/fixture-mlx
@@ -15,7 +16,7 @@ TINY_MLX      := reflex_mlx/models/reflex-tiny
 TINY_CONVERT_ARGS ?= --no-quantize --backbone-dtype float16
 CONVERT_ARGS  ?=
 
-.PHONY: setup setup-gpu test run eval heldout tiny-mlx convert parity parity-gpu fixture clean
+.PHONY: setup setup-gpu test lint format run eval bench-eval heldout tiny-mlx convert parity parity-gpu fixture clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -30,19 +31,32 @@ setup: $(VENV)/.installed
 test: setup
 	$(PY) -m pytest -q
 
+# ruff: lint and formatting (configured in pyproject.toml); `make format` applies both.
+lint: setup
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format: setup
+	$(PY) -m ruff check --fix .
+	$(PY) -m ruff format .
+
 $(FIXTURE_MLX): | setup
 	rm -rf $(FIXTURE)
-	$(PY) -m reflex_torch.fixture $(FIXTURE)
+	$(PY) -m reflex_torch.random $(FIXTURE)
 	$(PY) -m convert --checkpoint $(FIXTURE)/reflex.pt --backbone $(FIXTURE)/backbone --out $@
 
 fixture: $(FIXTURE_MLX)
 
 # Default model: the converted release if present, else the bundled reflex-tiny.
 run: setup
-	$(VENV)/bin/reflex-mlx run "$(PROMPT)" $(if $(MODEL),--model $(MODEL))
+	$(VENV)/bin/reflex-mlx run "$(PROMPT)" $(if $(MODEL),--model $(MODEL)) $(if $(BACKEND),--backend $(BACKEND))
 
 eval: setup
-	$(VENV)/bin/reflex-mlx eval $(if $(MODEL),--model $(MODEL))
+	$(VENV)/bin/reflex-mlx eval $(if $(MODEL),--model $(MODEL)) $(if $(BACKEND),--backend $(BACKEND))
+
+# The 41-task eval timed on both backends' fast paths in one run, with their ratio.
+bench-eval: setup
+	$(VENV)/bin/reflex-mlx bench --eval $(if $(MODEL),--model $(MODEL))
 
 # Held-out per-step top-1 of the bundled reflex-tiny (torch reference, CPU).
 heldout: setup
@@ -59,7 +73,8 @@ convert: setup
 	$(PY) -m convert $(CONVERT_ARGS)
 
 parity: setup
-	$(PY) -m pytest -q -s tests/test_parity_cpu.py tests/test_prompt.py
+	$(PY) -m pytest -q -s tests/parity/test_parity_cpu.py \
+		tests/torch/test_fast.py::test_padding_to_96_does_not_change_the_embedding
 
 # On CUDA: torch as released (bf16 backbone) vs MLX bf16 and 4-bit, at the released shape
 # (random weights from a seed, no download) and on reflex-tiny's eval (docs/parity.md).
@@ -68,7 +83,7 @@ parity: setup
 # The reports (parity_release.* and parity_tiny.*) go to PARITY_OUT.
 PARITY_OUT    ?= runs/parity
 parity-gpu:
-	PARITY_OUT=$(PARITY_OUT) $(PY) -m pytest -q -s -m gpu tests/test_parity_gpu.py
+	PARITY_OUT=$(PARITY_OUT) $(PY) -m pytest -q -s -m gpu tests/parity/test_parity_gpu.py
 	@cat $(PARITY_OUT)/parity_release.md $(PARITY_OUT)/parity_tiny.md
 
 # A Linux GPU host: swap MLX's CPU backend for its CUDA build (same MLX version).

@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 from reflex_core.evaluation import evaluate, per_prompt
 from reflex_core.predict import BatchPredictor, Predictor
@@ -41,8 +41,7 @@ def batched(runner, tokenizer, config) -> MakeBatch:
 
 def one_by_one(runner, tokenizer, config) -> MakeBatch:
     """A runner's one-prompt path, prompt by prompt."""
-    return lambda prompts: per_prompt(
-        lambda p: Predictor(runner, tokenizer, p, config).predict_many, prompts)
+    return lambda prompts: per_prompt(lambda p: Predictor(runner, tokenizer, p, config).predict_many, prompts)
 
 
 @dataclass
@@ -65,6 +64,7 @@ def recorded_eval(make_reference: MakeBatch, max_cycles: int = EVAL_MAX_CYCLES) 
             words = [int(w) & MASK32 for w in predict(indices, states)]
             recording.calls.append((list(indices), [list(s) for s in states], words))
             return words
+
         return record
 
     return evaluate(make_batch_predictor=make, max_cycles=max_cycles), recording
@@ -83,7 +83,9 @@ def lockstep_agreement(recording: Recording, make_candidate: MakeBatch) -> dict:
     agree = sum(a for a, _ in per_prompt_tally.values())
     cycles = sum(n for _, n in per_prompt_tally.values())
     return {
-        "cycles": cycles, "agree": agree, "rate": agree / cycles if cycles else 1.0,
+        "cycles": cycles,
+        "agree": agree,
+        "rate": agree / cycles if cycles else 1.0,
         "tasks_with_disagreement": sorted(p for p, (a, n) in per_prompt_tally.items() if a < n),
     }
 
@@ -104,14 +106,18 @@ def outcome_agreement(reference: dict, candidate: dict) -> dict:
     ]
     same_pass = sum(a["pass"] == b["pass"] for a, b in zip(ref_rows, cand_rows))
     return {
-        "runs": len(ref_rows), "same_pass": same_pass, "identical": len(ref_rows) - len(differ),
-        "reference_passed": reference["passed"], "candidate_passed": candidate["passed"],
+        "runs": len(ref_rows),
+        "same_pass": same_pass,
+        "identical": len(ref_rows) - len(differ),
+        "reference_passed": reference["passed"],
+        "candidate_passed": candidate["passed"],
         "differences": differ,
     }
 
 
-def compare_backends(make_reference: MakeBatch, candidates: dict[str, MakeBatch],
-                     max_cycles: int = EVAL_MAX_CYCLES) -> dict:
+def compare_backends(
+    make_reference: MakeBatch, candidates: dict[str, MakeBatch], max_cycles: int = EVAL_MAX_CYCLES
+) -> dict:
     """Lock-step and free-running agreement of each candidate with the reference."""
     ref_report, recording = recorded_eval(make_reference, max_cycles)
     out = {"reference_passed": ref_report["passed"], "total": ref_report["total"], "candidates": {}}
@@ -125,14 +131,21 @@ def compare_backends(make_reference: MakeBatch, candidates: dict[str, MakeBatch]
 
 
 def markdown(title: str, result: dict, reference: str) -> str:
-    lines = [title, "", f"Reference: {reference}, {result['reference_passed']}/{result['total']} passed.", "",
-             "| path | lock-step word agreement | runs identical | same pass | passed |",
-             "|---|---|---|---|---|"]
+    lines = [
+        title,
+        "",
+        f"Reference: {reference}, {result['reference_passed']}/{result['total']} passed.",
+        "",
+        "| path | lock-step word agreement | runs identical | same pass | passed |",
+        "|---|---|---|---|---|",
+    ]
     for name, c in result["candidates"].items():
         ls, fr = c["lockstep"], c["free_running"]
-        lines.append(f"| {name} | {ls['agree']}/{ls['cycles']} ({ls['rate']:.4f}) | "
-                     f"{fr['identical']}/{fr['runs']} | {fr['same_pass']}/{fr['runs']} | "
-                     f"{fr['candidate_passed']}/{fr['runs']} |")
+        lines.append(
+            f"| {name} | {ls['agree']}/{ls['cycles']} ({ls['rate']:.4f}) | "
+            f"{fr['identical']}/{fr['runs']} | {fr['same_pass']}/{fr['runs']} | "
+            f"{fr['candidate_passed']}/{fr['runs']} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -150,11 +163,15 @@ def run_tiny(args) -> dict:
     reference = Reference(model, tokenizer.pad_token_id, config["max_instr_tokens"])
     candidates: dict[str, MakeBatch] = {}
     if not args.no_torch_fast:
-        fasts = {"fp32": FastReflex(model), "bf16": FastReflex(model, adapter_dtype=torch.bfloat16),
-                 "bf16 fused": FastReflex(model, adapter_dtype=torch.bfloat16, fuse=True)}
+        fasts = {
+            "fp32": FastReflex(model),
+            "bf16": FastReflex(model, adapter_dtype=torch.bfloat16),
+            "bf16 fused": FastReflex(model, adapter_dtype=torch.bfloat16, fuse=True),
+        }
         if args.torch_compile:  # the fastest setting of the speed table
             fasts["bf16 fused torch.compile"] = FastReflex(
-                model, adapter_dtype=torch.bfloat16, fuse=True, compile=args.torch_compile)
+                model, adapter_dtype=torch.bfloat16, fuse=True, compile=args.torch_compile
+            )
         for name, fast in fasts.items():
             candidates[f"fast torch {name} adapters, b1"] = one_by_one(fast, tokenizer, config)
             candidates[f"fast torch {name} adapters, run_batch"] = batched(fast, tokenizer, config)
@@ -167,8 +184,11 @@ def run_tiny(args) -> dict:
 
         where = "gpu" if mx.default_device() == mx.gpu else "cpu"
         # (backbone, bits, adapters): as shipped for a Mac, the speed table's fastest, 4-bit
-        for backbone, bits, adapters in (("bf16", None, "float32"), ("bf16", None, "bfloat16"),
-                                         ("4-bit", 4, "float32")):
+        for backbone, bits, adapters in (
+            ("bf16", None, "float32"),
+            ("bf16", None, "bfloat16"),
+            ("4-bit", 4, "float32"),
+        ):
             runner = MLXFast(mlx_model_from_torch(model, "bfloat16", bits, adapters), fuse=True, compile=True)
             name = f"MLX {where} {backbone} backbone, {'fp32' if adapters == 'float32' else 'bf16'} adapters"
             candidates[f"{name}, b1 (compiled)"] = one_by_one(runner, tokenizer, config)
@@ -177,8 +197,11 @@ def run_tiny(args) -> dict:
     result = compare_backends(batched(reference, tokenizer, config), candidates, args.max_cycles)
     device = model.reflex.instr_words.device
     report = {"torch": str(torch_dir), "device": str(device), "max_cycles": args.max_cycles, **result}
-    text = markdown(f"## Agreement with the reference on the 41-task eval of {torch_dir.name}", result,
-                    f"ReflexModel (hooks, padded to 96) on {device}; {time.time() - t0:.0f} s in all")
+    text = markdown(
+        f"## Agreement with the reference on the 41-task eval of {torch_dir.name}",
+        result,
+        f"ReflexModel (hooks, padded to 96) on {device}; {time.time() - t0:.0f} s in all",
+    )
     write_report(args.out, "agreement_tiny", report, text)
     return report
 
@@ -189,8 +212,14 @@ def main(argv=None) -> None:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--no-mlx", action="store_true", help="leave out the MLX paths")
     p.add_argument("--no-torch-fast", action="store_true", help="leave out the fast torch paths")
-    p.add_argument("--torch-compile", nargs="?", const="default", default=None, metavar="MODE",
-                   help="add the fused bf16 fast path with torch.compile (MODE: a torch.compile mode)")
+    p.add_argument(
+        "--torch-compile",
+        nargs="?",
+        const="default",
+        default=None,
+        metavar="MODE",
+        help="add the fused bf16 fast path with torch.compile (MODE: a torch.compile mode)",
+    )
     p.add_argument("--max-cycles", type=int, default=EVAL_MAX_CYCLES, help="the eval's cycle limit")
     run_tiny(p.parse_args(argv))
 

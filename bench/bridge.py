@@ -48,8 +48,9 @@ def mlx_backbone_from_torch(qwen, dtype: str = "bfloat16", bits: int | None = No
         model.load_weights([(f"model.{name}", value)], strict=False)
         loaded.add(f"model.{name}")
     if loaded != wanted:
-        raise ValueError(f"weights missing {sorted(wanted - loaded)[:3]}, "
-                         f"unexpected {sorted(loaded - wanted)[:3]}")
+        raise ValueError(
+            f"weights missing {sorted(wanted - loaded)[:3]}, unexpected {sorted(loaded - wanted)[:3]}"
+        )
     if bits is not None:
         nn.quantize(model, group_size=QUANT_GROUP_SIZE, bits=bits)
     model.eval()
@@ -57,15 +58,18 @@ def mlx_backbone_from_torch(qwen, dtype: str = "bfloat16", bits: int | None = No
     return model
 
 
-def mlx_model_from_torch(torch_model, backbone_dtype: str = "bfloat16", bits: int | None = None,
-                         adapter_dtype: str = "float32") -> ReflexModel:
+def mlx_model_from_torch(
+    torch_model, backbone_dtype: str = "bfloat16", bits: int | None = None, adapter_dtype: str = "float32"
+) -> ReflexModel:
     """The MLX ReflexModel equal (up to precision) to a torch `ReflexModel`."""
     backbone = mlx_backbone_from_torch(torch_model.backbone, backbone_dtype, bits)
     reflex = Reflex(torch_model.reflex.args)
     target = getattr(mx, adapter_dtype)
     weights = Reflex.sanitize({k: to_mlx(v) for k, v in torch_model.reflex.state_dict().items()})
-    reflex.load_weights([(k, v.astype(target) if mx.issubdtype(v.dtype, mx.floating) else v)
-                         for k, v in weights.items()], strict=True)
+    reflex.load_weights(
+        [(k, v.astype(target) if mx.issubdtype(v.dtype, mx.floating) else v) for k, v in weights.items()],
+        strict=True,
+    )
     model = ReflexModel(backbone, reflex)
     model.eval()
     mx.eval(model.parameters())

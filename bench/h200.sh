@@ -25,10 +25,10 @@ speed)
       --torch-compile
   ;;
 agree)
-  timeout 400 python3 -m bench.speed --tiny-torch reflex_torch/models/reflex-tiny --out "$out/agree" \
+  timeout 400 python3 -m bench.agreement --tiny-torch reflex_torch/models/reflex-tiny --out "$out/agree" \
       --torch-compile
   ;;
 parity-gpu)  # the pytest suite itself (make parity-gpu); -k picks one of its two tests
-  PARITY_OUT="$out/parity" timeout 560 python3 -m pytest -q -s -m gpu tests/test_parity_gpu.py ${3:+-k "$3"}
+  PARITY_OUT="$out/parity" timeout 560 python3 -m pytest -q -s -m gpu tests/parity/test_parity_gpu.py ${3:+-k "$3"}
   ;;
 esac

@@ -44,13 +44,16 @@ def summary(x: np.ndarray) -> dict:
 
 
 def stage_names(adapter_layers: list[int]) -> list[tuple[str, str]]:
-    return ([("kv", "state encoder (kv)")]
-            + [(f"layer{L}", f"adapter {i} (after layer {L})") for i, L in enumerate(adapter_layers)]
-            + [("pred", "final embedding")])
+    return (
+        [("kv", "state encoder (kv)")]
+        + [(f"layer{L}", f"adapter {i} (after layer {L})") for i, L in enumerate(adapter_layers)]
+        + [("pred", "final embedding")]
+    )
 
 
-def compare(ref: dict, cand: dict, adapter_layers: list[int], embed_dim: int,
-            tol: Tolerance | None = None) -> dict:
+def compare(
+    ref: dict, cand: dict, adapter_layers: list[int], embed_dim: int, tol: Tolerance | None = None
+) -> dict:
     """Per-stage relative errors, top-1 agreement, and agreement where margin > tau.
 
     tau is set by the candidate's observed p99 final error, capped by the
@@ -58,8 +61,9 @@ def compare(ref: dict, cand: dict, adapter_layers: list[int], embed_dim: int,
     fails the tolerance anyway), an exact one (swapped rows) is checked on
     almost every state.
     """
-    stages = {label: summary(relative_error(ref[key], cand[key]))
-              for key, label in stage_names(adapter_layers)}
+    stages = {
+        label: summary(relative_error(ref[key], cand[key])) for key, label in stage_names(adapter_layers)
+    }
     rel = stages["final embedding"]["p99"]
     tau = margin_threshold(embed_dim, min(rel, tol.final_p99) if tol else rel)
     same = ref["words"].astype(np.uint32) == cand["words"].astype(np.uint32)
@@ -70,8 +74,12 @@ def compare(ref: dict, cand: dict, adapter_layers: list[int], embed_dim: int,
         "top1_agreement": float(same.mean()),
         "disagreements": int((~same).sum()),
         "largest_margin_flipped": float(flipped.max()) if len(flipped) else 0.0,
-        "certified": {"tau": tau, "count": int(above.sum()), "fraction": float(above.mean()),
-                      "agreement": float(same[above].mean()) if above.any() else float("nan")},
+        "certified": {
+            "tau": tau,
+            "count": int(above.sum()),
+            "fraction": float(above.mean()),
+            "agreement": float(same[above].mean()) if above.any() else float("nan"),
+        },
     }
 
 
@@ -85,15 +93,22 @@ def check_parity(metrics: dict, tol: Tolerance) -> list[str]:
     if not final["p99"] <= tol.final_p99:
         failures.append(f"final-embedding p99 relative error {final['p99']:.3g} > {tol.final_p99:g}")
     if certified["fraction"] < tol.min_certified_fraction:
-        failures.append(f"only {certified['fraction']:.0%} of states have a margin above "
-                        f"tau={certified['tau']:.3g}: the agreement check would be vacuous")
+        failures.append(
+            f"only {certified['fraction']:.0%} of states have a margin above "
+            f"tau={certified['tau']:.3g}: the agreement check would be vacuous"
+        )
     elif not certified["agreement"] >= tol.certified_agreement:
-        failures.append(f"top-1 agreement {certified['agreement']:.4f} on the {certified['count']} "
-                        f"states with margin > tau={certified['tau']:.3g} < {tol.certified_agreement}")
+        failures.append(
+            f"top-1 agreement {certified['agreement']:.4f} on the {certified['count']} "
+            f"states with margin > tau={certified['tau']:.3g} < {tol.certified_agreement}"
+        )
     return failures
 
 
 def margin_summary(margin: np.ndarray, words: np.ndarray) -> dict:
     q = [1, 10, 25, 50, 75, 90]
-    return {**{f"p{p}": float(np.percentile(margin, p)) for p in q},
-            "distinct_words": int(len(np.unique(words))), "states": int(len(margin))}
+    return {
+        **{f"p{p}": float(np.percentile(margin, p)) for p in q},
+        "distinct_words": int(len(np.unique(words))),
+        "states": int(len(margin)),
+    }

@@ -42,8 +42,10 @@ from .metrics import TOLERANCES, check_parity, compare, margin_summary
 
 SABOTAGES = ("none", "skip-adapter", "swap-rows")
 CANDIDATES = {  # name -> (MLX backbone dtype, bits); "ref" means the reference's own dtype
-    "float32": ("float32", None), "bf16": ("bfloat16", None),
-    "q4": ("ref", 4), "q8": ("ref", 8),
+    "float32": ("float32", None),
+    "bf16": ("bfloat16", None),
+    "q4": ("ref", 4),
+    "q8": ("ref", 8),
 }
 
 
@@ -62,21 +64,27 @@ def reference_captures(model, ids: np.ndarray, states: np.ndarray, batch: int) -
     seen: dict = {}
     hooks = [model.reflex.kv_norm.register_forward_hook(lambda m, a, out: seen.__setitem__("kv", out))]
     for layer in model.adapter_layers:  # registered after the adapter hooks: sees their output
+
         def grab(m, a, out, layer=layer):
             seen[layer] = (out[0] if isinstance(out, tuple) else out)[:, n_real - 1]
+
         hooks.append(model.backbone.layers[layer].register_forward_hook(grab))
     parts: dict[str, list] = {}
     try:
         with torch.no_grad():
             for start in range(0, len(states), batch):
-                words = torch.tensor(states[start:start + batch].astype(np.int64), device=device)
+                words = torch.tensor(states[start : start + batch].astype(np.int64), device=device)
                 b = len(words)
                 pred = model(input_ids.expand(b, -1), mask.expand(b, -1), words)
                 top = model.reflex.scores(pred).topk(2, dim=-1)
-                out = {"kv": seen["kv"], "pred": pred,
-                       **{f"layer{L}": seen[L] for L in model.adapter_layers},
-                       "top1": top.indices[:, 0], "margin": top.values[:, 0] - top.values[:, 1],
-                       "words": model.reflex.instr_words[top.indices[:, 0]] & 0xFFFFFFFF}
+                out = {
+                    "kv": seen["kv"],
+                    "pred": pred,
+                    **{f"layer{L}": seen[L] for L in model.adapter_layers},
+                    "top1": top.indices[:, 0],
+                    "margin": top.values[:, 0] - top.values[:, 1],
+                    "words": model.reflex.instr_words[top.indices[:, 0]] & 0xFFFFFFFF,
+                }
                 for key, value in out.items():
                     value = value.float() if value.is_floating_point() else value
                     parts.setdefault(key, []).append(value.cpu().numpy())
@@ -88,8 +96,14 @@ def reference_captures(model, ids: np.ndarray, states: np.ndarray, batch: int) -
 
 
 # ------------------------------------------------------------------- candidate
-def candidate_captures(fast, ids: np.ndarray, states: np.ndarray, batch: int,
-                       sabotage: str = "none", ref_top1: np.ndarray | None = None) -> dict:
+def candidate_captures(
+    fast,
+    ids: np.ndarray,
+    states: np.ndarray,
+    batch: int,
+    sabotage: str = "none",
+    ref_top1: np.ndarray | None = None,
+) -> dict:
     """The same captures from an MLX FastReflex runner. `sabotage` breaks the
     runner on purpose, to show the checks fail: skip the middle adapter, or swap
     the words of the two codebook rows the reference decodes most often (a swap
@@ -109,7 +123,7 @@ def candidate_captures(fast, ids: np.ndarray, states: np.ndarray, batch: int,
     try:
         prompt = fast.prefix([ids.tolist()])
         for start in range(0, len(states), batch):
-            chunk = states[start:start + batch]
+            chunk = states[start : start + batch]
             cap: dict = {}
             pred = fast.step(prompt.repeat(len(chunk)), mx.array(chunk), capture=cap)
             out = {"kv": cap["kv"], "pred": pred, **{f"layer{L}": cap[L] for L in layers}}
@@ -140,8 +154,9 @@ def build_reference(args):
     from reflex_torch.random import build_random_reflex
 
     t0 = time.time()
-    model, config = build_random_reflex(SHAPES[args.shape], args.seed, _device(args.device),
-                                        _torch_dtype(args.backbone_dtype))
+    model, config = build_random_reflex(
+        SHAPES[args.shape], args.seed, _device(args.device), _torch_dtype(args.backbone_dtype)
+    )
     return model, config, time.time() - t0
 
 
@@ -198,8 +213,9 @@ def run_candidate_phase(args, phase: dict, torch_model=None) -> dict:
         for sabotage in args.sabotage if n == 0 else ["none"]:
             key = name if sabotage == "none" else f"{name}+{sabotage}"
             t0 = time.time()
-            cand = candidate_captures(fast, phase["ids"], phase["states"], args.batch, sabotage,
-                                      phase["ref"]["top1"])
+            cand = candidate_captures(
+                fast, phase["ids"], phase["states"], args.batch, sabotage, phase["ref"]["top1"]
+            )
             timings[f"candidate_{key}_s"] = time.time() - t0
             tol = TOLERANCES.get(name)
             metrics = compare(phase["ref"], cand, layers, SHAPES[args.shape].embed_dim, tol)
@@ -212,15 +228,25 @@ def run_candidate_phase(args, phase: dict, torch_model=None) -> dict:
 
 
 def save_phase(path: Path, phase: dict) -> None:
-    np.savez(path, ids=phase["ids"], states=phase["states"], families=np.array(phase["families"]),
-             timings=json.dumps(phase["timings"]), **{f"ref_{k}": v for k, v in phase["ref"].items()})
+    np.savez(
+        path,
+        ids=phase["ids"],
+        states=phase["states"],
+        families=np.array(phase["families"]),
+        timings=json.dumps(phase["timings"]),
+        **{f"ref_{k}": v for k, v in phase["ref"].items()},
+    )
 
 
 def load_phase(path: Path) -> dict:
     data = np.load(path)
-    return {"ids": data["ids"], "states": data["states"], "families": list(data["families"]),
-            "timings": json.loads(str(data["timings"])),
-            "ref": {k[4:]: data[k] for k in data.files if k.startswith("ref_")}}
+    return {
+        "ids": data["ids"],
+        "states": data["states"],
+        "families": list(data["families"]),
+        "timings": json.loads(str(data["timings"])),
+        "ref": {k[4:]: data[k] for k in data.files if k.startswith("ref_")},
+    }
 
 
 def run_release(args, argv: list[str]) -> dict | None:
@@ -231,8 +257,20 @@ def run_release(args, argv: list[str]) -> dict | None:
             workdir.mkdir(parents=True, exist_ok=True)
             rest = [a for a in argv if a != "--isolate"]
             for phase in ("reference", "candidates"):
-                subprocess.run([sys.executable, "-m", "bench.parity", *rest, "--phase", phase,
-                                "--workdir", str(workdir)], check=True, cwd=os.getcwd())
+                subprocess.run(
+                    [
+                        sys.executable,
+                        "-m",
+                        "bench.parity",
+                        *rest,
+                        "--phase",
+                        phase,
+                        "--workdir",
+                        str(workdir),
+                    ],
+                    check=True,
+                    cwd=os.getcwd(),
+                )
         return None
     if args.phase != "all" and not args.workdir:
         raise SystemExit("--phase reference/candidates needs --workdir (shared between the two)")
@@ -250,15 +288,24 @@ def run_release(args, argv: list[str]) -> dict | None:
         phase["timings"]["build_s"] = build_s
         results = run_candidate_phase(args, phase, model)
     report = {
-        "subject": "release", "shape": args.shape, "shape_values": asdict(SHAPES[args.shape]),
-        "seed": args.seed, "states": len(phase["states"]), "prompt_tokens": len(phase["ids"]),
-        "families": len(set(phase["families"])), "reference": {
-            "device": _device(args.device), "backbone_dtype": args.backbone_dtype,
-            "adapter_dtype": "float32", "padded_to": PAD_TO,
-            "margin": margin_summary(phase["ref"]["margin"], phase["ref"]["words"])},
+        "subject": "release",
+        "shape": args.shape,
+        "shape_values": asdict(SHAPES[args.shape]),
+        "seed": args.seed,
+        "states": len(phase["states"]),
+        "prompt_tokens": len(phase["ids"]),
+        "families": len(set(phase["families"])),
+        "reference": {
+            "device": _device(args.device),
+            "backbone_dtype": args.backbone_dtype,
+            "adapter_dtype": "float32",
+            "padded_to": PAD_TO,
+            "margin": margin_summary(phase["ref"]["margin"], phase["ref"]["words"]),
+        },
         "mlx_device": args.mlx_device,
         "mlx_enable_tf32": os.environ.get("MLX_ENABLE_TF32", "unset (MLX default: 1)"),
-        "candidates": results, "timings": phase["timings"],
+        "candidates": results,
+        "timings": phase["timings"],
     }
     write_report(args.out, "parity_release", report, release_markdown(report))
     return report
@@ -267,33 +314,52 @@ def run_release(args, argv: list[str]) -> dict | None:
 def release_markdown(report: dict) -> str:
     cands = report["candidates"]
     names = list(cands)
-    lines = [f"## Parity, release subject ({report['shape']} shape, seed {report['seed']}, "
-             f"{report['states']} states from {report['families']} families, "
-             f"{report['prompt_tokens']}-token prompt)", "",
-             f"Reference: torch on {report['reference']['device']}, backbone "
-             f"{report['reference']['backbone_dtype']}, adapters float32, prompt padded to "
-             f"{report['reference']['padded_to']}. Candidates: MLX on {report['mlx_device']} "
-             f"(MLX_ENABLE_TF32: {report['mlx_enable_tf32']}).", "",
-             "Relative error ||ref - cand|| / ||ref|| per state, median / p99 / max:", "",
-             "| stage | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    lines = [
+        f"## Parity, release subject ({report['shape']} shape, seed {report['seed']}, "
+        f"{report['states']} states from {report['families']} families, "
+        f"{report['prompt_tokens']}-token prompt)",
+        "",
+        f"Reference: torch on {report['reference']['device']}, backbone "
+        f"{report['reference']['backbone_dtype']}, adapters float32, prompt padded to "
+        f"{report['reference']['padded_to']}. Candidates: MLX on {report['mlx_device']} "
+        f"(MLX_ENABLE_TF32: {report['mlx_enable_tf32']}).",
+        "",
+        "Relative error ||ref - cand|| / ||ref|| per state, median / p99 / max:",
+        "",
+        "| stage | " + " | ".join(names) + " |",
+        "|---|" + "---|" * len(names),
+    ]
     for stage in cands[names[0]]["stages"]:
         cells = ["{median:.2e} / {p99:.2e} / {max:.2e}".format(**cands[n]["stages"][stage]) for n in names]
         lines.append(f"| {stage} | " + " | ".join(cells) + " |")
     rows = [
         ("top-1 agreement", lambda m: f"{m['top1_agreement']:.4f} ({m['disagreements']} differ)"),
         ("largest margin that flipped", lambda m: f"{m['largest_margin_flipped']:.2e}"),
-        ("states with margin > tau", lambda m: f"{m['certified']['count']} (tau {m['certified']['tau']:.2e})"),
+        (
+            "states with margin > tau",
+            lambda m: f"{m['certified']['count']} (tau {m['certified']['tau']:.2e})",
+        ),
         ("agreement where margin > tau", lambda m: f"{m['certified']['agreement']:.4f}"),
-        ("check", lambda m: "n/a (measured)" if m["failures"] is None
-         else ("PASS" if not m["failures"] else "FAIL: " + "; ".join(m["failures"]))),
+        (
+            "check",
+            lambda m: (
+                "n/a (measured)"
+                if m["failures"] is None
+                else ("PASS" if not m["failures"] else "FAIL: " + "; ".join(m["failures"]))
+            ),
+        ),
     ]
     for label, cell in rows:
         lines.append(f"| {label} | " + " | ".join(cell(cands[n]) for n in names) + " |")
     margin = report["reference"]["margin"]
-    lines += ["", "Reference top-1 minus top-2 cosine margin: " + ", ".join(
-        f"{k} {v:.2e}" for k, v in margin.items() if k.startswith("p"))
-        + f"; {margin['distinct_words']} distinct top-1 words.", "",
-        "Timings: " + ", ".join(f"{k} {v:.1f}" for k, v in report["timings"].items())]
+    lines += [
+        "",
+        "Reference top-1 minus top-2 cosine margin: "
+        + ", ".join(f"{k} {v:.2e}" for k, v in margin.items() if k.startswith("p"))
+        + f"; {margin['distinct_words']} distinct top-1 words.",
+        "",
+        "Timings: " + ", ".join(f"{k} {v:.1f}" for k, v in report["timings"].items()),
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -309,9 +375,12 @@ def run_tiny(args) -> dict:
     if not args.tiny_torch or not args.tiny_mlx:
         raise SystemExit("--subject tiny needs --tiny-torch DIR and --tiny-mlx DIR[,DIR]")
     torch_dir = Path(args.tiny_torch)
-    model, tokenizer, config = load_torch(torch_dir / "reflex.pt", backbone=str(torch_dir / "backbone"),
-                                          device=_device(args.device))
-    reference = batched(Reference(model, tokenizer.pad_token_id, config["max_instr_tokens"]), tokenizer, config)
+    model, tokenizer, config = load_torch(
+        torch_dir / "reflex.pt", backbone=str(torch_dir / "backbone"), device=_device(args.device)
+    )
+    reference = batched(
+        Reference(model, tokenizer.pad_token_id, config["max_instr_tokens"]), tokenizer, config
+    )
     candidates = {}
     for path in args.tiny_mlx.split(","):
         m, tok, cfg = load_mlx(path)
@@ -336,24 +405,49 @@ def parse_args(argv=None):
     p.add_argument("--prompt-len", type=int, default=PROMPT_LEN, help="prompt tokens (at most 96)")
     p.add_argument("--corpus", default=None, help="folder holding programs/ (default: find_corpus())")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available)")
-    p.add_argument("--backbone-dtype", choices=["bfloat16", "float32", "float16"], default=None,
-                   help="reference backbone dtype (default: bfloat16 on CUDA, float32 on CPU)")
-    p.add_argument("--candidates", default=None,
-                   help=f"comma list of {','.join(CANDIDATES)} (default: the reference's precision + q4)")
+    p.add_argument(
+        "--backbone-dtype",
+        choices=["bfloat16", "float32", "float16"],
+        default=None,
+        help="reference backbone dtype (default: bfloat16 on CUDA, float32 on CPU)",
+    )
+    p.add_argument(
+        "--candidates",
+        default=None,
+        help=f"comma list of {','.join(CANDIDATES)} (default: the reference's precision + q4)",
+    )
     p.add_argument("--sabotage", default="none", help=f"comma list of {','.join(SABOTAGES)}")
-    p.add_argument("--mlx-device", choices=["gpu", "cpu"], default=None,
-                   help="default: MLX's default device (gpu on the CUDA build)")
-    p.add_argument("--mlx-tf32", choices=["default", "on", "off"], default="default",
-                   help="MLX_ENABLE_TF32 for MLX's CUDA float32 matmuls (MLX's default: on)")
-    p.add_argument("--isolate", action="store_true",
-                   help="run the torch reference and the MLX candidates in separate processes")
+    p.add_argument(
+        "--mlx-device",
+        choices=["gpu", "cpu"],
+        default=None,
+        help="default: MLX's default device (gpu on the CUDA build)",
+    )
+    p.add_argument(
+        "--mlx-tf32",
+        choices=["default", "on", "off"],
+        default="default",
+        help="MLX_ENABLE_TF32 for MLX's CUDA float32 matmuls (MLX's default: on)",
+    )
+    p.add_argument(
+        "--isolate",
+        action="store_true",
+        help="run the torch reference and the MLX candidates in separate processes",
+    )
     p.add_argument("--phase", choices=["all", "reference", "candidates"], default="all")
-    p.add_argument("--workdir", default=None,
-                   help="where the reference captures go between phases (--isolate: a temp dir)")
+    p.add_argument(
+        "--workdir",
+        default=None,
+        help="where the reference captures go between phases (--isolate: a temp dir)",
+    )
     p.add_argument("--tiny-torch", default=None, help="torch dir with reflex.pt and backbone/")
     p.add_argument("--tiny-mlx", default=None, help="converted MLX dir(s), comma separated")
-    p.add_argument("--max-cycles", type=int, default=EVAL_MAX_CYCLES,
-                   help="tiny: the eval's cycle limit (lower it for a quick smoke run)")
+    p.add_argument(
+        "--max-cycles",
+        type=int,
+        default=EVAL_MAX_CYCLES,
+        help="tiny: the eval's cycle limit (lower it for a quick smoke run)",
+    )
     args = p.parse_args(argv)
     if args.backbone_dtype is None:
         args.backbone_dtype = "bfloat16" if _device(args.device).startswith("cuda") else "float32"

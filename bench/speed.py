@@ -40,13 +40,21 @@ def reference_words(model, prompt, states: np.ndarray, pad_to: int | None, batch
     prompt_batch = ref.prefix([list(prompt)])
     words = []
     for s in range(0, len(states), batch):
-        words += ref.words(prompt_batch, states[s:s + batch])
+        words += ref.words(prompt_batch, states[s : s + batch])
     return np.array(words, dtype=np.uint32)
 
 
-def torch_rows(model, prompts, states: np.ndarray, batches: list[int], cycles: int,
-               agree_states: np.ndarray, ref_words: np.ndarray, note,
-               torch_compile: str | None = None) -> list[dict]:
+def torch_rows(
+    model,
+    prompts,
+    states: np.ndarray,
+    batches: list[int],
+    cycles: int,
+    agree_states: np.ndarray,
+    ref_words: np.ndarray,
+    note,
+    torch_compile: str | None = None,
+) -> list[dict]:
     """Time the released-style path, the reference and the fast path; measure agreement."""
     import torch
 
@@ -55,22 +63,33 @@ def torch_rows(model, prompts, states: np.ndarray, batches: list[int], cycles: i
 
     sync = torch_sync()
     pad_id = min(PAD_ID, model.backbone.config.vocab_size - 1)
-    one = [states[i:i + 1] for i in range(cycles)]
+    one = [states[i : i + 1] for i in range(cycles)]
     rows = []
-    for label, pad_to in (("released-style (hooks, padded 96, fp32 adapters, eager)", PAD_TO),
-                          ("reference (hooks, unpadded, fp32 adapters, eager)", None)):
+    for label, pad_to in (
+        ("released-style (hooks, padded 96, fp32 adapters, eager)", PAD_TO),
+        ("reference (hooks, unpadded, fp32 adapters, eager)", None),
+    ):
         ref = Reference(model, pad_id, pad_to)
         prompt_batch = ref.prefix([list(prompts[0])])
         words = reference_words(model, prompts[0], agree_states, pad_to)
-        rows.append({"path": label, "batch": 1, "agreement": float((words == ref_words).mean()),
-                     "ms_cycle": timed(lambda s: ref.words(prompt_batch, s), one, sync=sync)})
+        rows.append(
+            {
+                "path": label,
+                "batch": 1,
+                "agreement": float((words == ref_words).mean()),
+                "ms_cycle": timed(lambda s, r=ref, b=prompt_batch: r.words(b, s), one, sync=sync),
+            }
+        )
 
     graphs = model.reflex.instr_words.device.type == "cuda"
     if not graphs:
         note("no CUDA: the fast rows run eagerly (no CUDA graphs)")
     # (label, adapter dtype, fused projections, torch.compile mode or None)
-    variants = [("fp32 adapters", None, False, None), ("bf16 adapters", torch.bfloat16, False, None),
-                ("bf16 adapters, fused q/k/v + gate/up", torch.bfloat16, True, None)]
+    variants = [
+        ("fp32 adapters", None, False, None),
+        ("bf16 adapters", torch.bfloat16, False, None),
+        ("bf16 adapters, fused q/k/v + gate/up", torch.bfloat16, True, None),
+    ]
     if torch_compile:  # "default" is torch.compile's own default mode
         mode = "" if torch_compile == "default" else f" mode {torch_compile}"
         variants.append((f"bf16 adapters, fused, torch.compile{mode} +", torch.bfloat16, True, torch_compile))
@@ -83,8 +102,11 @@ def torch_rows(model, prompts, states: np.ndarray, batches: list[int], cycles: i
             fast.words(group, inputs[0])  # capture (and compile) outside the timing
             if compile_mode:
                 note(f"{label} batch {batch}: compiled and captured in {time.time() - t0:.0f} s")
-            row = {"path": f"fast torch ({label} {'CUDA graph' if graphs else 'eager'})", "batch": batch,
-                   "ms_cycle": timed(lambda s: fast.words(group, s), inputs, sync=sync)}
+            row = {
+                "path": f"fast torch ({label} {'CUDA graph' if graphs else 'eager'})",
+                "batch": batch,
+                "ms_cycle": timed(lambda s, f=fast, g=group: f.words(g, s), inputs, sync=sync),
+            }
             row["agreement"] = agreement(model, fast, group, prompts[:batch], agree_states, ref_words)
             rows.append(row)
         del fast
@@ -99,7 +121,7 @@ def agreement(model, fast, group, prompts, agree_states, ref_words, rounds: int 
     if len(prompts) == 1:
         got = []
         for s in range(0, len(agree_states), 32):
-            got += fast.words(group, agree_states[s:s + 32])
+            got += fast.words(group, agree_states[s : s + 32])
         return float((np.array(got, dtype=np.uint32) == ref_words).mean())
     batch = len(prompts)
     picks = [(np.arange(batch) + r * batch) % len(agree_states) for r in range(rounds)]
@@ -127,11 +149,15 @@ def mlx_rows(torch_model, prompts, states, batches, cycles, agree_states, ref_wo
         model = mlx_model_from_torch(torch_model, "bfloat16", bits, "float32")
         runners[(name, "fp32", "compiled")] = FastReflex(model, fuse=True, compile=True), [1]
         runners[(name, "bf16", "compiled")] = (
-            FastReflex(model, adapter_dtype=mx.bfloat16, fuse=True, compile=True), batches)
+            FastReflex(model, adapter_dtype=mx.bfloat16, fuse=True, compile=True),
+            batches,
+        )
         if bits is None:
             runners[(name, "fp32", "not compiled")] = FastReflex(model, fuse=True), [1]
             runners[(name, "bf16", "compiled, q/k/v and gate/up not fused")] = (
-                FastReflex(model, adapter_dtype=mx.bfloat16, compile=True), [1])
+                FastReflex(model, adapter_dtype=mx.bfloat16, compile=True),
+                [1],
+            )
     note(f"MLX on {device}: copied the weights in {time.time() - t0:.0f} s")
     release_torch_memory(torch_model)
 
@@ -140,10 +166,17 @@ def mlx_rows(torch_model, prompts, states, batches, cycles, agree_states, ref_wo
         for batch in sizes:
             group = fast.prefix([list(p) for p in prompts[:batch]])
             inputs = [states[(i * batch + np.arange(batch)) % len(states)] for i in range(cycles)]
-            row = {"path": f"MLX {device} ({name} backbone, {adapters} adapters, {how})", "batch": batch,
-                   "ms_cycle": timed(lambda s: fast.words(group, s), inputs)}
+            row = {
+                "path": f"MLX {device} ({name} backbone, {adapters} adapters, {how})",
+                "batch": batch,
+                "ms_cycle": timed(lambda s, f=fast, g=group: f.words(g, s), inputs),
+            }
             if batch == 1 and how.startswith("compiled"):
-                got = [w for s in range(0, len(agree_states), 32) for w in fast.words(group, agree_states[s:s + 32])]
+                got = [
+                    w
+                    for s in range(0, len(agree_states), 32)
+                    for w in fast.words(group, agree_states[s : s + 32])
+                ]
                 row["agreement"] = float((np.array(got, dtype=np.uint32) == ref_words).mean())
             rows.append(row)
     if hasattr(mx, "get_peak_memory"):
@@ -164,18 +197,23 @@ def finish(rows: list[dict], shape: str) -> list[dict]:
 
 
 def markdown(rows: list[dict], header: str, notes: list[str]) -> str:
-    lines = [header, "",
-             "| path | batch | ms/cycle | ms/program-cycle | speed-up vs released (per program-cycle) "
-             "| ms/cycle ÷ floor 3.55 | word agreement vs released |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        header,
+        "",
+        "| path | batch | ms/cycle | ms/program-cycle | speed-up vs released (per program-cycle) "
+        "| ms/cycle ÷ floor 3.55 | word agreement vs released |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         if "error" in r:
             lines.append(f"| {r['path']} | {r['batch']} | error: {r['error']} | | | | |")
             continue
         floor = f"{r['x_floor']:.2f}" if r.get("x_floor") is not None else "-"
         agree = f"{r['agreement']:.4f}" if r.get("agreement") is not None else "-"
-        lines.append(f"| {r['path']} | {r['batch']} | {r['ms_cycle']:.2f} | {r['ms_program_cycle']:.3f} "
-                     f"| {r['speedup_vs_released']:.2f} | {floor} | {agree} |")
+        lines.append(
+            f"| {r['path']} | {r['batch']} | {r['ms_cycle']:.2f} | {r['ms_program_cycle']:.3f} "
+            f"| {r['speedup_vs_released']:.2f} | {floor} | {agree} |"
+        )
     lines += [""] + [f"- {n}" for n in notes]
     return "\n".join(lines) + "\n"
 
@@ -193,8 +231,10 @@ def run_speed(args) -> dict:
     shape = SHAPES[args.shape]
     t0 = time.time()
     model, _ = build_random_reflex(shape, args.seed, device, torch.bfloat16 if cuda else torch.float32)
-    note(f"built the random {args.shape} model on {device} in {time.time() - t0:.0f} s "
-         f"(backbone {'bf16' if cuda else 'float32'}, adapters float32)")
+    note(
+        f"built the random {args.shape} model on {device} in {time.time() - t0:.0f} s "
+        f"(backbone {'bf16' if cuda else 'float32'}, adapters float32)"
+    )
     prompts = prompt_set(shape.vocab, args.seed, max(args.batches))
     # Timing cycles and batches take states round-robin from these.
     states = bench_states(max(args.cycles, args.agree_states), args.corpus, args.seed)
@@ -204,8 +244,9 @@ def run_speed(args) -> dict:
     if not cuda:
         note("no CUDA here: the times are CPU times, not the H200's; the floor column is left out")
 
-    rows = torch_rows(model, prompts, states, args.batches, args.cycles, agree_states, ref_words, note,
-                      args.torch_compile)
+    rows = torch_rows(
+        model, prompts, states, args.batches, args.cycles, agree_states, ref_words, note, args.torch_compile
+    )
     if cuda:
         note(f"torch peak memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
     if not args.no_mlx:
@@ -215,12 +256,21 @@ def run_speed(args) -> dict:
             traceback.print_exc()
             rows.append({"path": "MLX", "batch": 1, "error": str(err).splitlines()[0][:120]})
     rows = finish(rows, args.shape)
-    report = {"shape": args.shape, "device": torch.cuda.get_device_name() if cuda else "cpu",
-              "torch": torch.__version__, "cycles": args.cycles, "seed": args.seed,
-              "prompt_tokens": [len(p) for p in prompts], "floor_ms": FLOOR_MS,
-              "rows": rows, "notes": notes}
-    header = (f"## Speed, {args.shape} shape, random weights, {report['device']} "
-              f"(median of {args.cycles} cycles; batch 1 prompt {PROMPT_LEN} tokens)")
+    report = {
+        "shape": args.shape,
+        "device": torch.cuda.get_device_name() if cuda else "cpu",
+        "torch": torch.__version__,
+        "cycles": args.cycles,
+        "seed": args.seed,
+        "prompt_tokens": [len(p) for p in prompts],
+        "floor_ms": FLOOR_MS,
+        "rows": rows,
+        "notes": notes,
+    }
+    header = (
+        f"## Speed, {args.shape} shape, random weights, {report['device']} "
+        f"(median of {args.cycles} cycles; batch 1 prompt {PROMPT_LEN} tokens)"
+    )
     write_report(args.out, "speed", report, markdown(rows, header, notes))
     return report
 
@@ -233,12 +283,19 @@ def parse_args(argv=None):
     p.add_argument("--corpus", default=None, help="folder holding programs/ (default: find_corpus())")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batches", default="1,8,41", help="fast-path batch sizes, comma separated")
-    p.add_argument("--agree-states", type=int, default=256,
-                   help="states for the word-agreement column (multiple of 32)")
+    p.add_argument(
+        "--agree-states", type=int, default=256, help="states for the word-agreement column (multiple of 32)"
+    )
     p.add_argument("--no-mlx", action="store_true", help="leave out the MLX rows")
-    p.add_argument("--torch-compile", nargs="?", const="default", default=None, metavar="MODE",
-                   help="add rows for the fast path with torch.compile inside the graph (bf16 adapters, "
-                        "fused); MODE: a torch.compile mode, e.g. max-autotune-no-cudagraphs")
+    p.add_argument(
+        "--torch-compile",
+        nargs="?",
+        const="default",
+        default=None,
+        metavar="MODE",
+        help="add rows for the fast path with torch.compile inside the graph (bf16 adapters, "
+        "fused); MODE: a torch.compile mode, e.g. max-autotune-no-cudagraphs",
+    )
     args = p.parse_args(argv)
     args.batches = sorted({int(b) for b in args.batches.split(",")} | {1})
     return args

@@ -58,8 +58,22 @@ _STORAGE_DTYPES: dict[str, tuple[str, str]] = {
 
 # torch.<name> dtype globals that may appear as config values
 _TORCH_DTYPE_NAMES = {
-    "float32", "float", "float64", "double", "float16", "half", "bfloat16",
-    "int64", "long", "int32", "int", "int16", "short", "int8", "uint8", "bool",
+    "float32",
+    "float",
+    "float64",
+    "double",
+    "float16",
+    "half",
+    "bfloat16",
+    "int64",
+    "long",
+    "int32",
+    "int",
+    "int16",
+    "short",
+    "int8",
+    "uint8",
+    "bool",
 }
 
 
@@ -92,7 +106,9 @@ class _Inert:
     __slots__ = ()
 
     def __setstate__(self, state):
-        raise CheckpointError("checkpoint pickle tried to set state on a tensor or storage, which is not allowed")
+        raise CheckpointError(
+            "checkpoint pickle tried to set state on a tensor or storage, which is not allowed"
+        )
 
     def __reduce__(self):  # not meant to be re-pickled
         raise TypeError(f"{type(self).__name__} cannot be pickled")
@@ -131,18 +147,27 @@ class _Archive:
         if info.compress_type == zipfile.ZIP_STORED:
             mm = self._mmap()
             hdr_at = info.header_offset
-            hdr = mm[hdr_at:hdr_at + 30]
+            hdr = mm[hdr_at : hdr_at + 30]
             if len(hdr) != 30 or hdr[:4] != b"PK\x03\x04":
                 raise CheckpointError(f"{self.path}: corrupt zip local header for {name}")
             name_len, extra_len = struct.unpack("<HH", hdr[26:30])
             start = hdr_at + 30 + name_len + extra_len
             if start + info.file_size > len(mm):
-                raise CheckpointError(f"{self.path} is truncated: member {name} runs past the end of the file")
-            return memoryview(mm)[start:start + nbytes]
+                raise CheckpointError(
+                    f"{self.path} is truncated: member {name} runs past the end of the file"
+                )
+            return memoryview(mm)[start : start + nbytes]
         try:
             with zipfile.ZipFile(self.path) as zf:
                 data = zf.read(name)
-        except (OSError, zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError, NotImplementedError) as e:
+        except (
+            OSError,
+            zipfile.BadZipFile,
+            zipfile.LargeZipFile,
+            EOFError,
+            ValueError,
+            NotImplementedError,
+        ) as e:
             raise CheckpointError(f"cannot read member {name} of {self.path}: {e}") from None
         return memoryview(data)[:nbytes]
 
@@ -214,13 +239,14 @@ class LazyTensor(_Inert):
         return f"LazyTensor(shape={self.shape}, dtype={self.dtype})"
 
     def raw(self) -> np.ndarray:
-        """The tensor in its stored bits (bfloat16 as uint16); a read-only view into the file when possible."""
+        """The tensor in its stored bits (bfloat16 as uint16); a read-only view into
+        the file when possible."""
         base = self._storage.array()
         if self.size == 0:
             return np.empty(self.shape, dtype=base.dtype)
         # bounds were checked when the tensor was built; as_strided is only safe because of that
         item = base.dtype.itemsize
-        view = base[self.storage_offset:]
+        view = base[self.storage_offset :]
         return np.lib.stride_tricks.as_strided(
             view, shape=self.shape, strides=tuple(s * item for s in self.stride), writeable=False
         )
@@ -241,7 +267,9 @@ def _check_ints(values, what: str) -> tuple:
     return values
 
 
-def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None, metadata=None):
+def _rebuild_tensor_v2(
+    storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None, metadata=None
+):
     """Stand-in for ``torch._utils._rebuild_tensor_v2``: validates geometry, builds a LazyTensor."""
     if not isinstance(storage, _Storage):
         raise CheckpointError("checkpoint tensor is not backed by a storage record")
@@ -255,7 +283,8 @@ def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=Fals
         last = storage_offset + sum((n - 1) * st for n, st in zip(size, stride))
         if last >= storage.numel:
             raise CheckpointError(
-                f"checkpoint tensor of size {size} at offset {storage_offset} overruns its storage of {storage.numel} elements"
+                f"checkpoint tensor of size {size} at offset {storage_offset} overruns its storage "
+                f"of {storage.numel} elements"
             )
     return LazyTensor(storage, storage_offset, size, stride)
 
@@ -270,7 +299,9 @@ def _rebuild_parameter(data, requires_grad=False, backward_hooks=None, state=Non
 def _ordered_dict(*args):
     """Stand-in for ``collections.OrderedDict``: only the empty constructor torch emits."""
     if args and args != ((),) and args != ([],):
-        raise CheckpointError("checkpoint pickle constructs an OrderedDict with arguments, which is not allowed")
+        raise CheckpointError(
+            "checkpoint pickle constructs an OrderedDict with arguments, which is not allowed"
+        )
     return OrderedDict()
 
 
@@ -311,10 +342,19 @@ class _AllowListUnpickler(pickle.Unpickler):
 
     def persistent_load(self, pid):
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
-            raise CheckpointError(f"{self._archive.path}: unsupported persistent id in its pickle: {str(pid)[:80]}")
+            raise CheckpointError(
+                f"{self._archive.path}: unsupported persistent id in its pickle: {str(pid)[:80]}"
+            )
         _, stype, key, _location, numel = pid
-        if not isinstance(stype, _StorageType) or not isinstance(key, str) or type(numel) is not int or numel < 0:
-            raise CheckpointError(f"{self._archive.path}: malformed storage reference in its pickle: {str(pid)[:80]}")
+        if (
+            not isinstance(stype, _StorageType)
+            or not isinstance(key, str)
+            or type(numel) is not int
+            or numel < 0
+        ):
+            raise CheckpointError(
+                f"{self._archive.path}: malformed storage reference in its pickle: {str(pid)[:80]}"
+            )
         st = self._storages.get(key)
         if st is None:
             member = f"{self._prefix}data/{key}"
@@ -327,7 +367,8 @@ class _AllowListUnpickler(pickle.Unpickler):
 
 @dataclass
 class Checkpoint:
-    """A lazily readable checkpoint: ``state`` tensors, ``config`` values, other top-level keys in ``extra``."""
+    """A lazily readable checkpoint: ``state`` tensors, ``config`` values, other
+    top-level keys in ``extra``."""
 
     path: str
     state: dict[str, LazyTensor]
@@ -340,7 +381,7 @@ class Checkpoint:
         if self._archive is not None:
             self._archive.close()
 
-    def __enter__(self) -> "Checkpoint":
+    def __enter__(self) -> Checkpoint:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -357,7 +398,8 @@ def _find_prefix(path: str, names: list[str]) -> str:
 
 
 def read_checkpoint(path) -> Checkpoint:
-    """Open ``path`` (a torch.save zip of ``{"state": ..., "config": ...}``) without torch; tensors stay lazy."""
+    """Open ``path`` (a torch.save zip of ``{"state": ..., "config": ...}``) without
+    torch; tensors stay lazy."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint file {path} does not exist")
@@ -374,7 +416,9 @@ def read_checkpoint(path) -> Checkpoint:
     except CheckpointError:
         raise
     except zipfile.BadZipFile as e:
-        raise CheckpointError(f"{path} is not a readable zip checkpoint (truncated or not a torch.save file): {e}") from None
+        raise CheckpointError(
+            f"{path} is not a readable zip checkpoint (truncated or not a torch.save file): {e}"
+        ) from None
     except (OSError, EOFError, ValueError, NotImplementedError, zipfile.LargeZipFile, RuntimeError) as e:
         raise CheckpointError(f"cannot read {path}: {type(e).__name__}: {e}") from None
 
@@ -388,12 +432,16 @@ def read_checkpoint(path) -> Checkpoint:
     except RecursionError:
         raise CheckpointError(f"{path}: its pickle is nested too deeply") from None
     except Exception as e:  # malformed pickle: UnpicklingError, EOFError, TypeError, ...
-        raise CheckpointError(f"{path}: its data.pkl is not a valid checkpoint pickle ({type(e).__name__}: {e})") from None
+        raise CheckpointError(
+            f"{path}: its data.pkl is not a valid checkpoint pickle ({type(e).__name__}: {e})"
+        ) from None
 
     if not isinstance(obj, dict) or "state" not in obj:
         raise CheckpointError(f"{path} does not hold a {{'state': ..., 'config': ...}} dictionary")
     state, config = obj["state"], obj.get("config", {})
-    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, LazyTensor) for k, v in state.items()):
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and isinstance(v, LazyTensor) for k, v in state.items()
+    ):
         raise CheckpointError(f"{path}: its 'state' is not a mapping of names to tensors")
     if not isinstance(config, dict):
         raise CheckpointError(f"{path}: its 'config' is not a dictionary")

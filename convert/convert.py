@@ -25,8 +25,17 @@ import click
 from reflex_core.errors import first_line
 from reflex_core.hub import backbone_config, resolve_backbone, resolve_checkpoint
 from reflex_core.spec import (
-    ADAPTER_HEADS, ADAPTERS_FILE, BACKBONE_DIR, DEFAULT_RELEASE_DIR, MODEL_CONFIG_FILE,
-    MODEL_FORMAT, MODEL_FORMAT_VERSION, QUANT_GROUP_SIZE, ReflexArgs, adapter_layers, reflex_config,
+    ADAPTER_HEADS,
+    ADAPTERS_FILE,
+    BACKBONE_DIR,
+    DEFAULT_RELEASE_DIR,
+    MODEL_CONFIG_FILE,
+    MODEL_FORMAT,
+    MODEL_FORMAT_VERSION,
+    QUANT_GROUP_SIZE,
+    ReflexArgs,
+    adapter_layers,
+    reflex_config,
 )
 
 from .checkpoint import CheckpointError, read_checkpoint
@@ -39,8 +48,13 @@ class ConvertError(Exception):
 
 
 def convert_checkpoint(
-    checkpoint: str | None, backbone: str | None, out: Path, bits: int = 4,
-    quantize: bool = True, dtype: str = "float32", backbone_dtype: str | None = None,
+    checkpoint: str | None,
+    backbone: str | None,
+    out: Path,
+    bits: int = 4,
+    quantize: bool = True,
+    dtype: str = "float32",
+    backbone_dtype: str | None = None,
     quiet: bool = False,
 ) -> Path:
     import mlx.core as mx
@@ -66,13 +80,17 @@ def convert_checkpoint(
         with contextlib.redirect_stdout(log):
             try:
                 mlx_lm_convert(
-                    hf_path=backbone_source, mlx_path=str(tmp / BACKBONE_DIR), quantize=quantize,
+                    hf_path=backbone_source,
+                    mlx_path=str(tmp / BACKBONE_DIR),
+                    quantize=quantize,
                     q_bits=bits if quantize else None,
-                    q_group_size=QUANT_GROUP_SIZE if quantize else None, dtype=backbone_dtype,
+                    q_group_size=QUANT_GROUP_SIZE if quantize else None,
+                    dtype=backbone_dtype,
                 )
             except Exception as err:  # mlx-lm and the hub raise many kinds; one line for the user
-                raise ConvertError(f"mlx-lm could not convert the backbone {backbone_source}: "
-                                   f"{first_line(err)}") from None
+                raise ConvertError(
+                    f"mlx-lm could not convert the backbone {backbone_source}: {first_line(err)}"
+                ) from None
         _spell_rope_theta(tmp / BACKBONE_DIR / "config.json")
 
         layers = adapter_layers(num_layers, config["inject_every"])
@@ -83,16 +101,20 @@ def convert_checkpoint(
         ckpt.close()
         try:  # every name and shape the MLX model will load, checked before anything is saved
             Reflex(ReflexArgs.from_config(config, num_layers)).load_weights(
-                list(weights.items()), strict=True)
+                list(weights.items()), strict=True
+            )
         except ValueError as err:
             raise ConvertError(f"the checkpoint does not fit the Reflex modules: {first_line(err)}") from None
         mx.save_safetensors(str(tmp / ADAPTERS_FILE), weights, metadata={"format": MODEL_FORMAT})
 
         model_config = {
             **config,
-            "format": MODEL_FORMAT, "format_version": MODEL_FORMAT_VERSION,
-            "num_layers": num_layers, "adapter_layers": layers,
-            "adapter_heads": ADAPTER_HEADS, "adapter_dtype": dtype,
+            "format": MODEL_FORMAT,
+            "format_version": MODEL_FORMAT_VERSION,
+            "num_layers": num_layers,
+            "adapter_layers": layers,
+            "adapter_heads": ADAPTER_HEADS,
+            "adapter_dtype": dtype,
             "backbone": BACKBONE_DIR,
             "quantization": {"bits": bits, "group_size": QUANT_GROUP_SIZE} if quantize else None,
             "source_checkpoint": str(checkpoint) if checkpoint else None,
@@ -110,16 +132,20 @@ def _check_fit(ckpt, config: dict, qwen: dict) -> int:
     """The backbone's layer count, once the checkpoint is known to fit it: same
     hidden size, one adapter per injected layer. Checked before any conversion."""
     if qwen.get("hidden_size") != config["hidden"]:
-        raise ConvertError(f"backbone hidden size {qwen.get('hidden_size')} does not match the "
-                           f"checkpoint's {config['hidden']}")
+        raise ConvertError(
+            f"backbone hidden size {qwen.get('hidden_size')} does not match the "
+            f"checkpoint's {config['hidden']}"
+        )
     num_layers = qwen.get("num_hidden_layers")
     if not isinstance(num_layers, int) or num_layers <= 0:
         raise ConvertError("the backbone config has no num_hidden_layers")
     wanted = len(adapter_layers(num_layers, config["inject_every"]))
     stored = len({name.split(".")[1] for name in ckpt.state if name.startswith("adapters.")})
     if stored != wanted:
-        raise ConvertError(f"the checkpoint has {stored} adapters; a {num_layers}-layer backbone with "
-                           f"inject_every={config['inject_every']} takes {wanted}")
+        raise ConvertError(
+            f"the checkpoint has {stored} adapters; a {num_layers}-layer backbone with "
+            f"inject_every={config['inject_every']} takes {wanted}"
+        )
     return num_layers
 
 
@@ -135,26 +161,55 @@ def _spell_rope_theta(config_path: Path) -> dict:
 
 
 @click.command(help="Convert reflex.pt and its backbone into an MLX model directory.")
-@click.option("--checkpoint", default=None,
-              help="reflex.pt path, or owner/repo[/file] on the hub (default: the release).")
-@click.option("--backbone", default=None,
-              help="Backbone: a transformers directory or hub id (default: the checkpoint's backbone_id).")
-@click.option("--out", type=click.Path(path_type=Path),
-              default=Path(DEFAULT_RELEASE_DIR).expanduser(), show_default=True)
-@click.option("--bits", type=click.Choice(["4", "8"]), default=None,
-              help="Backbone quantization bits, group size 64.  [default: 4]")
+@click.option(
+    "--checkpoint",
+    default=None,
+    help="reflex.pt path, or owner/repo[/file] on the hub (default: the release).",
+)
+@click.option(
+    "--backbone",
+    default=None,
+    help="Backbone: a transformers directory or hub id (default: the checkpoint's backbone_id).",
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=Path(DEFAULT_RELEASE_DIR).expanduser(),
+    show_default=True,
+)
+@click.option(
+    "--bits",
+    type=click.Choice(["4", "8"]),
+    default=None,
+    help="Backbone quantization bits, group size 64.  [default: 4]",
+)
 @click.option("--no-quantize", is_flag=True, help="Keep the backbone unquantized.")
-@click.option("--dtype", type=click.Choice(DTYPES), default="float32", show_default=True,
-              help="dtype of the adapter-side weights (float32 as released).")
-@click.option("--backbone-dtype", type=click.Choice(DTYPES), default=None,
-              help="dtype of the backbone's unquantized weights (default: the backbone's own).")
+@click.option(
+    "--dtype",
+    type=click.Choice(DTYPES),
+    default="float32",
+    show_default=True,
+    help="dtype of the adapter-side weights (float32 as released).",
+)
+@click.option(
+    "--backbone-dtype",
+    type=click.Choice(DTYPES),
+    default=None,
+    help="dtype of the backbone's unquantized weights (default: the backbone's own).",
+)
 def main(checkpoint, backbone, out, bits, no_quantize, dtype, backbone_dtype):
     if bits is not None and no_quantize:
         raise click.UsageError("--bits and --no-quantize contradict each other; give one")
     try:
-        path = convert_checkpoint(checkpoint, backbone, out, bits=int(bits or 4),
-                                  quantize=not no_quantize, dtype=dtype,
-                                  backbone_dtype=backbone_dtype)
+        path = convert_checkpoint(
+            checkpoint,
+            backbone,
+            out,
+            bits=int(bits or 4),
+            quantize=not no_quantize,
+            dtype=dtype,
+            backbone_dtype=backbone_dtype,
+        )
     except (ConvertError, CheckpointError, FileNotFoundError, OSError, ValueError) as err:
-        raise click.ClickException(first_line(err))
+        raise click.ClickException(first_line(err)) from None
     click.echo(f"wrote {path}")

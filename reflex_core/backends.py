@@ -73,8 +73,10 @@ def get(name: str) -> Backend:
     backend = _import(spec)
     missing = [m for m in backend.requires if not _importable(m)]
     if missing:
-        raise BackendError(f"{missing[0]} is not installed: the {name} backend needs "
-                           f"{', '.join(backend.requires)} ({backend.install_hint})")
+        raise BackendError(
+            f"{missing[0]} is not installed: the {name} backend needs "
+            f"{', '.join(backend.requires)} ({backend.install_hint})"
+        )
     return backend
 
 

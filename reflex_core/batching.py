@@ -13,9 +13,9 @@ docs/performance.md (both backends use this one scheme).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Sequence
 
 
 @dataclass(frozen=True)

@@ -102,7 +102,9 @@ def program_word_at(words: list[int], pc: int) -> int:
     return spec.HALT_WORD
 
 
-def replay_run(program: CorpusProgram, max_cycles: int = REPLAY_MAX_CYCLES) -> tuple[RunResult, list[tuple[list[int], int]]]:
+def replay_run(
+    program: CorpusProgram, max_cycles: int = REPLAY_MAX_CYCLES
+) -> tuple[RunResult, list[tuple[list[int], int]]]:
     """Run the program as its own predictor; the result and the (state, word) pairs seen."""
     run = ProgramRun(max_cycles)
     samples = []

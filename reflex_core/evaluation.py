@@ -8,9 +8,9 @@ of §5 and lays out the report beside the published scores of the release.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import Callable, Sequence
 
 from .loop import RunResult, check, run_many
 from .spec import DATA_ADDR, DEST_ADDR, DISPLAY_ADDR, EVAL_MAX_CYCLES
@@ -118,11 +118,19 @@ def evaluate(
     for task, result in zip(runs, results):
         passed = check(result, task.check, task.expected)
         section = sections.setdefault(task.section, {"passed": 0, "total": 0, "rows": []})
-        section["rows"].append({
-            "tag": task.tag, "prompt": task.prompt, "ops": len(result.cycles),
-            "halted": result.halted, "outcome": result.outcome, "error": result.error,
-            "result": observed(result, task), "expected": task.expected, "pass": passed,
-        })
+        section["rows"].append(
+            {
+                "tag": task.tag,
+                "prompt": task.prompt,
+                "ops": len(result.cycles),
+                "halted": result.halted,
+                "outcome": result.outcome,
+                "error": result.error,
+                "result": observed(result, task),
+                "expected": task.expected,
+                "pass": passed,
+            }
+        )
         section["passed"] += passed
         section["total"] += 1
     return {
@@ -147,21 +155,33 @@ def format_report(report: dict, model_name: str) -> str:
     header = ("tag", "ops", "halted", "result", "expected", "pass")
     for name, section in report["sections"].items():
         rows = [header] + [
-            (r["tag"], str(r["ops"]), _cell(r["halted"]), _cell(r["result"]),
-             _cell(r["expected"]), "PASS" if r["pass"] else "fail")
+            (
+                r["tag"],
+                str(r["ops"]),
+                _cell(r["halted"]),
+                _cell(r["result"]),
+                _cell(r["expected"]),
+                "PASS" if r["pass"] else "fail",
+            )
             for r in section["rows"]
         ]
         widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-        lines.append(f"## {name}: {section['passed']}/{section['total']}"
-                     f"   (released 7B: {published['sections'][name]}/{section['total']})")
+        lines.append(
+            f"## {name}: {section['passed']}/{section['total']}"
+            f"   (released 7B: {published['sections'][name]}/{section['total']})"
+        )
         for row in rows:
             lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
         lines.append("")
     # The summary: every section and the total, ours beside the release's.
     summary = [("section", model_name, published["model"])]
-    summary += [(name, f"{s['passed']}/{s['total']}", f"{published['sections'][name]}/{s['total']}")
-                for name, s in report["sections"].items()]
-    summary.append(("total", f"{report['passed']}/{report['total']}", f"{published['total']}/{report['total']}"))
+    summary += [
+        (name, f"{s['passed']}/{s['total']}", f"{published['sections'][name]}/{s['total']}")
+        for name, s in report["sections"].items()
+    ]
+    summary.append(
+        ("total", f"{report['passed']}/{report['total']}", f"{published['total']}/{report['total']}")
+    )
     widths = [max(len(row[i]) for row in summary) for i in range(3)]
     lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in summary]
     return "\n".join(lines)

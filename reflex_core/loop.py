@@ -8,14 +8,14 @@ driver (`run_many`) can ask one model call for the next word of many programs.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 from capstone import CS_ARCH_RISCV, CS_MODE_RISCV32, Cs
 
 from . import spec
-from .spec import MASK32
 from .machine import Machine, MachineError
+from .spec import MASK32
 
 _SNAPSHOT_START = spec.DATA_ADDR
 _SNAPSHOT_END = spec.MEMORY_BASE + spec.MEMORY_SIZE
@@ -169,7 +169,12 @@ def run_many(
     return [program.result() for program in programs]
 
 
-_CHECK_BASES = {"mem": spec.DATA_ADDR, "seq": spec.DATA_ADDR, "dst": spec.DEST_ADDR, "disp": spec.DISPLAY_ADDR}
+_CHECK_BASES = {
+    "mem": spec.DATA_ADDR,
+    "seq": spec.DATA_ADDR,
+    "dst": spec.DEST_ADDR,
+    "disp": spec.DISPLAY_ADDR,
+}
 
 
 def check(result: RunResult, kind: str, expected) -> bool:

@@ -116,7 +116,9 @@ class Machine:
         words = []
         for i in range(spec.WINDOW_WORDS):
             addr = (start + 4 * i) % _ADDRESS_SPACE
-            words.append(_WORD.unpack_from(self._memory, addr - spec.MEMORY_BASE)[0] if _is_mapped(addr) else 0)
+            words.append(
+                _WORD.unpack_from(self._memory, addr - spec.MEMORY_BASE)[0] if _is_mapped(addr) else 0
+            )
         return words
 
     def read_words(self, addr: int, n: int) -> list[int]:

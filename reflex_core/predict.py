@@ -17,7 +17,8 @@ prompt) and to lockstep runs of many prompts (`run_many`, the eval).
 
 from __future__ import annotations
 
-from typing import Any, Protocol, Sequence
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -29,8 +30,9 @@ from .spec import DEFAULT_MAX_CYCLES
 class Runner(Protocol):
     def prefix(self, token_lists: Sequence[Sequence[int]]) -> Any: ...
 
-    def words(self, batch: Any, states: Sequence[Sequence[int]],
-              indices: Sequence[int] | None = None) -> list[int]: ...
+    def words(
+        self, batch: Any, states: Sequence[Sequence[int]], indices: Sequence[int] | None = None
+    ) -> list[int]: ...
 
     def embed(self, batch: Any, states: Sequence[Sequence[int]]) -> np.ndarray: ...
 
@@ -65,8 +67,9 @@ class BatchPredictor:
         return self.runner.words(self.batch, states, indices)
 
 
-def run_batch(runner: Runner, tokenizer, prompts: Sequence[str], config: dict,
-              max_cycles: int = DEFAULT_MAX_CYCLES) -> list[RunResult]:
+def run_batch(
+    runner: Runner, tokenizer, prompts: Sequence[str], config: dict, max_cycles: int = DEFAULT_MAX_CYCLES
+) -> list[RunResult]:
     """Run every prompt's program in lockstep; each stops on its own outcome."""
     predict = BatchPredictor(runner, tokenizer, prompts, config)
     return run_many(predict, len(prompts), max_cycles=max_cycles, with_indices=True)

@@ -30,9 +30,7 @@ def render_prompt(tokenizer, task: str, config: dict) -> str:
             {"role": "system", "content": SYSTEM_PROMPT},
             {"role": "user", "content": task},
         ]
-        return tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=True
-        )
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     if config["context_prefix"]:
         return CONTEXT_PREFIX + task
     return task
@@ -47,7 +45,4 @@ def encode_prompt(tokenizer, task: str, config: dict) -> PromptTokens:
 
 
 def truncation_notice(tokens: PromptTokens, limit: int) -> str:
-    return (
-        f"prompt is {tokens.original_length} tokens; only the first {limit} are used "
-        f"(max_instr_tokens)"
-    )
+    return f"prompt is {tokens.original_length} tokens; only the first {limit} are used (max_instr_tokens)"

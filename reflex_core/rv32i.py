@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from .spec import MASK32
 
-
 OP_LUI = 0b0110111
 OP_AUIPC = 0b0010111
 OP_JAL = 0b1101111

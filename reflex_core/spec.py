@@ -63,7 +63,14 @@ CONFIG_DEFAULTS = {
 
 
 # Keys every consumer reads, and what each must hold.
-_POSITIVE_INT_KEYS = ("hidden", "inject_every", "adapter_mlp_ratio", "max_instr_tokens", "embed_dim", "num_instrs")
+_POSITIVE_INT_KEYS = (
+    "hidden",
+    "inject_every",
+    "adapter_mlp_ratio",
+    "max_instr_tokens",
+    "embed_dim",
+    "num_instrs",
+)
 _BOOL_KEYS = ("chat_template", "context_prefix")
 
 
@@ -123,6 +130,7 @@ class ReflexArgs:
     @property
     def num_adapters(self) -> int:
         return len(self.adapter_layers)
+
 
 # ------------------------------------------------- converted model directory
 MODEL_FORMAT = "reflex-mlx"

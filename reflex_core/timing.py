@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 
-def median_ms(call: Callable, inputs: Sequence, warmup: int = 1,
-              sync: Callable[[], None] | None = None) -> float:
+def median_ms(
+    call: Callable, inputs: Sequence, warmup: int = 1, sync: Callable[[], None] | None = None
+) -> float:
     """Median milliseconds of call(x) over `inputs`, after `warmup` untimed calls.
 
     `call` must return host values (decoded words), so its work has finished

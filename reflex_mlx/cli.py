@@ -74,12 +74,18 @@ def _outcome_line(result: RunResult) -> str:
 
 
 model_option = click.option(
-    "--model", type=click.Path(path_type=Path), default=None,
+    "--model",
+    type=click.Path(path_type=Path),
+    default=None,
     help="A converted model directory (torch also reads a reflex.pt directory; default: "
-         f"${MODEL_ENV}, else the converted release if present, else the bundled reflex-tiny).")
+    f"${MODEL_ENV}, else the converted release if present, else the bundled reflex-tiny).",
+)
 backend_option = click.option(
-    "--backend", type=BACKEND_CHOICE, default=None,
-    help="mlx or torch (default: MLX where it has a GPU, else torch when installed).")
+    "--backend",
+    type=BACKEND_CHOICE,
+    default=None,
+    help="mlx or torch (default: MLX where it has a GPU, else torch when installed).",
+)
 
 
 @click.group(help="Run Reflex, a frozen code LLM that drives a RISC-V CPU, with MLX or PyTorch.")
@@ -93,8 +99,7 @@ def main() -> None:
 @backend_option
 @click.option("--max-cycles", type=click.IntRange(min=1), default=DEFAULT_MAX_CYCLES, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the trace.")
-def run_command(prompt: str, model: Path | None, backend: str | None, max_cycles: int,
-                as_json: bool) -> None:
+def run_command(prompt: str, model: Path | None, backend: str | None, max_cycles: int, as_json: bool) -> None:
     from reflex_core.predict import Predictor
 
     loaded = _load(backend, model)
@@ -130,7 +135,8 @@ def _evaluate(loaded: backends.Loaded, progress: bool = True) -> dict:
 
     return evaluate(
         make_batch_predictor=lambda prompts: BatchPredictor(
-            loaded.runner, loaded.tokenizer, prompts, loaded.config),
+            loaded.runner, loaded.tokenizer, prompts, loaded.config
+        ),
         progress=progress,
     )
 
@@ -138,8 +144,13 @@ def _evaluate(loaded: backends.Loaded, progress: bool = True) -> dict:
 @main.command(name="eval", help="Run the 41-task evaluation of the released model (docs/design.md §6).")
 @model_option
 @backend_option
-@click.option("--json", "json_out", type=click.Path(path_type=Path), default=None,
-              help="Also write the report as JSON to this file.")
+@click.option(
+    "--json",
+    "json_out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Also write the report as JSON to this file.",
+)
 def eval_command(model: Path | None, backend: str | None, json_out: Path | None) -> None:
     from reflex_core.evaluation import format_report
 
@@ -158,18 +169,36 @@ def eval_command(model: Path | None, backend: str | None, json_out: Path | None)
 BENCH_PROMPT = "compute 5 factorial and store it"
 
 
-@main.command(name="bench", help="Time MLX against the PyTorch reference on the same states "
-                                 "(or, with --eval, the whole evaluation on each backend).")
+@main.command(
+    name="bench",
+    help="Time MLX against the PyTorch reference on the same states "
+    "(or, with --eval, the whole evaluation on each backend).",
+)
 @model_option
-@click.option("--torch", "torch_dir", type=click.Path(path_type=Path), default=None,
-              help="The reference's directory (reflex.pt + backbone/); default: the model's source.")
-@click.option("--cycles", type=click.IntRange(min=2), default=30, show_default=True,
-              help="Timed cycles per backend (median).")
+@click.option(
+    "--torch",
+    "torch_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="The reference's directory (reflex.pt + backbone/); default: the model's source.",
+)
+@click.option(
+    "--cycles",
+    type=click.IntRange(min=2),
+    default=30,
+    show_default=True,
+    help="Timed cycles per backend (median).",
+)
 @click.option("--prompt", default=BENCH_PROMPT, show_default=True)
-@click.option("--eval", "whole_eval", is_flag=True,
-              help="Time the 41-task evaluation with each backend's fast path instead.")
-def bench_command(model: Path | None, torch_dir: Path | None, cycles: int, prompt: str,
-                  whole_eval: bool) -> None:
+@click.option(
+    "--eval",
+    "whole_eval",
+    is_flag=True,
+    help="Time the 41-task evaluation with each backend's fast path instead.",
+)
+def bench_command(
+    model: Path | None, torch_dir: Path | None, cycles: int, prompt: str, whole_eval: bool
+) -> None:
     from reflex_core.loop import ProgramRun
     from reflex_core.predict import Predictor
     from reflex_core.timing import median_ms
@@ -183,8 +212,10 @@ def bench_command(model: Path | None, torch_dir: Path | None, cycles: int, promp
             start = time.perf_counter()
             report = _evaluate(loaded, progress=False)
             seconds[loaded.device] = time.perf_counter() - start
-            click.echo(f"{loaded.device} (fast path): eval {report['passed']}/{report['total']} "
-                       f"in {seconds[loaded.device]:.1f} s")
+            click.echo(
+                f"{loaded.device} (fast path): eval {report['passed']}/{report['total']} "
+                f"in {seconds[loaded.device]:.1f} s"
+            )
         click.echo(f"mlx/torch eval time ratio: {seconds[candidate.device] / seconds[reference.device]:.3f}")
         return
 
@@ -201,8 +232,10 @@ def bench_command(model: Path | None, torch_dir: Path | None, cycles: int, promp
     mlx_ms = median_ms(cand, states)
     agree = sum(ref(s) == cand(s) for s in states)
     click.echo(f"{len(cand.tokens.ids)} prompt tokens, {len(states)} cycles")
-    click.echo(f"{reference.device} reference (padded to {reference.config['max_instr_tokens']}, eager): "
-               f"{torch_ms:.2f} ms/cycle")
+    click.echo(
+        f"{reference.device} reference (padded to {reference.config['max_instr_tokens']}, eager): "
+        f"{torch_ms:.2f} ms/cycle"
+    )
     click.echo(f"{candidate.device} (cached prefix, compiled step): {mlx_ms:.2f} ms/cycle")
     click.echo(f"same word on {agree}/{len(states)} cycles")
     click.echo(f"mlx/torch per-cycle time ratio: {mlx_ms / torch_ms:.3f}")

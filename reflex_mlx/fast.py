@@ -24,8 +24,8 @@ mx.compile's part).
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -60,7 +60,7 @@ def _joined(parts: list[nn.Module]) -> nn.Module:
     for part in parts:
         rows = part["weight"].shape[0]
         for name in names:
-            part[name] = joined[name][start:start + rows]
+            part[name] = joined[name][start : start + rows]
         start += rows
     return joined
 
@@ -75,14 +75,19 @@ def fuse_projections(backbone: nn.Module) -> list[FusedLayer]:
     an H200 (bench/experiments/mlx_layers.py). Done once per backbone, however
     many runners fuse it.
     """
+
     def build():
         fused = []
         for layer in backbone.layers:
             attn, mlp = layer.self_attn, layer.mlp
             q, k = attn.q_proj["weight"].shape[0], attn.k_proj["weight"].shape[0]
-            fused.append(FusedLayer(qkv=_joined([attn.q_proj, attn.k_proj, attn.v_proj]),
-                                    qkv_split=[q, q + k],
-                                    gate_up=_joined([mlp.gate_proj, mlp.up_proj])))
+            fused.append(
+                FusedLayer(
+                    qkv=_joined([attn.q_proj, attn.k_proj, attn.v_proj]),
+                    qkv_split=[q, q + k],
+                    gate_up=_joined([mlp.gate_proj, mlp.up_proj]),
+                )
+            )
         mx.eval([(f.qkv.parameters(), f.gate_up.parameters()) for f in fused])
         return fused
 
@@ -92,8 +97,10 @@ def fuse_projections(backbone: nn.Module) -> list[FusedLayer]:
 def cast_reflex(reflex: Reflex, dtype: mx.Dtype) -> Reflex:
     """A copy of the Reflex modules in `dtype` (the uint32 codebook words stay uint32)."""
     copy_ = Reflex(reflex.args)
-    weights = [(k, v.astype(dtype) if mx.issubdtype(v.dtype, mx.floating) else v)
-               for k, v in tree_flatten(reflex.parameters())]
+    weights = [
+        (k, v.astype(dtype) if mx.issubdtype(v.dtype, mx.floating) else v)
+        for k, v in tree_flatten(reflex.parameters())
+    ]
     copy_.load_weights(weights, strict=True)
     copy_.eval()
     mx.eval(copy_.parameters())
@@ -108,8 +115,14 @@ class PromptBatch:
     rebuild the batch from them (`of_arrays`).
     """
 
-    def __init__(self, prefix: mx.array, grid: mx.array, packed: mx.array, last: mx.array,
-                 layout: PackedLayout | None = None):
+    def __init__(
+        self,
+        prefix: mx.array,
+        grid: mx.array,
+        packed: mx.array,
+        last: mx.array,
+        layout: PackedLayout | None = None,
+    ):
         self.prefix, self.grid, self.packed, self.last, self.layout = prefix, grid, packed, last, layout
         self.batch = last.shape[0]
         self.width = grid.shape[0] // self.batch
@@ -157,8 +170,13 @@ class FastReflex:
     ops fused; the weights are constants of the trace (inference only).
     """
 
-    def __init__(self, model: ReflexModel, adapter_dtype: mx.Dtype | None = None,
-                 fuse: bool = False, compile: bool = False):
+    def __init__(
+        self,
+        model: ReflexModel,
+        adapter_dtype: mx.Dtype | None = None,
+        fuse: bool = False,
+        compile: bool = False,
+    ):
         self.model = model
         self.backbone = model.backbone
         self.fused = fuse_projections(self.backbone) if fuse else None
@@ -220,7 +238,11 @@ class FastReflex:
             q, k, v = attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)
         B, T = batch.batch, batch.width
         grid = lambda t, n: batch.to_grid(t).reshape(B, T, n, -1).transpose(0, 2, 1, 3)  # [B, n, T, D]
-        q, k, v = attn.rope(grid(q, attn.n_heads)), attn.rope(grid(k, attn.n_kv_heads)), grid(v, attn.n_kv_heads)
+        q, k, v = (
+            attn.rope(grid(q, attn.n_heads)),
+            attn.rope(grid(k, attn.n_kv_heads)),
+            grid(v, attn.n_kv_heads),
+        )
         o = mx.fast.scaled_dot_product_attention(q, k, v, scale=attn.scale, mask="causal" if T > 1 else None)
         o = batch.from_grid(o.transpose(0, 2, 1, 3).reshape(B, T, -1))
         if pooled:  # only each prompt's last token is read after this layer

@@ -9,7 +9,12 @@ import mlx.core as mx
 
 from reflex_core.errors import first_line
 from reflex_core.spec import (
-    ADAPTERS_FILE, BACKBONE_DIR, MODEL_CONFIG_FILE, MODEL_FORMAT, ReflexArgs, reflex_config,
+    ADAPTERS_FILE,
+    BACKBONE_DIR,
+    MODEL_CONFIG_FILE,
+    MODEL_FORMAT,
+    ReflexArgs,
+    reflex_config,
 )
 
 from .model import Reflex, ReflexModel

@@ -11,7 +11,7 @@ reflex_torch/model.py is the same file for PyTorch.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -105,9 +105,7 @@ class Reflex(nn.Module):
         H = args.hidden
         self.state_encoder = StateEncoder(H)
         self.kv_norm = nn.LayerNorm(H, eps=LAYER_NORM_EPS)
-        self.adapters = [
-            Adapter(H, args.adapter_mlp_ratio, args.adapter_heads) for _ in args.adapter_layers
-        ]
+        self.adapters = [Adapter(H, args.adapter_mlp_ratio, args.adapter_heads) for _ in args.adapter_layers]
         self.head_mlp = MLP(H, H)
         self.embed_head = nn.Linear(H, args.embed_dim)
         self.instr_table = nn.Embedding(args.num_instrs, args.embed_dim)
@@ -141,8 +139,9 @@ class Reflex(nn.Module):
             if key.endswith(("attn.in_proj_weight", "attn.in_proj_bias")):
                 stem, suffix = key.rsplit(".", 1)[0], key.rsplit("_", 1)[1]
                 q, k, v = mx.split(value, 3, axis=0)  # packed Wq; Wk; Wv rows
-                out.update({f"{stem}.q_proj.{suffix}": q, f"{stem}.k_proj.{suffix}": k,
-                            f"{stem}.v_proj.{suffix}": v})
+                out.update(
+                    {f"{stem}.q_proj.{suffix}": q, f"{stem}.k_proj.{suffix}": k, f"{stem}.v_proj.{suffix}": v}
+                )
                 continue
             if key == "instr_words":
                 value = value.astype(mx.uint32)  # low 32 bits, as the release masks them
@@ -161,8 +160,10 @@ class ReflexModel(nn.Module):
         self.reflex = reflex
         self.adapter_layers = list(reflex.args.adapter_layers)
         if max(self.adapter_layers) >= len(self.backbone.layers):
-            raise ValueError(f"the adapter layers {self.adapter_layers} do not fit a "
-                             f"{len(self.backbone.layers)}-layer backbone")
+            raise ValueError(
+                f"the adapter layers {self.adapter_layers} do not fit a "
+                f"{len(self.backbone.layers)}-layer backbone"
+            )
 
     def __call__(self, input_ids: mx.array, attention_mask: mx.array, states: mx.array) -> mx.array:
         """Prompt tokens [B, T] (right padded), mask [B, T], states [B, 65] -> pred [B, E].

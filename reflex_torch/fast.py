@@ -24,8 +24,8 @@ reflex_mlx/fast.py is the same file for MLX.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -52,8 +52,12 @@ class FusedLayer:
 def _joined(parts: list[nn.Linear]) -> nn.Linear:
     """One nn.Linear whose output rows are the parts' rows in order; each part's
     weight and bias become views of it (same values, no second copy)."""
-    joined = nn.Linear(parts[0].in_features, sum(p.out_features for p in parts),
-                       bias=parts[0].bias is not None, device="meta")
+    joined = nn.Linear(
+        parts[0].in_features,
+        sum(p.out_features for p in parts),
+        bias=parts[0].bias is not None,
+        device="meta",
+    )
     for name in ("weight", "bias"):
         if getattr(parts[0], name) is None:
             continue
@@ -62,7 +66,7 @@ def _joined(parts: list[nn.Linear]) -> nn.Linear:
         start = 0
         for p in parts:
             size = p.out_features
-            setattr(p, name, nn.Parameter(whole[start:start + size], requires_grad=False))
+            setattr(p, name, nn.Parameter(whole[start : start + size], requires_grad=False))
             start += size
     return joined
 
@@ -76,14 +80,19 @@ def fuse_projections(backbone: nn.Module) -> list[FusedLayer]:
     product where there were three (q, k, v) or two (gate, up). Done once per
     backbone, however many runners fuse it.
     """
+
     def build():
         fused = []
         for layer in backbone.layers:
             attn, mlp = layer.self_attn, layer.mlp
             q, k = attn.q_proj.out_features, attn.k_proj.out_features
-            fused.append(FusedLayer(qkv=_joined([attn.q_proj, attn.k_proj, attn.v_proj]),
-                                    qkv_split=[q, q + k],
-                                    gate_up=_joined([mlp.gate_proj, mlp.up_proj])))
+            fused.append(
+                FusedLayer(
+                    qkv=_joined([attn.q_proj, attn.k_proj, attn.v_proj]),
+                    qkv_split=[q, q + k],
+                    gate_up=_joined([mlp.gate_proj, mlp.up_proj]),
+                )
+            )
         return fused
 
     return once_per_object(backbone, "fused projections", build)
@@ -157,9 +166,15 @@ class FastReflex:
     cuda_graph: capture and replay the step on CUDA (ignored elsewhere).
     """
 
-    def __init__(self, model: ReflexModel, adapter_dtype: torch.dtype | None = None,
-                 fuse: bool = False, compile: bool | str = False, cuda_graph: bool = True,
-                 in_place: bool = False):
+    def __init__(
+        self,
+        model: ReflexModel,
+        adapter_dtype: torch.dtype | None = None,
+        fuse: bool = False,
+        compile: bool | str = False,
+        cuda_graph: bool = True,
+        in_place: bool = False,
+    ):
         self.model = model
         self.backbone = model.backbone
         self.fused = fuse_projections(self.backbone) if fuse else None
@@ -228,8 +243,9 @@ class FastReflex:
             o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=attn.scaling, enable_gqa=True)
             o, h = o.flatten(1), h[batch.last]
         else:
-            o = F.scaled_dot_product_attention(grid(q), k, v, is_causal=True, scale=attn.scaling,
-                                               enable_gqa=True)
+            o = F.scaled_dot_product_attention(
+                grid(q), k, v, is_causal=True, scale=attn.scaling, enable_gqa=True
+            )
             o = batch.from_grid(o.transpose(1, 2)).flatten(1)
         h = h + attn.o_proj(o)
         x = layer.post_attention_layernorm(h)

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import torch
 
-from reflex_core.corpus import CorpusProgram, replay
 from reflex_core.batching import pad_batch
+from reflex_core.corpus import CorpusProgram, replay
 from reflex_core.prompt import encode_prompt
 
 HELDOUT_FILE = "heldout.json"
@@ -50,17 +50,24 @@ def heldout_cycles(entries: list[dict]) -> list[list[tuple[list[int], int]]]:
     cycles = []
     for entry in entries:
         program = CorpusProgram(
-            category=entry.get("category", ""), family=entry.get("family", ""),
-            instruction=entry["prompts"][0], variants=list(entry["prompts"]),
-            words=[int(w, 16) for w in entry["words"]], expected_result={}, num_ops=0,
+            category=entry.get("category", ""),
+            family=entry.get("family", ""),
+            instruction=entry["prompts"][0],
+            variants=list(entry["prompts"]),
+            words=[int(w, 16) for w in entry["words"]],
+            expected_result={},
+            num_ops=0,
         )
         cycles.append(replay(program))
     return cycles
 
 
 def make_pairs(
-    entries: list[dict], cycles: list[list[tuple[list[int], int]]],
-    all_prompts: bool = False, max_samples: int | None = None, seed: int = EVAL_SEED,
+    entries: list[dict],
+    cycles: list[list[tuple[list[int], int]]],
+    all_prompts: bool = False,
+    max_samples: int | None = None,
+    seed: int = EVAL_SEED,
 ) -> list[Pair]:
     """Every cycle with its program's first prompt (or with every prompt), optionally a fixed subsample."""
     pairs = []
@@ -101,8 +108,12 @@ def top1(model, tokenizer, config: dict, pairs: list[Pair], batch: int = 64) -> 
 def main(argv: list[str] | None = None) -> float:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path, help="training output folder (reflex.pt, heldout.json)")
-    parser.add_argument("--all-prompts", action="store_true", help="every prompt of each program, not just the first")
-    parser.add_argument("--max-samples", type=int, default=None, help="cap on (cycle, prompt) pairs (fixed subsample)")
+    parser.add_argument(
+        "--all-prompts", action="store_true", help="every prompt of each program, not just the first"
+    )
+    parser.add_argument(
+        "--max-samples", type=int, default=None, help="cap on (cycle, prompt) pairs (fixed subsample)"
+    )
     parser.add_argument("--backbone", default=None, help="override the checkpoint's backbone_id")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch", type=int, default=64)
@@ -114,7 +125,9 @@ def main(argv: list[str] | None = None) -> float:
         sys.exit(f"error: no {HELDOUT_FILE} in {args.out} (written by python -m reflex_torch.train)")
     started = time.time()
     model, tokenizer, config = load_model(
-        args.out / "reflex.pt", backbone=args.backbone, device=args.device,
+        args.out / "reflex.pt",
+        backbone=args.backbone,
+        device=args.device,
         backbone_dtype=torch.float32 if args.device == "cpu" else None,
     )
     entries = read_heldout(args.out)
@@ -127,8 +140,10 @@ def main(argv: list[str] | None = None) -> float:
     seen = {pair.program for pair in pairs}
     accuracy = correct / max(len(pairs), 1)
     print(f"held-out per-step top-1: {100 * accuracy:.2f}% ({len(pairs)} cycles)")
-    print(f"held-out programs with every scored cycle right: {len(seen - wrong)}/{len(seen)} "
-          f"({time.time() - started:.0f}s)")
+    print(
+        f"held-out programs with every scored cycle right: {len(seen - wrong)}/{len(seen)} "
+        f"({time.time() - started:.0f}s)"
+    )
     return accuracy
 
 

@@ -10,7 +10,7 @@ RMSNorm runs after the last layer. `Reference` runs it as a predictor runner
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -110,8 +110,9 @@ class ReflexModel(nn.Module):
         self.reflex = reflex
         self.adapter_layers = list(reflex.args.adapter_layers)
         if max(self.adapter_layers) >= len(backbone.layers):
-            raise ValueError(f"the adapter layers {self.adapter_layers} do not fit a "
-                             f"{len(backbone.layers)}-layer backbone")
+            raise ValueError(
+                f"the adapter layers {self.adapter_layers} do not fit a {len(backbone.layers)}-layer backbone"
+            )
         self._kv: torch.Tensor | None = None  # the encoded state, only during forward()
         for adapter, layer in zip(reflex.adapters, self.adapter_layers):
             backbone.layers[layer].register_forward_hook(self._hook(adapter))

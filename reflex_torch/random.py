@@ -97,9 +97,17 @@ def build_fixture(out: Path, seed: int = 0, shape: Shape = FIXTURE) -> Path:
     torch.manual_seed(seed)
 
     tokenizer = train_tokenizer(TOKENIZER_TEXTS, shape.vocab)
-    qwen = Qwen2ForCausalLM(Qwen2Config(**qwen2_config(
-        shape, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id, bos_token_id=None)))
+    qwen = Qwen2ForCausalLM(
+        Qwen2Config(
+            **qwen2_config(
+                shape,
+                vocab_size=len(tokenizer),
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+                bos_token_id=None,
+            )
+        )
+    )
     with torch.no_grad():  # a livelier residual stream than the 0.02 default init
         qwen.model.embed_tokens.weight.normal_(0.0, 1.0)
     qwen.save_pretrained(out / "backbone")
@@ -149,8 +157,11 @@ def _fill(name: str, p: torch.Tensor, gen: torch.Generator, layers: int) -> None
 
 @torch.no_grad()
 def build_random_reflex(
-    shape: Shape, seed: int = 0, device: str | torch.device = "cpu",
-    backbone_dtype: torch.dtype = torch.bfloat16, adapter_dtype: torch.dtype = torch.float32,
+    shape: Shape,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    backbone_dtype: torch.dtype = torch.bfloat16,
+    adapter_dtype: torch.dtype = torch.float32,
 ) -> tuple[ReflexModel, dict]:
     """(ReflexModel in eval mode, config) with deterministic random weights on `device`."""
     device = torch.device(device)

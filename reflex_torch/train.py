@@ -37,9 +37,9 @@ import torch.nn.functional as F
 
 import reflex_core
 from reflex_core.corpus import find_corpus, load_programs, replay
+from reflex_core.files import write_atomically
 from reflex_core.hub import resolve_backbone
 from reflex_core.prompt import encode_prompt
-from reflex_core.files import write_atomically
 from reflex_core.shapes import TINY, qwen2_config, reflex_config
 from reflex_core.spec import SYSTEM_PROMPT, ReflexArgs
 
@@ -54,9 +54,26 @@ MAX_FLOAT32_BACKBONE_BYTES = 16 * 2**20  # bigger from-scratch backbones are sav
 # On --resume these always come from the saved run, so the data split and the model
 # are the same; every other setting does too unless given again on the command line.
 RUN_DEFINING_ARGS = (
-    "corpus", "families", "max_programs", "heldout_fraction", "seed", "eval_filter", "backbone",
-    "hidden", "layers", "heads", "kv_heads", "intermediate", "vocab", "rope_theta", "embed_dim",
-    "adapter_mlp_ratio", "inject_every", "max_instr_tokens", "temperature", "eval_samples",
+    "corpus",
+    "families",
+    "max_programs",
+    "heldout_fraction",
+    "seed",
+    "eval_filter",
+    "backbone",
+    "hidden",
+    "layers",
+    "heads",
+    "kv_heads",
+    "intermediate",
+    "vocab",
+    "rope_theta",
+    "embed_dim",
+    "adapter_mlp_ratio",
+    "inject_every",
+    "max_instr_tokens",
+    "temperature",
+    "eval_samples",
 )
 # Per invocation: where, on what, and when to stop this time.
 NOT_RESUMED = ("out", "resume", "stop_at", "time_limit", "device", "threads")
@@ -91,13 +108,19 @@ def build_parser() -> argparse.ArgumentParser:
     # data
     p.add_argument("--corpus", default=None, help="corpus folder (default: find_corpus())")
     p.add_argument("--families", default=None, help="comma-separated families to train on (default: all)")
-    p.add_argument("--max-programs", type=int, default=None, help="random subset of distinct programs (tests)")
+    p.add_argument(
+        "--max-programs", type=int, default=None, help="random subset of distinct programs (tests)"
+    )
     p.add_argument("--heldout-fraction", type=float, default=0.05)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--eval-filter", choices=sorted(EVAL_FILTERS), default="punctuation",
-                   help="which training prompts count as an evaluation prompt and are dropped: "
-                        "equal up to case and spacing (exact), or also up to punctuation and "
-                        "quotes (punctuation: 'say \"hi\"' is 'say hi')")
+    p.add_argument(
+        "--eval-filter",
+        choices=sorted(EVAL_FILTERS),
+        default="punctuation",
+        help="which training prompts count as an evaluation prompt and are dropped: "
+        "equal up to case and spacing (exact), or also up to punctuation and "
+        "quotes (punctuation: 'say \"hi\"' is 'say hi')",
+    )
     # model
     p.add_argument("--backbone", default=None, help="pretrained Qwen2 (hub id or folder), frozen")
     p.add_argument("--hidden", type=int, default=192)
@@ -120,19 +143,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--temperature", type=float, default=0.07)
     p.add_argument("--grad-clip", type=float, default=1.0)
-    p.add_argument("--bf16", choices=("auto", "on", "off"), default="auto",
-                   help="bf16 autocast of the forward (auto: on with CUDA)")
+    p.add_argument(
+        "--bf16",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="bf16 autocast of the forward (auto: on with CUDA)",
+    )
     p.add_argument("--device", default=None)
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (1 avoids stalls on a busy small CPU)")
+    p.add_argument(
+        "--threads", type=int, default=None, help="CPU threads (1 avoids stalls on a busy small CPU)"
+    )
     # progress, checkpoints
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--eval-every", type=int, default=500)
     p.add_argument("--eval-samples", type=int, default=2000)
     p.add_argument("--eval-batch", type=int, default=128)
     p.add_argument("--save-every", type=int, default=1000)
-    p.add_argument("--save-backbone-dtype", choices=("auto", "float32", "bfloat16"), default="auto",
-                   help=f"auto: float32 unless that exceeds {MAX_FLOAT32_BACKBONE_BYTES >> 20} MiB")
-    p.add_argument("--time-limit", type=float, default=None, help="stop cleanly (saving) after this many seconds")
+    p.add_argument(
+        "--save-backbone-dtype",
+        choices=("auto", "float32", "bfloat16"),
+        default="auto",
+        help=f"auto: float32 unless that exceeds {MAX_FLOAT32_BACKBONE_BYTES >> 20} MiB",
+    )
+    p.add_argument(
+        "--time-limit", type=float, default=None, help="stop cleanly (saving) after this many seconds"
+    )
     p.add_argument("--stop-at", type=int, default=None, help="stop cleanly (saving) after this step")
     return p
 
@@ -169,7 +204,9 @@ def split_programs(args) -> Split:
     """Group programs by their words, hold out a fraction of the groups, drop eval prompts."""
     root = Path(args.corpus) if args.corpus else find_corpus()
     if root is None or not (root / "programs").is_dir():
-        sys.exit(f"error: no training corpus at {root or '(none found)'}: pass --corpus DIR or set REFLEX_CORPUS")
+        sys.exit(
+            f"error: no training corpus at {root or '(none found)'}: pass --corpus DIR or set REFLEX_CORPUS"
+        )
     programs = load_programs(root)
     if args.families:
         wanted = set(args.families.split(","))
@@ -194,10 +231,14 @@ def split_programs(args) -> Split:
     for index, group in enumerate(distinct):
         program, prompts = group["program"], list(group["prompts"])
         if index in held:
-            heldout.append({
-                "family": program.family, "category": program.category,
-                "words": [f"{w:08x}" for w in program.words], "prompts": prompts,
-            })
+            heldout.append(
+                {
+                    "family": program.family,
+                    "category": program.category,
+                    "words": [f"{w:08x}" for w in program.words],
+                    "prompts": prompts,
+                }
+            )
             continue
         kept = [p for p in prompts if key(p) not in forbidden]
         removed += len(prompts) - len(kept)
@@ -205,10 +246,16 @@ def split_programs(args) -> Split:
         if kept:
             train.append({"program": program, "prompts": kept})
     counts = {
-        "corpus": str(root), "programs": len(programs), "distinct_programs": len(groups),
-        "used_programs": len(distinct), "heldout_programs": len(heldout), "train_programs": len(train),
-        "removed_eval_prompt_pairs": removed, "removed_eval_prompts_distinct": len(removed_distinct),
-        "eval_prompts_distinct": len(forbidden), "eval_filter": args.eval_filter,
+        "corpus": str(root),
+        "programs": len(programs),
+        "distinct_programs": len(groups),
+        "used_programs": len(distinct),
+        "heldout_programs": len(heldout),
+        "train_programs": len(train),
+        "removed_eval_prompt_pairs": removed,
+        "removed_eval_prompts_distinct": len(removed_distinct),
+        "eval_prompts_distinct": len(forbidden),
+        "eval_filter": args.eval_filter,
     }
     return Split(train, heldout, counts)
 
@@ -283,11 +330,23 @@ def build_backbone(args, train_prompts: list[str], device, resume: bool):
     else:  # on the texts as the model sees them, so the fixed system message merges into few tokens
         texts = [f"system\n{SYSTEM_PROMPT}\nuser\n{p}\nassistant\n" for p in train_prompts]
         tokenizer = as_loaded(train_tokenizer(texts, args.vocab))
-    shape = TINY.with_(hidden=args.hidden, layers=args.layers, heads=args.heads, kv_heads=args.kv_heads,
-                       intermediate=args.intermediate, rope_theta=args.rope_theta)
-    qwen_config = Qwen2Config(**qwen2_config(
-        shape, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id, bos_token_id=None))
+    shape = TINY.with_(
+        hidden=args.hidden,
+        layers=args.layers,
+        heads=args.heads,
+        kv_heads=args.kv_heads,
+        intermediate=args.intermediate,
+        rope_theta=args.rope_theta,
+    )
+    qwen_config = Qwen2Config(
+        **qwen2_config(
+            shape,
+            vocab_size=len(tokenizer),
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            bos_token_id=None,
+        )
+    )
     causal = Qwen2ForCausalLM(qwen_config).to(device)
     return causal, causal.model, tokenizer, BACKBONE_DIR
 
@@ -330,7 +389,9 @@ def atomic_save(obj, path: Path) -> None:
 def write_release(out: Path, reflex: Reflex, config: dict, causal, tokenizer, args) -> None:
     """OUT/reflex.pt as released (float32, int64 instr_words) and, from scratch, OUT/backbone/."""
     state = {
-        k: (v.detach().to("cpu", torch.int64) if k == "instr_words" else v.detach().to("cpu", torch.float32)).contiguous()
+        k: (
+            v.detach().to("cpu", torch.int64) if k == "instr_words" else v.detach().to("cpu", torch.float32)
+        ).contiguous()
         for k, v in reflex.state_dict().items()
     }
     atomic_save({"state": state, "config": dict(config)}, out / "reflex.pt")
@@ -355,13 +416,21 @@ def write_release(out: Path, reflex: Reflex, config: dict, causal, tokenizer, ar
 
 
 def write_state(out: Path, step: int, model, optimizer, generator, args) -> None:
-    trainable = {k: v for k, v in model.state_dict().items()} if args.backbone is None else model.reflex.state_dict()
-    atomic_save({
-        "step": step, "model": trainable, "optimizer": optimizer.state_dict(),
-        "sampler": generator.get_state(), "torch_rng": torch.get_rng_state(),
-        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-    }, out / STATE_FILE)
+    trainable = (
+        {k: v for k, v in model.state_dict().items()} if args.backbone is None else model.reflex.state_dict()
+    )
+    atomic_save(
+        {
+            "step": step,
+            "model": trainable,
+            "optimizer": optimizer.state_dict(),
+            "sampler": generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        },
+        out / STATE_FILE,
+    )
 
 
 def log(out: Path, record: dict, line: str) -> None:
@@ -401,16 +470,25 @@ def main(argv: list[str] | None = None) -> dict:
     # Data: the split, the held-out list, the codebook over every cycle of the corpus.
     split = split_programs(args)
     c = split.counts
-    (out / HELDOUT_FILE).write_text(json.dumps(
-        {"seed": args.seed, "fraction": args.heldout_fraction, "counts": c, "programs": split.heldout}, indent=1))
+    (out / HELDOUT_FILE).write_text(
+        json.dumps(
+            {"seed": args.seed, "fraction": args.heldout_fraction, "counts": c, "programs": split.heldout},
+            indent=1,
+        )
+    )
     held_cycles = heldout_cycles(split.heldout)
     train_prompts = list(dict.fromkeys(p for g in split.train for p in g["prompts"]))
     train_cycles = [replay(g["program"]) for g in split.train]
     codebook = sorted({w for cycles in train_cycles + held_cycles for _, w in cycles})
 
     causal, backbone, tokenizer, backbone_id = build_backbone(args, train_prompts, device, args.resume)
-    shape = TINY.with_(hidden=backbone.config.hidden_size, inject_every=args.inject_every,
-                       mlp_ratio=args.adapter_mlp_ratio, embed_dim=args.embed_dim, num_instrs=len(codebook))
+    shape = TINY.with_(
+        hidden=backbone.config.hidden_size,
+        inject_every=args.inject_every,
+        mlp_ratio=args.adapter_mlp_ratio,
+        embed_dim=args.embed_dim,
+        num_instrs=len(codebook),
+    )
     config = reflex_config(shape, backbone_id, max_instr_tokens=args.max_instr_tokens)
     reflex = Reflex(ReflexArgs.from_config(config, backbone.config.num_hidden_layers))
     reflex.instr_words.copy_(torch.tensor(codebook, dtype=torch.int64))
@@ -420,19 +498,32 @@ def main(argv: list[str] | None = None) -> dict:
     del train_cycles
     eval_pairs = make_pairs(split.heldout, held_cycles, all_prompts=True, max_samples=args.eval_samples)
 
-    print(f"corpus {c['corpus']}: {c['programs']} programs, {c['distinct_programs']} distinct by words"
-          + (f", {c['used_programs']} used" if c["used_programs"] != c["distinct_programs"] else ""))
-    print(f"held out {c['heldout_programs']} programs ({sum(map(len, held_cycles))} cycles, "
-          f"{sum(len(e['prompts']) for e in split.heldout)} prompts) -> {out / HELDOUT_FILE}")
-    print(f"removed {c['removed_eval_prompt_pairs']} (program, prompt) pairs matching "
-          f"{c['removed_eval_prompts_distinct']} of the {c['eval_prompts_distinct']} distinct eval prompts")
-    print(f"train: {c['train_programs']} programs, {samples.num_prompts} distinct prompts "
-          f"({int(samples.count.sum())} program-prompt pairs, longest {samples.max_prompt_len} tokens, "
-          f"{samples.truncated} truncated), {len(samples)} samples; codebook {len(codebook)} words")
+    print(
+        f"corpus {c['corpus']}: {c['programs']} programs, {c['distinct_programs']} distinct by words"
+        + (f", {c['used_programs']} used" if c["used_programs"] != c["distinct_programs"] else "")
+    )
+    print(
+        f"held out {c['heldout_programs']} programs ({sum(map(len, held_cycles))} cycles, "
+        f"{sum(len(e['prompts']) for e in split.heldout)} prompts) -> {out / HELDOUT_FILE}"
+    )
+    print(
+        f"removed {c['removed_eval_prompt_pairs']} (program, prompt) pairs matching "
+        f"{c['removed_eval_prompts_distinct']} of the {c['eval_prompts_distinct']} distinct eval prompts"
+    )
+    print(
+        f"train: {c['train_programs']} programs, {samples.num_prompts} distinct prompts "
+        f"({int(samples.count.sum())} program-prompt pairs, longest {samples.max_prompt_len} tokens, "
+        f"{samples.truncated} truncated), {len(samples)} samples; codebook {len(codebook)} words"
+    )
     trainable = [p for p in model.parameters() if p.requires_grad]
-    print(f"backbone {count_params(backbone) / 1e6:.2f}M params ({'frozen ' + backbone_id if args.backbone else 'from scratch'}), "
-          f"reflex {count_params(reflex) / 1e6:.2f}M, trainable {sum(p.numel() for p in trainable) / 1e6:.2f}M; "
-          f"device {device}{', bf16 autocast' if use_bf16 else ''}", flush=True)
+    print(
+        f"backbone {count_params(backbone) / 1e6:.2f}M params "
+        f"({'frozen ' + backbone_id if args.backbone else 'from scratch'}), "
+        f"reflex {count_params(reflex) / 1e6:.2f}M, "
+        f"trainable {sum(p.numel() for p in trainable) / 1e6:.2f}M; "
+        f"device {device}{', bf16 autocast' if use_bf16 else ''}",
+        flush=True,
+    )
 
     # AdamW with weight decay on matrices only (not on norms, biases, gates).
     groups = [
@@ -459,8 +550,11 @@ def main(argv: list[str] | None = None) -> dict:
         correct, _ = top1(model, tokenizer, config, eval_pairs, args.eval_batch)
         model.train()
         accuracy = correct / max(len(eval_pairs), 1)
-        log(out, {"step": step, "heldout_top1": accuracy, "n": len(eval_pairs), "elapsed": time.time() - started},
-            f"step {step} | held-out top-1 {100 * accuracy:.2f}% ({len(eval_pairs)} cycle-prompt pairs)")
+        log(
+            out,
+            {"step": step, "heldout_top1": accuracy, "n": len(eval_pairs), "elapsed": time.time() - started},
+            f"step {step} | held-out top-1 {100 * accuracy:.2f}% ({len(eval_pairs)} cycle-prompt pairs)",
+        )
         return accuracy
 
     def save() -> None:
@@ -493,8 +587,12 @@ def main(argv: list[str] | None = None) -> dict:
         if step % args.log_every == 0 or step == 1:
             rate = window_steps / (time.time() - window_start)
             elapsed = time.time() - started
-            log(out, {"step": step, "loss": loss.item(), "lr": lr, "steps_per_s": rate, "elapsed": elapsed},
-                f"step {step}/{args.steps} | loss {loss.item():.4f} | lr {lr:.2e} | {rate:.2f} steps/s | {elapsed:.0f}s")
+            log(
+                out,
+                {"step": step, "loss": loss.item(), "lr": lr, "steps_per_s": rate, "elapsed": elapsed},
+                f"step {step}/{args.steps} | loss {loss.item():.4f} | lr {lr:.2e} | "
+                f"{rate:.2f} steps/s | {elapsed:.0f}s",
+            )
             window_start, window_steps = time.time(), 0
         if step % args.eval_every == 0:
             evaluate()
@@ -507,11 +605,20 @@ def main(argv: list[str] | None = None) -> dict:
     if evaluated_at != step:
         evaluate()
     save()
-    print(f"stopped at step {step}/{args.steps} ({stop_reason}); wrote {out}/reflex.pt"
-          + (f", {out}/{BACKBONE_DIR}/" if causal is not None else "")
-          + f", {STATE_FILE} ({time.time() - started:.0f}s)", flush=True)
-    return {"step": step, "counts": c, "config": config, "model": model, "tokenizer": tokenizer,
-            "eval_pairs": eval_pairs}
+    print(
+        f"stopped at step {step}/{args.steps} ({stop_reason}); wrote {out}/reflex.pt"
+        + (f", {out}/{BACKBONE_DIR}/" if causal is not None else "")
+        + f", {STATE_FILE} ({time.time() - started:.0f}s)",
+        flush=True,
+    )
+    return {
+        "step": step,
+        "counts": c,
+        "config": config,
+        "model": model,
+        "tokenizer": tokenizer,
+        "eval_pairs": eval_pairs,
+    }
 
 
 if __name__ == "__main__":

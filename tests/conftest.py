@@ -63,8 +63,13 @@ def _convert(fixture_dir, out, **kw):
 @pytest.fixture(scope="session")
 def mlx_float32_dir(fixture_dir, tmp_path_factory):
     """The fixture converted with an unquantized float32 backbone and float32 adapters."""
-    return _convert(fixture_dir, tmp_path_factory.mktemp("mlx") / "f32", quantize=False,
-                    dtype="float32", backbone_dtype="float32")
+    return _convert(
+        fixture_dir,
+        tmp_path_factory.mktemp("mlx") / "f32",
+        quantize=False,
+        dtype="float32",
+        backbone_dtype="float32",
+    )
 
 
 @pytest.fixture(scope="session")

@@ -49,16 +49,23 @@ def main(argv=None) -> None:
             for i in range(len(layers)):
                 h = fast._layer(i, h, batch, pooled=False)
             return h[-1, :8]
+
         return run
 
     x0 = mx.array(inputs[0]).astype(mx.bfloat16)
     ref = mx.compile(mlx_lm)(x0).astype(mx.float32)
-    for name, fn in [("mlx-lm layers", mlx_lm), ("FastReflex layer", own(FastReflex(model))),
-                     ("FastReflex layer, fused q/k/v + gate/up", own(FastReflex(model, fuse=True)))]:
+    for name, fn in [
+        ("mlx-lm layers", mlx_lm),
+        ("FastReflex layer", own(FastReflex(model))),
+        ("FastReflex layer, fused q/k/v + gate/up", own(FastReflex(model, fuse=True))),
+    ]:
         compiled = mx.compile(fn)
         err = float(mx.linalg.norm(compiled(x0).astype(mx.float32) - ref) / mx.linalg.norm(ref))
-        ms = median_ms(lambda x: np.array(compiled(mx.array(x).astype(mx.bfloat16)).astype(mx.float32)),
-                       inputs, warmup=3)
+        ms = median_ms(
+            lambda x, c=compiled: np.array(c(mx.array(x).astype(mx.bfloat16)).astype(mx.float32)),
+            inputs,
+            warmup=3,
+        )
         print(f"{name:45s} {ms:7.3f} ms  rel err vs mlx-lm {err:.1e}", flush=True)
 
 

@@ -29,19 +29,24 @@ from reflex_mlx.model import Reflex, ReflexModel
 
 def random_model(shape, bits: int | None) -> ReflexModel:
     """An MLX ReflexModel of `shape`, bf16, unit-gain random linears, gates at 0.5."""
+
     def scale(module):
         for _, mod in module.named_modules():
             if isinstance(mod, nn.Linear):
-                mod.weight = (mx.random.normal(mod.weight.shape) * mod.weight.shape[1] ** -0.5)
+                mod.weight = mx.random.normal(mod.weight.shape) * mod.weight.shape[1] ** -0.5
 
     backbone = qwen2.Model(qwen2.ModelArgs.from_dict(qwen2_config(shape, model_type="qwen2")))
     scale(backbone)
     backbone.set_dtype(mx.bfloat16)
     if bits:
         nn.quantize(backbone, group_size=64, bits=bits)
-    args = ReflexArgs(hidden=shape.hidden, embed_dim=shape.embed_dim, num_instrs=shape.num_instrs,
-                      adapter_mlp_ratio=shape.mlp_ratio,
-                      adapter_layers=tuple(range(shape.inject_every - 1, shape.layers, shape.inject_every)))
+    args = ReflexArgs(
+        hidden=shape.hidden,
+        embed_dim=shape.embed_dim,
+        num_instrs=shape.num_instrs,
+        adapter_mlp_ratio=shape.mlp_ratio,
+        adapter_layers=tuple(range(shape.inject_every - 1, shape.layers, shape.inject_every)),
+    )
     reflex = Reflex(args)
     scale(reflex)
     reflex.set_dtype(mx.bfloat16)
@@ -87,11 +92,13 @@ def main(argv=None) -> None:
             h = h + a.mlp(a.norm_mlp(h))
         return h[:, -1, :8] + s[:, :1].astype(h.dtype)
 
-    host = lambda f: (lambda s: np.array(f(mx.array(s)).astype(mx.float32)))
+    host = lambda f: lambda s: np.array(f(mx.array(s)).astype(mx.float32))
     parts = {
         "step + decode, compiled (FastReflex)": lambda s: fast.words(batch, s),
         "step + decode, not compiled": lambda s: plain.words(batch, s),
-        "backbone layers after the first adapter, compiled": host(lambda s: mx.compile(backbone_only)(prefix, s)),
+        "backbone layers after the first adapter, compiled": host(
+            lambda s: mx.compile(backbone_only)(prefix, s)
+        ),
         "adapters, compiled": host(lambda s: mx.compile(adapters_only)(prefix, s)),
         "adapter MLPs, compiled": host(lambda s: mx.compile(adapter_mlps)(prefix, s)),
         "trivial op": host(lambda s: s + 1),

@@ -20,8 +20,17 @@ T0, T1, T2, S0 = 5, 6, 7, 8
 # "copy 2-element array" expects [11, 22]); against the §5 seed 1..8 only some
 # of their programs (or none) can match. Every other family must pass in full.
 SOURCE_DATA_FAMILIES = {
-    "bubble_sort_small", "copy_array", "count_char", "count_occurrences", "find_element",
-    "max_array", "memcpy", "min_array", "reverse_array", "strlen", "sum_array",
+    "bubble_sort_small",
+    "copy_array",
+    "count_char",
+    "count_occurrences",
+    "find_element",
+    "max_array",
+    "memcpy",
+    "min_array",
+    "reverse_array",
+    "strlen",
+    "sum_array",
 }
 # Of those, the families where no program at all can match (every expected
 # result depends on the unrecorded data); every other family has a passing one.
@@ -38,7 +47,7 @@ def test_encoders_match_capstone():
     md = Cs(CS_ARCH_RISCV, CS_MODE_RISCV32)
 
     def text(word):
-        (_, _, mnemonic, operands), = md.disasm_lite(word.to_bytes(4, "little"), 0)
+        ((_, _, mnemonic, operands),) = md.disasm_lite(word.to_bytes(4, "little"), 0)
         return f"{mnemonic} {operands}".strip()
 
     assert text(r.addi(T0, 0, 5)) == "addi t0, zero, 5"
@@ -141,7 +150,14 @@ def test_negative_expected_values_compare_unsigned():
 
 
 def test_dst_check_and_copy():
-    program = [r.lui(T0, 5), r.lw(T1, T0, 0x100), r.sw(T1, T0, 0x200), r.lw(T1, T0, 0x104), r.sw(T1, T0, 0x204), spec.HALT_WORD]
+    program = [
+        r.lui(T0, 5),
+        r.lw(T1, T0, 0x100),
+        r.sw(T1, T0, 0x200),
+        r.lw(T1, T0, 0x104),
+        r.sw(T1, T0, 0x204),
+        spec.HALT_WORD,
+    ]
     assert check(run(program_predictor(program)), "dst", [1, 2])
 
 
@@ -150,7 +166,11 @@ def test_dst_check_and_copy():
     [
         ([r.addi(T0, 0, 1), 0], 0x1004, "zero word"),
         ([r.addi(T0, 0, 1), r.addi(T0, 0, 2), 0xFFFFFFFF], 0x1008, "illegal instruction"),
-        ([r.lui(T0, 0x20), r.addi(T1, 0, 1), r.addi(T1, 0, 2), r.sw(T1, T0, 0)], 0x100C, "write to unmapped memory"),
+        (
+            [r.lui(T0, 0x20), r.addi(T1, 0, 1), r.addi(T1, 0, 2), r.sw(T1, T0, 0)],
+            0x100C,
+            "write to unmapped memory",
+        ),
         ([r.lui(T0, 0x20), r.lw(T1, T0, 0)], 0x1004, "read from unmapped memory"),
         ([r.lui(T0, 0x20), r.jalr(0, T0, 0)], 0x1004, "unmapped memory"),
     ],
@@ -198,7 +218,14 @@ def test_run_many_matches_single_runs():
         [r.addi(T0, 0, 1), 0],
         [r.addi(T0, T0, 1), r.jal(0, -4)],
         [spec.HALT_WORD],
-        [r.addi(T0, 0, 1), r.addi(T1, 0, 2), r.add(T0, T0, T1), r.lui(S0, 5), r.sw(T0, S0, 4), spec.HALT_WORD],
+        [
+            r.addi(T0, 0, 1),
+            r.addi(T1, 0, 2),
+            r.add(T0, T0, T1),
+            r.lui(S0, 5),
+            r.sw(T0, S0, 4),
+            spec.HALT_WORD,
+        ],
     ]
     singles = [run(program_predictor(p), max_cycles=30) for p in programs]
 
@@ -208,7 +235,12 @@ def test_run_many_matches_single_runs():
     batched = run_many(predict_many, len(programs), max_cycles=30, with_indices=True)
     assert [b.outcome for b in batched] == ["halted", "error", "limit", "halted", "halted"]
     for single, many in zip(singles, batched):
-        assert (many.outcome, many.error, many.error_pc, many.cycles) == (single.outcome, single.error, single.error_pc, single.cycles)
+        assert (many.outcome, many.error, many.error_pc, many.cycles) == (
+            single.outcome,
+            single.error,
+            single.error_pc,
+            single.cycles,
+        )
         assert many.memory() == single.memory() and many.registers == single.registers
 
 
@@ -267,11 +299,20 @@ def test_replay_samples(corpus_programs):
     first_state, first_word = samples[0]
     assert len(first_state) == spec.STATE_WORDS and first_state[spec.NUM_REGS] == spec.CODE_START
     assert first_word == program.words[0]
-    assert all(word == c.word and state[spec.NUM_REGS] == c.pc for (state, word), c in zip(samples, result.cycles))
+    assert all(
+        word == c.word and state[spec.NUM_REGS] == c.pc for (state, word), c in zip(samples, result.cycles)
+    )
 
 
 def test_expected_ok_key_forms():
-    program = [r.lui(S0, 5), r.addi(T0, 0, 7), r.sw(T0, S0, 0), r.addi(T0, 0, -1), r.sw(T0, S0, 4), spec.HALT_WORD]
+    program = [
+        r.lui(S0, 5),
+        r.addi(T0, 0, 7),
+        r.sw(T0, S0, 0),
+        r.addi(T0, 0, -1),
+        r.sw(T0, S0, 4),
+        spec.HALT_WORD,
+    ]
     result = run(program_predictor(program))
     assert expected_ok(result, {"mem_0x5000": 7})
     assert expected_ok(result, {"mem_0x5000": [7, -1]})

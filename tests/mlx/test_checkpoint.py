@@ -7,7 +7,6 @@ emits for a state dict.
 
 from __future__ import annotations
 
-import io
 import os
 import pickle
 import subprocess
@@ -20,11 +19,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # no conftest/pyproject yet; make `convert` importable from the repo root
-    sys.path.insert(0, str(REPO))
-
 from convert.checkpoint import CheckpointError, LazyTensor, read_checkpoint
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _torch():
@@ -263,7 +260,8 @@ def test_refuses_global_hidden_in_tensor_position(tmp_path):
 
     marker = tmp_path / "pwned_popen"
     path = _zip_with_pickle(
-        tmp_path / "evil3.pt", {"state": OrderedDict(w=_Payload(sp.Popen, ["touch", str(marker)])), "config": {}}
+        tmp_path / "evil3.pt",
+        {"state": OrderedDict(w=_Payload(sp.Popen, ["touch", str(marker)])), "config": {}},
     )
     with pytest.raises(CheckpointError) as ei:
         read_checkpoint(path)
@@ -354,13 +352,16 @@ def test_import_and_read_without_torch(reflex_ckpt, tmp_path):
         for k, t in ck.state.items():
             a = t.numpy()
             e = exp[k.replace(".", "__")]
-            assert a.dtype == e.dtype and a.shape == e.shape and np.array_equal(a.view(np.uint8), e.view(np.uint8)), k
+            assert a.dtype == e.dtype and a.shape == e.shape, k
+            assert np.array_equal(a.view(np.uint8), e.view(np.uint8)), k
         assert ck.config["hidden"] == 16
         assert "torch" not in sys.modules and "mlx" not in sys.modules
         print("OK", len(ck.state))
         """
     )
-    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    res = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=120
+    )
     assert res.returncode == 0, res.stderr
     assert res.stdout.startswith("OK")
 

@@ -44,8 +44,9 @@ def test_json_matches_schema(mlx_float32_dir):
         assert isinstance(cycle["pc"], int) and 0 <= cycle["word"] < 2**32
         assert isinstance(cycle["asm"], str) and cycle["asm"]
     assert set(report["memory"]) == MEMORY_KEYS
-    assert all(len(words) == 16 and all(isinstance(w, int) for w in words)
-               for words in report["memory"].values())
+    assert all(
+        len(words) == 16 and all(isinstance(w, int) for w in words) for words in report["memory"].values()
+    )
     assert isinstance(report["prompt_tokens"], int) and report["prompt_tokens"] > 0
     assert report["truncated"] is False
 
@@ -69,8 +70,10 @@ def test_missing_model_dir(tmp_path):
     _assert_one_line_error(_run("say hi", "--model", tmp_path / "nope"))
 
 
-@pytest.mark.parametrize("damage", ["no_config", "bad_config", "bad_adapters", "no_backbone",
-                                    "wrong_adapter_shape", "wrong_value_type"])
+@pytest.mark.parametrize(
+    "damage",
+    ["no_config", "bad_config", "bad_adapters", "no_backbone", "wrong_adapter_shape", "wrong_value_type"],
+)
 def test_corrupt_model_dir(mlx_float32_dir, tmp_path, damage):
     broken = tmp_path / "model"
     shutil.copytree(mlx_float32_dir, broken)
@@ -99,11 +102,17 @@ def test_console_script(mlx_float32_dir):
     exe = str(beside) if beside.exists() else shutil.which("reflex-mlx")
     if exe is None:
         pytest.skip("the reflex-mlx console script is not installed")
-    proc = subprocess.run([exe, "run", "say hi", "--model", str(mlx_float32_dir),
-                           "--max-cycles", "3", "--json"], capture_output=True, text=True)
+    proc = subprocess.run(
+        [exe, "run", "say hi", "--model", str(mlx_float32_dir), "--max-cycles", "3", "--json"],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["prompt_tokens"] > 0
-    bad = subprocess.run([sys.executable, "-m", "reflex_mlx", "run", "x", "--model", "/nonexistent"],
-                         capture_output=True, text=True)
+    bad = subprocess.run(
+        [sys.executable, "-m", "reflex_mlx", "run", "x", "--model", "/nonexistent"],
+        capture_output=True,
+        text=True,
+    )
     assert bad.returncode != 0 and "Traceback" not in bad.stderr
     assert bad.stderr.strip().count("\n") == 0

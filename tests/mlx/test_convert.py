@@ -15,8 +15,7 @@ from mlx.utils import tree_flatten
 
 from convert.checkpoint import read_checkpoint
 from convert.convert import ConvertError, convert_checkpoint
-from reflex_core.spec import ADAPTERS_FILE, MODEL_FORMAT
-from reflex_core.spec import ReflexArgs
+from reflex_core.spec import ADAPTERS_FILE, MODEL_FORMAT, ReflexArgs
 from reflex_mlx.model import Reflex
 
 
@@ -35,9 +34,10 @@ def test_layout_and_names(fixture_dir, mlx_float32_dir):
     H = config["hidden"]
     for i, name in enumerate(["q_proj", "k_proj", "v_proj"]):
         got = np.array(weights[f"adapters.1.attn.{name}.weight"])
-        assert np.array_equal(got, packed[i * H:(i + 1) * H])
+        assert np.array_equal(got, packed[i * H : (i + 1) * H])
     assert np.array(weights["instr_words"]).tolist() == [
-        w & 0xFFFFFFFF for w in saved["instr_words"].tolist()]
+        w & 0xFFFFFFFF for w in saved["instr_words"].tolist()
+    ]
     assert (mlx_float32_dir / "backbone" / "tokenizer.json").exists()
 
 
@@ -50,8 +50,14 @@ def test_quantized_backbone(mlx_4bit_dir):
 
 
 def test_dtype_option(fixture_dir, tmp_path):
-    out = convert_checkpoint(str(fixture_dir / "reflex.pt"), str(fixture_dir / "backbone"),
-                             tmp_path / "bf16", quantize=False, dtype="bfloat16", quiet=True)
+    out = convert_checkpoint(
+        str(fixture_dir / "reflex.pt"),
+        str(fixture_dir / "backbone"),
+        tmp_path / "bf16",
+        quantize=False,
+        dtype="bfloat16",
+        quiet=True,
+    )
     weights = mx.load(str(out / ADAPTERS_FILE))
     assert weights["embed_head.weight"].dtype == mx.bfloat16
     assert weights["instr_words"].dtype == mx.uint32
@@ -71,7 +77,9 @@ def test_failure_leaves_nothing_behind(fixture_dir, tmp_path):
     from reflex_core.shapes import FIXTURE
     from reflex_torch.random import build_fixture
 
-    other = build_fixture(tmp_path / "other", shape=FIXTURE.with_(hidden=32, intermediate=64, heads=2, kv_heads=1))
+    other = build_fixture(
+        tmp_path / "other", shape=FIXTURE.with_(hidden=32, intermediate=64, heads=2, kv_heads=1)
+    )
     out = tmp_path / "parent" / "model"
     with pytest.raises(ConvertError, match="hidden size"):  # found before any conversion
         convert_checkpoint(str(fixture_dir / "reflex.pt"), str(other / "backbone"), out, quiet=True)
@@ -102,19 +110,38 @@ def test_cli_one_line_errors(fixture_dir, tmp_path):
     broken.write_bytes(data[: len(data) // 2])
     for checkpoint in [broken, tmp_path / "missing.pt"]:
         proc = subprocess.run(
-            [sys.executable, "-m", "convert", "--checkpoint", str(checkpoint),
-             "--backbone", str(fixture_dir / "backbone"), "--out", str(tmp_path / "out")],
-            capture_output=True, text=True)
+            [
+                sys.executable,
+                "-m",
+                "convert",
+                "--checkpoint",
+                str(checkpoint),
+                "--backbone",
+                str(fixture_dir / "backbone"),
+                "--out",
+                str(tmp_path / "out"),
+            ],
+            capture_output=True,
+            text=True,
+        )
         assert proc.returncode != 0
         assert "Traceback" not in proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
         assert not (tmp_path / "out").exists()
-    for argv, message in ((["--checkpoint", "nowhere/reflex.pt"], "no checkpoint at nowhere/reflex.pt"),
-                          (["--checkpoint", str(fixture_dir / "reflex.pt"), "--backbone", "./gone"],
-                           "no backbone directory at ./gone"),
-                          (["--bits", "8", "--no-quantize"], "contradict")):
-        proc = subprocess.run([sys.executable, "-m", "convert", *argv, "--out", str(tmp_path / "out")],
-                              capture_output=True, text=True, cwd=tmp_path)
+    for argv, message in (
+        (["--checkpoint", "nowhere/reflex.pt"], "no checkpoint at nowhere/reflex.pt"),
+        (
+            ["--checkpoint", str(fixture_dir / "reflex.pt"), "--backbone", "./gone"],
+            "no backbone directory at ./gone",
+        ),
+        (["--bits", "8", "--no-quantize"], "contradict"),
+    ):
+        proc = subprocess.run(
+            [sys.executable, "-m", "convert", *argv, "--out", str(tmp_path / "out")],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+        )
         assert proc.returncode != 0 and "Traceback" not in proc.stderr
         assert message in proc.stderr, proc.stderr
 
@@ -127,4 +154,3 @@ def test_reader_matches_torch_on_fixture(fixture_dir):
     for name, tensor in saved["state"].items():
         assert np.array_equal(ckpt.state[name].numpy(), tensor.numpy()), name
         assert ckpt.state[name].numpy().dtype == tensor.numpy().dtype
-

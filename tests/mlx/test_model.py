@@ -56,11 +56,19 @@ def test_sanitize_is_idempotent(mlx_float32_dir):
     twice = Reflex.sanitize(once)
     assert once.keys() == twice.keys() == stored.keys()
     assert all(mx.array_equal(once[k], twice[k]) for k in once)
-    packed = {"adapters.0.attn.in_proj_weight": mx.arange(12).reshape(6, 2),
-              "adapters.0.mlp.0.weight": mx.zeros((2, 2)), "instr_words": mx.array([-1, 5])}
+    packed = {
+        "adapters.0.attn.in_proj_weight": mx.arange(12).reshape(6, 2),
+        "adapters.0.mlp.0.weight": mx.zeros((2, 2)),
+        "instr_words": mx.array([-1, 5]),
+    }
     mapped = Reflex.sanitize(packed)
-    assert sorted(mapped) == ["adapters.0.attn.k_proj.weight", "adapters.0.attn.q_proj.weight",
-                              "adapters.0.attn.v_proj.weight", "adapters.0.mlp.fc1.weight", "instr_words"]
+    assert sorted(mapped) == [
+        "adapters.0.attn.k_proj.weight",
+        "adapters.0.attn.q_proj.weight",
+        "adapters.0.attn.v_proj.weight",
+        "adapters.0.mlp.fc1.weight",
+        "instr_words",
+    ]
     assert mapped["adapters.0.attn.v_proj.weight"].tolist() == [[8, 9], [10, 11]]
     assert mapped["instr_words"].tolist() == [2**32 - 1, 5]
     assert Reflex.sanitize(mapped).keys() == mapped.keys()
@@ -70,12 +78,17 @@ def test_mlx_side_imports_and_runs_without_torch(tmp_path):
     """reflex_mlx and convert import no torch; `run` works where torch is absent."""
     code = (
         "import sys; sys.modules['torch'] = None\n"
-        "import reflex_mlx.cli, reflex_mlx.load, reflex_mlx.model, reflex_mlx.fast, convert, convert.convert\n"
+        "import reflex_mlx.cli, reflex_mlx.load, reflex_mlx.model, reflex_mlx.fast\n"
+        "import convert, convert.convert\n"
         "from reflex_mlx.cli import main\n"
         "main(['run', 'compute 5 factorial', '--max-cycles', '4', '--json'])\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"})
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"},
+    )
     assert proc.returncode == 0, proc.stderr
     assert '"outcome"' in proc.stdout
     assert "backend: mlx" in proc.stderr

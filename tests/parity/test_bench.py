@@ -12,11 +12,17 @@ from bench.metrics import TOLERANCES, check_parity, compare, margin_threshold, r
 
 
 def _captures(rng, n=200, layers=(3, 7), embed=16, noise=0.0):
-    ref = {"kv": rng.normal(size=(n, 65, 8)), "pred": rng.normal(size=(n, embed)),
-           **{f"layer{L}": rng.normal(size=(n, 8)) for L in layers},
-           "margin": rng.uniform(0, 0.2, n), "words": rng.integers(0, 50, n).astype(np.uint32)}
-    cand = {k: (v + noise * rng.normal(size=v.shape) if k not in ("margin", "words") else v.copy())
-            for k, v in ref.items()}
+    ref = {
+        "kv": rng.normal(size=(n, 65, 8)),
+        "pred": rng.normal(size=(n, embed)),
+        **{f"layer{L}": rng.normal(size=(n, 8)) for L in layers},
+        "margin": rng.uniform(0, 0.2, n),
+        "words": rng.integers(0, 50, n).astype(np.uint32),
+    }
+    cand = {
+        k: (v + noise * rng.normal(size=v.shape) if k not in ("margin", "words") else v.copy())
+        for k, v in ref.items()
+    }
     return ref, cand
 
 
@@ -47,9 +53,12 @@ def test_agreement_replays_the_reference_calls():
     from bench.agreement import lockstep_agreement, outcome_agreement, recorded_eval
 
     def make(offset):  # a predictor whose word depends on the program index and the pc
-        return lambda prompts: (lambda indices, states: [0x6F if s[32] > 0x1010 else
-                                                         (0x00100293 + offset * (i == 3)) for i, s in
-                                                         zip(indices, states)])
+        return lambda prompts: (
+            lambda indices, states: [
+                0x6F if s[32] > 0x1010 else (0x00100293 + offset * (i == 3)) for i, s in zip(indices, states)
+            ]
+        )
+
     report, recording = recorded_eval(make(0), max_cycles=8)
     assert recording.prompts and recording.calls
     same = lockstep_agreement(recording, make(0))
@@ -62,8 +71,9 @@ def test_agreement_replays_the_reference_calls():
 def test_bench_command_prints_the_ratio_last(fixture_dir, mlx_float32_dir):
     from reflex_mlx.cli import main
 
-    result = CliRunner().invoke(main, ["bench", "--model", str(mlx_float32_dir),
-                                       "--torch", str(fixture_dir), "--cycles", "3"])
+    result = CliRunner().invoke(
+        main, ["bench", "--model", str(mlx_float32_dir), "--torch", str(fixture_dir), "--cycles", "3"]
+    )
     assert result.exit_code == 0, result.output
     last = result.output.strip().splitlines()[-1]
     assert last.startswith("mlx/torch per-cycle time ratio: ")
@@ -76,8 +86,9 @@ def test_bench_without_torch_says_so(monkeypatch):
     from reflex_mlx.cli import main
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "torch" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "torch" else real(name, *a)
+    )
     result = CliRunner().invoke(main, ["bench"])
     assert result.exit_code != 0
     assert "torch is not installed" in result.output

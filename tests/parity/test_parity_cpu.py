@@ -22,8 +22,9 @@ def _compare(torch_fixture, mlx_model, task, states):
     from reflex_torch.model import Reference
 
     model, tokenizer, config = torch_fixture
-    reference = Predictor(Reference(model, tokenizer.pad_token_id, config["max_instr_tokens"]),
-                          tokenizer, task, config)
+    reference = Predictor(
+        Reference(model, tokenizer.pad_token_id, config["max_instr_tokens"]), tokenizer, task, config
+    )
     mlx_reflex, mlx_tokenizer, mlx_config = mlx_model
     candidate = Predictor(FastReflex(mlx_reflex, fuse=True, compile=True), mlx_tokenizer, task, mlx_config)
     ref, got = reference.embed(states), candidate.embed(states)
@@ -75,6 +76,8 @@ def test_4bit_agreement_is_measured(torch_fixture, mlx_4bit_dir, random_states):
     from reflex_mlx.load import load_model
 
     rel, agree, _ = _compare(torch_fixture, load_model(mlx_4bit_dir), TASK, random_states(256, 3))
-    print(f"4-bit backbone vs float32 reference: median relative error {np.median(rel):.3f}, "
-          f"word agreement {agree:.3f}")
+    print(
+        f"4-bit backbone vs float32 reference: median relative error {np.median(rel):.3f}, "
+        f"word agreement {agree:.3f}"
+    )
     assert 0 < np.median(rel) < 1.0  # quantized, so not equal; yet the same function

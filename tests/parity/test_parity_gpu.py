@@ -31,8 +31,19 @@ def _corpus() -> str:
 
 
 def _run(out: Path, *argv: str) -> dict:
-    parity.main(["--subject", "release", "--out", str(out), "--corpus", _corpus(),
-                 "--sabotage", "none,skip-adapter,swap-rows", *argv])
+    parity.main(
+        [
+            "--subject",
+            "release",
+            "--out",
+            str(out),
+            "--corpus",
+            _corpus(),
+            "--sabotage",
+            "none,skip-adapter,swap-rows",
+            *argv,
+        ]
+    )
     return json.loads((out / "parity_release.json").read_text())
 
 
@@ -50,9 +61,25 @@ def _assert_checks(report: dict, candidate: str, tol: Tolerance) -> None:
 
 def test_cpu_float32_parity_and_sabotage(tmp_path):
     """Small shape, float32 torch on CPU vs float32 MLX on CPU: tight agreement."""
-    report = _run(tmp_path, "--shape", "tiny-test", "--states", "48", "--prompt-len", "16",
-                  "--batch", "48", "--device", "cpu", "--mlx-device", "cpu",
-                  "--backbone-dtype", "float32", "--candidates", "float32")
+    report = _run(
+        tmp_path,
+        "--shape",
+        "tiny-test",
+        "--states",
+        "48",
+        "--prompt-len",
+        "16",
+        "--batch",
+        "48",
+        "--device",
+        "cpu",
+        "--mlx-device",
+        "cpu",
+        "--backbone-dtype",
+        "float32",
+        "--candidates",
+        "float32",
+    )
     assert report["reference"]["margin"]["distinct_words"] > 1, "words should depend on the state"
     _assert_checks(report, "float32", TOLERANCES["float32"])
     print((tmp_path / "parity_release.md").read_text())
@@ -75,8 +102,18 @@ def test_release_shape_bf16_parity_on_cuda(tmp_path):
     """
     _mlx_on_gpu()
     out = Path(os.environ.get("PARITY_OUT") or tmp_path)
-    report = _run(out, "--shape", "release", "--states", "256", "--backbone-dtype", "bfloat16",
-                  "--candidates", "bf16,q4", "--isolate")
+    report = _run(
+        out,
+        "--shape",
+        "release",
+        "--states",
+        "256",
+        "--backbone-dtype",
+        "bfloat16",
+        "--candidates",
+        "bf16,q4",
+        "--isolate",
+    )
     print((out / "parity_release.md").read_text())
     _assert_checks(report, "bf16", TOLERANCES["bf16"])
     q4 = report["candidates"]["q4"]  # measured and reported, not asserted (docs/parity.md)
@@ -99,10 +136,22 @@ def test_tiny_parity_on_cuda(tmp_path):
     tiny = REPO / "reflex_torch" / "models" / "reflex-tiny"
     dirs = {"bf16": dict(quantize=False, backbone_dtype="bfloat16"), "q4": dict(bits=4)}
     for name, options in dirs.items():
-        convert_checkpoint(str(tiny / "reflex.pt"), None, tmp_path / f"reflex-tiny-{name}", quiet=True, **options)
+        convert_checkpoint(
+            str(tiny / "reflex.pt"), None, tmp_path / f"reflex-tiny-{name}", quiet=True, **options
+        )
     out = Path(os.environ.get("PARITY_OUT") or tmp_path)
-    parity.main(["--subject", "tiny", "--out", str(out), "--tiny-torch", str(tiny),
-                 "--tiny-mlx", ",".join(str(tmp_path / f"reflex-tiny-{n}") for n in dirs)])
+    parity.main(
+        [
+            "--subject",
+            "tiny",
+            "--out",
+            str(out),
+            "--tiny-torch",
+            str(tiny),
+            "--tiny-mlx",
+            ",".join(str(tmp_path / f"reflex-tiny-{n}") for n in dirs),
+        ]
+    )
     report = json.loads((out / "parity_tiny.json").read_text())
     print((out / "parity_tiny.md").read_text())
     floors = {"reflex-tiny-bf16 (unquantized)": 0.995, "reflex-tiny-q4 (4-bit)": 0.99}

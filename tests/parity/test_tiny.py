@@ -18,8 +18,7 @@ MiB = 1 << 20
 
 
 def test_weight_files_fit_the_budget():
-    weights = [p for d in (TINY_TORCH, TINY_MLX) for p in d.rglob("*")
-               if p.suffix in {".pt", ".safetensors"}]
+    weights = [p for d in (TINY_TORCH, TINY_MLX) for p in d.rglob("*") if p.suffix in {".pt", ".safetensors"}]
     assert len(weights) >= 4
     for path in weights:
         assert path.stat().st_size < 16 * MiB, path
@@ -51,17 +50,28 @@ def test_release_dir_is_preferred_and_named(tmp_path, monkeypatch):
     monkeypatch.delenv(MODEL_ENV, raising=False)
     release = Path(DEFAULT_RELEASE_DIR).expanduser()
     shutil.copytree(TINY_MLX, release)
-    result = CliRunner().invoke(main, ["run", "add 7 and 8 and store the result",
-                                       "--max-cycles", "3"])
+    result = CliRunner().invoke(main, ["run", "add 7 and 8 and store the result", "--max-cycles", "3"])
     assert result.exit_code == 0, result.output
     assert f"model: {release} (the converted release)" in result.stderr
 
 
 def test_heldout_top1_is_at_least_95_percent():
     proc = subprocess.run(
-        [sys.executable, "-m", "reflex_torch.heldout", str(TINY_TORCH), "--device", "cpu",
-         "--max-samples", "600"],
-        capture_output=True, text=True, cwd=ROOT, timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "reflex_torch.heldout",
+            str(TINY_TORCH),
+            "--device",
+            "cpu",
+            "--max-samples",
+            "600",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr
     match = re.search(r"held-out per-step top-1: ([\d.]+)%", proc.stdout)
     assert match, proc.stdout
@@ -81,14 +91,17 @@ def test_eval_replay_agrees_between_backends():
 
     torch_model, torch_tok, torch_cfg = load_torch(TINY_TORCH / "reflex.pt", device="cpu")
     reference, recording = recorded_eval(
-        batched(Reference(torch_model, torch_tok.pad_token_id, 96), torch_tok, torch_cfg))
+        batched(Reference(torch_model, torch_tok.pad_token_id, 96), torch_tok, torch_cfg)
+    )
     mlx_model, mlx_tok, mlx_cfg = load_mlx(TINY_MLX)
     fast = FastReflex(mlx_model, fuse=True, compile=True)
     lockstep = lockstep_agreement(recording, one_by_one(fast, mlx_tok, mlx_cfg))
     own = evaluate(make_batch_predictor=batched(fast, mlx_tok, mlx_cfg))
     outcomes = outcome_agreement(reference, own)
-    print(f"reference {reference['passed']}/{reference['total']}, mlx {own['passed']}/{own['total']}; "
-          f"lockstep words {lockstep['agree']}/{lockstep['cycles']}; outcomes {outcomes}")
+    print(
+        f"reference {reference['passed']}/{reference['total']}, mlx {own['passed']}/{own['total']}; "
+        f"lockstep words {lockstep['agree']}/{lockstep['cycles']}; outcomes {outcomes}"
+    )
     assert lockstep["agree"] >= 0.99 * lockstep["cycles"]
     passed = lambda report: [row["pass"] for s in report["sections"].values() for row in s["rows"]]
     assert passed(reference) == passed(own)

@@ -86,8 +86,9 @@ def test_run_batch_eval_rows_equal_the_reference_eval(torch_fixture, fast):
     model, tokenizer, config = torch_fixture
     reference = Reference(model, tokenizer.pad_token_id, config["max_instr_tokens"])
     ref = evaluate(lambda task: Predictor(reference, tokenizer, task, config).predict_many, max_cycles=6)
-    got = evaluate(make_batch_predictor=lambda prompts: BatchPredictor(fast, tokenizer, prompts, config),
-                   max_cycles=6)
+    got = evaluate(
+        make_batch_predictor=lambda prompts: BatchPredictor(fast, tokenizer, prompts, config), max_cycles=6
+    )
     assert got == ref
 
 
@@ -131,7 +132,10 @@ def test_fused_projections_change_nothing(fixture_dir, random_states):
     q_weight = attn.q_proj.weight.clone()
     fused = FastReflex(model, fuse=True)
     assert torch.equal(attn.q_proj.weight, q_weight)
-    assert attn.k_proj.weight.data_ptr() == attn.q_proj.weight.data_ptr() + q_weight.numel() * q_weight.element_size()
+    assert (
+        attn.k_proj.weight.data_ptr()
+        == attn.q_proj.weight.data_ptr() + q_weight.numel() * q_weight.element_size()
+    )
     after = _reference(loaded, TASKS[0]).embed(states)
     assert np.array_equal(before, after)
     got = Predictor(fused, tokenizer, TASKS[0], config).embed(states)

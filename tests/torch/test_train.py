@@ -27,14 +27,53 @@ from reflex_torch import train  # noqa: E402
 from reflex_torch.load import load_model  # noqa: E402
 
 TINY = [
-    "--max-programs", "60", "--hidden", "64", "--layers", "4", "--heads", "4", "--kv-heads", "2",
-    "--intermediate", "128", "--vocab", "512", "--embed-dim", "32", "--steps", "30", "--batch", "16",
-    "--warmup", "5", "--log-every", "1", "--eval-every", "15", "--eval-samples", "64",
-    "--save-every", "10", "--device", "cpu", "--threads", "1", "--seed", "3",
+    "--max-programs",
+    "60",
+    "--hidden",
+    "64",
+    "--layers",
+    "4",
+    "--heads",
+    "4",
+    "--kv-heads",
+    "2",
+    "--intermediate",
+    "128",
+    "--vocab",
+    "512",
+    "--embed-dim",
+    "32",
+    "--steps",
+    "30",
+    "--batch",
+    "16",
+    "--warmup",
+    "5",
+    "--log-every",
+    "1",
+    "--eval-every",
+    "15",
+    "--eval-samples",
+    "64",
+    "--save-every",
+    "10",
+    "--device",
+    "cpu",
+    "--threads",
+    "1",
+    "--seed",
+    "3",
 ]
 RELEASED_KEYS = {
-    "backbone_id", "hidden", "inject_every", "adapter_mlp_ratio", "max_instr_tokens", "embed_dim",
-    "num_instrs", "chat_template", "context_prefix",
+    "backbone_id",
+    "hidden",
+    "inject_every",
+    "adapter_mlp_ratio",
+    "max_instr_tokens",
+    "embed_dim",
+    "num_instrs",
+    "chat_template",
+    "context_prefix",
 }
 
 
@@ -55,8 +94,15 @@ def curve(out: Path) -> list[dict]:
 
 def test_writes_released_format(trained):
     out, result = trained
-    for name in ("reflex.pt", "heldout.json", "curve.jsonl", "train_state.pt",
-                 "backbone/config.json", "backbone/model.safetensors", "backbone/tokenizer.json"):
+    for name in (
+        "reflex.pt",
+        "heldout.json",
+        "curve.jsonl",
+        "train_state.pt",
+        "backbone/config.json",
+        "backbone/model.safetensors",
+        "backbone/tokenizer.json",
+    ):
         assert (out / name).is_file(), name
     saved = torch.load(out / "reflex.pt", map_location="cpu", weights_only=True)
     assert set(saved["config"]) == RELEASED_KEYS
@@ -88,14 +134,18 @@ def test_loaded_model_predicts_as_in_training(trained):
     states = torch.tensor([p.state for p in batch])
     mask = torch.ones_like(ids)
     with torch.no_grad():
-        torch.testing.assert_close(model(ids, mask, states), result["model"](ids, mask, states), rtol=0, atol=0)
+        torch.testing.assert_close(
+            model(ids, mask, states), result["model"](ids, mask, states), rtol=0, atol=0
+        )
     loaded = heldout_mod.predict(model, tokenizer, config, pairs)
     assert loaded == heldout_mod.predict(result["model"], result["tokenizer"], config, pairs)
     correct, _ = heldout_mod.top1(model, tokenizer, config, pairs)
     assert correct / len(pairs) == curve(out)[-1]["heldout_top1"]
     # and the held-out CLI rebuilds the same pairs from heldout.json alone
     entries = heldout_mod.read_heldout(out)
-    rebuilt = heldout_mod.make_pairs(entries, heldout_mod.heldout_cycles(entries), all_prompts=True, max_samples=64)
+    rebuilt = heldout_mod.make_pairs(
+        entries, heldout_mod.heldout_cycles(entries), all_prompts=True, max_samples=64
+    )
     assert rebuilt == pairs
     assert 0.0 <= heldout_mod.main([str(out), "--max-samples", "50"]) <= 1.0
 
@@ -152,8 +202,21 @@ def test_frozen_backbone_recipe(trained, tmp_path):
     source = full / "backbone"
     threads = torch.get_num_threads()
     try:
-        result = train.main(["--out", str(tmp_path), *TINY, "--backbone", str(source), "--steps", "4",
-                             "--eval-every", "4", "--save-every", "4"])
+        result = train.main(
+            [
+                "--out",
+                str(tmp_path),
+                *TINY,
+                "--backbone",
+                str(source),
+                "--steps",
+                "4",
+                "--eval-every",
+                "4",
+                "--save-every",
+                "4",
+            ]
+        )
     finally:
         torch.set_num_threads(threads)
     assert result["step"] == 4
@@ -164,5 +227,7 @@ def test_frozen_backbone_recipe(trained, tmp_path):
     original, _, _ = load_model(full / "reflex.pt", device="cpu")
     for (name, a), b in zip(model.backbone.state_dict().items(), original.backbone.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)  # frozen: unchanged
-    assert not torch.equal(saved["state"]["embed_head.weight"],
-                           torch.load(full / "reflex.pt", weights_only=True)["state"]["embed_head.weight"])
+    assert not torch.equal(
+        saved["state"]["embed_head.weight"],
+        torch.load(full / "reflex.pt", weights_only=True)["state"]["embed_head.weight"],
+    )
