@@ -192,7 +192,7 @@ class FastReflex:
     # ----------------------------------------------------------- per prompt
     def prefix(self, token_lists: Sequence[Sequence[int]]) -> PromptBatch:
         """Pack the prompts and run them up to and including the first adapter's layer."""
-        ids = mx.array([t for tokens in token_lists for t in tokens])
+        ids = mx.array(np.concatenate([np.asarray(t, dtype=np.int32) for t in token_lists]))
         batch = PromptBatch.of_layout(self.backbone.embed_tokens(ids), PackedLayout.of(token_lists))
         for i in range(self.first + 1):
             batch.prefix = self._layer(i, batch.prefix, batch, pooled=False)

@@ -214,7 +214,7 @@ class Reference:
 
     def prefix(self, token_lists: Sequence[Sequence[int]]) -> ReferenceBatch:
         ids, mask = pad_batch(token_lists, self.pad_id, self.pad_to)
-        return ReferenceBatch(mx.array(ids), mx.array(mask))
+        return ReferenceBatch(mx.array(np.asarray(ids, dtype=np.int32)), mx.array(np.asarray(mask)))
 
     def step(self, batch: ReferenceBatch, states, indices=None) -> mx.array:
         ids, mask = batch.rows(len(states), indices)
