@@ -108,11 +108,13 @@ def cast_reflex(reflex: Reflex, dtype: mx.Dtype) -> Reflex:
 
 
 class PromptBatch:
-    """B prompts, state-independent: their packed prefix [N, H] and the layout's
+    """B prompts, state-independent: their packed prefix [1, N, H] and the layout's
     indices as arrays (reflex_core.batching.PackedLayout).
 
-    Everything else is read off the arrays' shapes, so a compiled step can
-    rebuild the batch from them (`of_arrays`).
+    Packed rows keep a leading axis of 1 (torch's are [N, H]): MLX's CUDA matmuls
+    were measured slower on 2-D activations (9.1 against 7.6 ms a cycle at the
+    released shape, docs/performance.md). Everything else is read off the
+    arrays' shapes, so a compiled step can rebuild the batch from them.
     """
 
     def __init__(
@@ -126,7 +128,7 @@ class PromptBatch:
         self.prefix, self.grid, self.packed, self.last, self.layout = prefix, grid, packed, last, layout
         self.batch = last.shape[0]
         self.width = grid.shape[0] // self.batch
-        self.uniform = prefix.shape[0] == self.batch * self.width  # then grid == packing
+        self.uniform = prefix.shape[1] == self.batch * self.width  # then grid == packing
         self.repeats: dict[int, PromptBatch] = {}
 
     @classmethod
@@ -138,24 +140,30 @@ class PromptBatch:
         return self.prefix, self.grid, self.packed, self.last
 
     def to_grid(self, x: mx.array) -> mx.array:
-        """[N, ...] packed -> [B, T, ...]."""
-        x = x if self.uniform else x[self.grid]
-        return x.reshape(self.batch, self.width, *x.shape[1:])
+        """[1, N, ...] packed -> [B, T, ...]."""
+        x = x if self.uniform else x[:, self.grid]
+        return x.reshape(self.batch, self.width, *x.shape[2:])
 
     def from_grid(self, y: mx.array) -> mx.array:
-        """[B, T, ...] -> [N, ...] packed (the pads dropped)."""
-        y = y.reshape(self.batch * self.width, *y.shape[2:])
-        return y if self.uniform else y[self.packed]
+        """[B, T, ...] -> [1, N, ...] packed (the pads dropped)."""
+        y = y.reshape(1, self.batch * self.width, *y.shape[2:])
+        return y if self.uniform else y[:, self.packed]
+
+    def pool(self, x: mx.array) -> mx.array:
+        """[1, N, ...] packed -> [B, 1, ...]: each prompt's last token."""
+        if self.uniform:
+            return x.reshape(self.batch, self.width, *x.shape[2:])[:, -1:]
+        return x[:, self.last].swapaxes(0, 1)
 
     def select(self, indices: Sequence[int]) -> PromptBatch:
         """The prompts at `indices` only, with their packed rows of the prefix."""
         rows = mx.array(self.layout.rows_of(indices), dtype=mx.int32)
-        return PromptBatch.of_layout(self.prefix[rows], self.layout.select(indices))
+        return PromptBatch.of_layout(self.prefix[:, rows], self.layout.select(indices))
 
     def repeat(self, count: int) -> PromptBatch:
         """This one-prompt batch as `count` rows (one per state)."""
         if count not in self.repeats:
-            prefix = mx.tile(self.prefix, (count, 1))
+            prefix = mx.tile(self.prefix, (1, count, 1))
             self.repeats[count] = PromptBatch.of_layout(prefix, self.layout.repeat(count))
         return self.repeats[count]
 
@@ -192,7 +200,7 @@ class FastReflex:
     # ----------------------------------------------------------- per prompt
     def prefix(self, token_lists: Sequence[Sequence[int]]) -> PromptBatch:
         """Pack the prompts and run them up to and including the first adapter's layer."""
-        ids = mx.array(np.concatenate([np.asarray(t, dtype=np.int32) for t in token_lists]))
+        ids = mx.array(np.concatenate([np.asarray(t, dtype=np.int32) for t in token_lists]))[None]
         batch = PromptBatch.of_layout(self.backbone.embed_tokens(ids), PackedLayout.of(token_lists))
         for i in range(self.first + 1):
             batch.prefix = self._layer(i, batch.prefix, batch, pooled=False)
@@ -208,7 +216,7 @@ class FastReflex:
         after that layer and its adapter at the last token, and "pred".
         """
         kv = self.reflex.encode_state(states)
-        h, pooled = batch.prefix, False  # [N, H] until pooled, then [B, H]
+        h, pooled = batch.prefix, False  # [1, N, H] until pooled, then [B, 1, H]
         last_layer = len(self.backbone.layers) - 1
         for i in range(self.first, last_layer + 1):
             if i > self.first:
@@ -217,17 +225,17 @@ class FastReflex:
             if i in self.adapter_at:
                 h = self.adapter_at[i](h, kv, None if pooled else batch)
             if capture is not None and i in self.model.adapter_layers:  # even if skipped
-                capture[i] = h if pooled else h[batch.last]
+                capture[i] = (h if pooled else batch.pool(h))[:, 0]
         if not pooled:
-            h = h[batch.last]
-        pred = self.reflex.head(self.backbone.norm(h))  # RMSNorm is per token
+            h = batch.pool(h)
+        pred = self.reflex.head(self.backbone.norm(h[:, 0]))  # RMSNorm is per token
         if capture is not None:
             capture.update(kv=kv, pred=pred)
         return pred
 
     def _layer(self, i: int, h: mx.array, batch: PromptBatch, pooled: bool) -> mx.array:
-        """Decoder layer i (mlx-lm's Qwen2 TransformerBlock math) on packed tokens;
-        pooled=True returns only each prompt's last token."""
+        """Decoder layer i (mlx-lm's Qwen2 TransformerBlock math) on packed tokens
+        [1, N, H]; pooled=True returns only each prompt's last token [B, 1, H]."""
         layer = self.backbone.layers[i]
         attn, mlp = layer.self_attn, layer.mlp
         fused = self.fused[i] if self.fused else None
@@ -246,7 +254,7 @@ class FastReflex:
         o = mx.fast.scaled_dot_product_attention(q, k, v, scale=attn.scale, mask="causal" if T > 1 else None)
         o = batch.from_grid(o.transpose(0, 2, 1, 3).reshape(B, T, -1))
         if pooled:  # only each prompt's last token is read after this layer
-            o, h = o[batch.last], h[batch.last]
+            o, h = batch.pool(o), batch.pool(h)
         h = h + attn.o_proj(o)
         x = layer.post_attention_layernorm(h)
         if fused:

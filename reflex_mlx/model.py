@@ -83,14 +83,12 @@ class Adapter(nn.Module):
         self.mlp_gate = mx.zeros((1,))
 
     def __call__(self, h: mx.array, kv: mx.array, grid=None) -> mx.array:
-        """h [B, T, H] (as released), or packed rows [N, H] whose prompts `grid`
-        lays out (a fast-path PromptBatch), or one pooled row per state [B, H]."""
+        """h [B, T, H] (as released, and one pooled row per state [B, 1, H]), or
+        packed rows [1, N, H] whose prompts `grid` lays out (a fast-path PromptBatch)."""
         dtype = self.attn_gate.dtype  # float32 as released; cast back after
         x, kv = h.astype(dtype), kv.astype(dtype)
         q = self.norm_q(x)
-        q = grid.to_grid(q) if grid is not None else q if q.ndim == 3 else q[:, None]
-        a = self.attn(q, kv)
-        a = grid.from_grid(a) if grid is not None else a if x.ndim == 3 else a[:, 0]
+        a = self.attn(q, kv) if grid is None else grid.from_grid(self.attn(grid.to_grid(q), kv))
         x = x + mx.tanh(self.attn_gate) * a
         x = x + mx.tanh(self.mlp_gate) * self.mlp(self.norm_mlp(x))
         return x.astype(h.dtype)

@@ -51,17 +51,31 @@ class Adapter(nn.Module):
         self.mlp_gate = nn.Parameter(torch.zeros(1))
 
     def forward(self, h: torch.Tensor, kv: torch.Tensor, grid=None) -> torch.Tensor:
-        """h [B, T, H] (as released), or packed rows [N, H] whose prompts `grid`
-        lays out (a fast-path PromptBatch), or one pooled row per state [B, H]."""
+        """h [B, T, H] as released, or for the fast path packed rows [N, H] whose
+        prompts `grid` lays out (a PromptBatch), or one pooled row per state [B, H]."""
         dtype = self.attn_gate.dtype  # float32 as released; cast back after
         x, kv = h.to(dtype), kv.to(dtype)
-        q = self.norm_q(x)
-        q = grid.to_grid(q) if grid is not None else q if q.dim() == 3 else q[:, None]
-        a = self.attn(q, kv, kv, need_weights=False)[0]
-        a = grid.from_grid(a) if grid is not None else a if x.dim() == 3 else a[:, 0]
+        if grid is None and x.dim() == 3:  # the release: torch's own module
+            a = self.attn(self.norm_q(x), kv, kv, need_weights=False)[0]
+        else:
+            a = self.cross_attend(self.norm_q(x), kv, grid)
         x = x + torch.tanh(self.attn_gate) * a
         x = x + torch.tanh(self.mlp_gate) * self.mlp(self.norm_mlp(x))
         return x.to(h.dtype)
+
+    def cross_attend(self, x: torch.Tensor, kv: torch.Tensor, grid=None) -> torch.Tensor:
+        """self.attn's function (batch_first, no mask, eval) on packed or pooled rows:
+        projections on the real rows only, attention per prompt on the grid.
+        tests/torch/test_fast.py checks it against nn.MultiheadAttention."""
+        E, heads = self.attn.embed_dim, self.attn.num_heads
+        w, b = self.attn.in_proj_weight, self.attn.in_proj_bias  # packed Wq; Wk; Wv
+        q = F.linear(x, w[:E], b[:E])
+        k, v = F.linear(kv, w[E:], b[E:]).chunk(2, dim=-1)
+        q = grid.to_grid(q) if grid is not None else q[:, None]  # [B, L, E]
+        split = lambda t: t.unflatten(-1, (heads, -1)).transpose(1, 2)  # [B, heads, L, D]
+        o = F.scaled_dot_product_attention(split(q), split(k), split(v)).transpose(1, 2)
+        o = grid.from_grid(o).flatten(1) if grid is not None else o.flatten(1)
+        return self.attn.out_proj(o)
 
 
 class Reflex(nn.Module):

@@ -177,3 +177,25 @@ def test_runner_deepcopies_and_models_stay_plain(torch_fixture, random_states):
     clone = copy.deepcopy(model)
     assert set(vars(clone.backbone)) == set(vars(model.backbone))
     assert not any(isinstance(v, list) and v and hasattr(v[0], "qkv") for v in vars(model.backbone).values())
+
+
+def test_cross_attend_is_multihead_attention(torch_fixture):
+    """The fast path's explicit attention computes nn.MultiheadAttention's function,
+    on pooled rows and on packed prompts laid out on a grid."""
+    from reflex_torch.fast import FastReflex
+
+    model, tokenizer, _ = torch_fixture
+    adapter = model.reflex.adapters[0]
+    gen = torch.Generator().manual_seed(0)
+    hidden = adapter.attn.embed_dim
+    kv = torch.randn(3, 65, hidden, generator=gen)
+    with torch.no_grad():
+        rows = torch.randn(3, hidden, generator=gen)
+        want = adapter.attn(rows[:, None], kv, kv, need_weights=False)[0][:, 0]
+        assert torch.allclose(adapter.cross_attend(rows, kv), want, atol=1e-5)
+        fast = FastReflex(model)
+        batch = fast.prefix([tokenizer(t)["input_ids"] for t in TASKS])
+        packed = torch.randn(batch.layout.tokens, hidden, generator=gen)
+        grid_out = adapter.attn(batch.to_grid(packed), kv, kv, need_weights=False)[0]
+        got = adapter.cross_attend(packed, kv, batch)
+        assert torch.allclose(got, batch.from_grid(grid_out), atol=1e-5)
