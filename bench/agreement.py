@@ -29,7 +29,7 @@ from reflex_core.evaluation import evaluate, per_prompt
 from reflex_core.predict import BatchPredictor, Predictor
 from reflex_core.spec import EVAL_MAX_CYCLES, MASK32
 
-from .common import write_report
+from .common import add_torch_compile_option, write_report
 
 MakeBatch = Callable[[list[str]], Callable[[Sequence[int], list[list[int]]], Sequence[int]]]
 
@@ -212,14 +212,7 @@ def main(argv=None) -> None:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--no-mlx", action="store_true", help="leave out the MLX paths")
     p.add_argument("--no-torch-fast", action="store_true", help="leave out the fast torch paths")
-    p.add_argument(
-        "--torch-compile",
-        nargs="?",
-        const="default",
-        default=None,
-        metavar="MODE",
-        help="add the fused bf16 fast path with torch.compile (MODE: a torch.compile mode)",
-    )
+    add_torch_compile_option(p, "add the fast torch path")
     p.add_argument("--max-cycles", type=int, default=EVAL_MAX_CYCLES, help="the eval's cycle limit")
     run_tiny(p.parse_args(argv))
 

@@ -94,6 +94,19 @@ def timed(call, inputs: list, warmup: int = 3, sync=None) -> float:
     return median_ms(call, inputs, warmup=warmup, sync=sync)
 
 
+def add_torch_compile_option(parser, what: str) -> None:
+    """--torch-compile [MODE]: also run the fused bf16 fast torch path through torch.compile."""
+    parser.add_argument(
+        "--torch-compile",
+        nargs="?",
+        const="default",
+        default=None,
+        metavar="MODE",
+        help=f"{what} with torch.compile (bf16 adapters, fused); MODE: a torch.compile mode, "
+        "e.g. max-autotune-no-cudagraphs ('default' when left out)",
+    )
+
+
 def write_report(out: Path, stem: str, report: dict, markdown: str) -> None:
     """OUT/STEM.json and OUT/STEM.md, each written atomically; the markdown printed."""
     out = Path(out)

@@ -25,7 +25,17 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import PAD_ID, PAD_TO, PROMPT_LEN, bench_states, prompt_set, timed, torch_sync, write_report
+from .common import (
+    PAD_ID,
+    PAD_TO,
+    PROMPT_LEN,
+    add_torch_compile_option,
+    bench_states,
+    prompt_set,
+    timed,
+    torch_sync,
+    write_report,
+)
 
 FLOOR_MS = 3.55  # docs/design.md §8: the H200 reads the release's weights once in bf16
 
@@ -287,15 +297,7 @@ def parse_args(argv=None):
         "--agree-states", type=int, default=256, help="states for the word-agreement column (multiple of 32)"
     )
     p.add_argument("--no-mlx", action="store_true", help="leave out the MLX rows")
-    p.add_argument(
-        "--torch-compile",
-        nargs="?",
-        const="default",
-        default=None,
-        metavar="MODE",
-        help="add rows for the fast path with torch.compile inside the graph (bf16 adapters, "
-        "fused); MODE: a torch.compile mode, e.g. max-autotune-no-cudagraphs",
-    )
+    add_torch_compile_option(p, "add rows for the fast path (inside the CUDA graph)")
     args = p.parse_args(argv)
     args.batches = sorted({int(b) for b in args.batches.split(",")} | {1})
     return args

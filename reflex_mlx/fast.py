@@ -88,7 +88,7 @@ def fuse_projections(backbone: nn.Module) -> list[FusedLayer]:
                     gate_up=_joined([mlp.gate_proj, mlp.up_proj]),
                 )
             )
-        mx.eval([(f.qkv.parameters(), f.gate_up.parameters()) for f in fused])
+        mx.eval(backbone.parameters(), [(f.qkv.parameters(), f.gate_up.parameters()) for f in fused])
         return fused
 
     return once_per_object(backbone, "fused projections", build)
