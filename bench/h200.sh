@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The H200 runs behind docs/parity.md and docs/performance.md, as they were made
-# with the lent GPU (torch 2.11 CUDA, transformers 5.17, MLX 0.32.4 CUDA build,
+# with the lent GPU (torch 2.11.0+cu130, transformers 5.17.0, MLX 0.32.4 CUDA build,
 # mlx-lm 0.32.2). Usage: bench/h200.sh parity|speed|agree|parity-gpu OUTDIR [PYTEST_K]
 # (corpus copied to .corpus/)
 set -uo pipefail

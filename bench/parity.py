@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from reflex_core.shapes import SHAPES
-from reflex_core.spec import EVAL_MAX_CYCLES
+from reflex_core.spec import EVAL_MAX_CYCLES, MASK32
 
 from .common import PAD_ID, PAD_TO, PROMPT_LEN, corpus_states, prompt_ids, write_report
 from .metrics import TOLERANCES, check_parity, compare, margin_summary
@@ -83,7 +83,7 @@ def reference_captures(model, ids: np.ndarray, states: np.ndarray, batch: int) -
                     **{f"layer{L}": seen[L] for L in model.adapter_layers},
                     "top1": top.indices[:, 0],
                     "margin": top.values[:, 0] - top.values[:, 1],
-                    "words": model.reflex.instr_words[top.indices[:, 0]] & 0xFFFFFFFF,
+                    "words": model.reflex.instr_words[top.indices[:, 0]] & MASK32,
                 }
                 for key, value in out.items():
                     value = value.float() if value.is_floating_point() else value

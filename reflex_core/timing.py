@@ -1,10 +1,11 @@
-"""The one timing helper: the median wall time of a call that returns host values."""
+"""The timing helpers: the median wall time of a call that returns host values, and one long run."""
 
 from __future__ import annotations
 
 import statistics
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 
 def median_ms(
@@ -26,3 +27,10 @@ def median_ms(
         call(x)
         times.append(time.perf_counter() - start)
     return 1e3 * statistics.median(times)
+
+
+def seconds(call: Callable[[], Any]) -> tuple[Any, float]:
+    """(call(), its wall time in seconds): for runs too long to repeat."""
+    start = time.perf_counter()
+    result = call()
+    return result, time.perf_counter() - start

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 import click
@@ -202,6 +201,7 @@ def bench_command(
     from reflex_core.loop import ProgramRun
     from reflex_core.predict import Predictor
     from reflex_core.timing import median_ms
+    from reflex_core.timing import seconds as timed_run
 
     reference = _load("torch", torch_dir or model or default_model_dir()[0], fast=whole_eval)
     candidate = _load("mlx", model)
@@ -209,9 +209,9 @@ def bench_command(
     if whole_eval:
         seconds = {}
         for loaded in (reference, candidate):
-            start = time.perf_counter()
-            report = _evaluate(loaded, progress=False)
-            seconds[loaded.device] = time.perf_counter() - start
+            report, seconds[loaded.device] = timed_run(
+                lambda loaded=loaded: _evaluate(loaded, progress=False)
+            )
             click.echo(
                 f"{loaded.device} (fast path): eval {report['passed']}/{report['total']} "
                 f"in {seconds[loaded.device]:.1f} s"

@@ -105,3 +105,16 @@ def test_eval_replay_agrees_between_backends():
     assert lockstep["agree"] >= 0.99 * lockstep["cycles"]
     passed = lambda report: [row["pass"] for s in report["sections"].values() for row in s["rows"]]
     assert passed(reference) == passed(own)
+
+
+def test_eval_on_the_torch_backend(tmp_path):
+    """The whole evaluation of the bundled model through `reflex-mlx eval --backend torch`
+    (the Linux default): reflex-tiny's published 31/41, in seconds on a CPU."""
+    from reflex_mlx.cli import main
+
+    out = tmp_path / "eval.json"
+    result = CliRunner().invoke(main, ["eval", "--backend", "torch", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert (report["passed"], report["total"]) == (31, 41)
+    assert "total        31/41" in result.stdout
