@@ -77,10 +77,17 @@ class Machine:
         self._memory = ctypes.create_string_buffer(spec.MEMORY_SIZE)
         self._uc.mem_map_ptr(spec.MEMORY_BASE, spec.MEMORY_SIZE, UC_PROT_ALL, ctypes.addressof(self._memory))
         self._pc = spec.CODE_START
+        # Every CPU register of a new machine, control and status registers and the
+        # privilege mode included, so that reset() returns to exactly this state.
+        self._new_cpu = self._uc.context_save()
         self.reset()
 
     def reset(self) -> None:
-        """Zero memory and registers, fill the code region with HALT, seed the source buffer."""
+        """Return to the state of a new machine: the CPU as created (registers, CSRs,
+        privilege mode), memory zeroed, the code region filled with HALT, the source
+        buffer seeded. (rdcycle and rdtime read the host clock through Unicorn, as
+        in the original implementation, so they are the one thing that differs.)"""
+        self._uc.context_restore(self._new_cpu)
         ctypes.memset(self._memory, 0, spec.MEMORY_SIZE)
         halt_fill = _WORD.pack(spec.HALT_WORD) * ((spec.CODE_END - spec.CODE_START) // 4)
         self._uc.mem_write(spec.CODE_START, halt_fill)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 
+import numpy as np
 import pytest
 from capstone import CS_ARCH_RISCV, CS_MODE_RISCV32, Cs
 
@@ -320,3 +321,57 @@ def test_expected_ok_key_forms():
     assert not expected_ok(result, {"mem_0x5000": 8})
     limited = run(program_predictor(program), max_cycles=3)
     assert not expected_ok(limited, {})
+
+
+def _csr(funct3: int, rd: int, csr: int, rs1: int) -> int:
+    return (csr << 20) | (rs1 << 15) | (funct3 << 12) | (rd << 7) | 0x73
+
+
+def test_reset_returns_a_used_machine_to_a_new_ones_state():
+    """CSRs and the privilege mode do not survive reset(): a reused machine traces
+    exactly as a new one, after programs that write mscratch or leave machine mode."""
+    from reflex_core.loop import ProgramRun
+    from reflex_core.machine import Machine
+
+    mscratch, mepc, mstatus = 0x340, 0x341, 0x300
+    write_csrs = [
+        r.addi(T0, 0, 77),
+        _csr(1, 0, mscratch, T0),
+        r.addi(T1, 0, 0x7FF),
+        _csr(1, 0, mepc, T1),
+        _csr(1, 0, mstatus, 0),
+        0x30200073,
+    ]  # mret to a user-mode pc
+    read_csrs = [
+        _csr(2, T2, mscratch, 0),
+        r.lui(T1, 5),
+        r.sw(T2, T1, 0),
+        _csr(2, T0, mstatus, 0),
+        r.sw(T0, T1, 4),
+        spec.HALT_WORD,
+    ]
+    rng = np.random.default_rng(0)
+    programs = [write_csrs, read_csrs, write_csrs, read_csrs]
+    programs += [
+        [r.addi(T0, 0, int(v)) for v in rng.integers(-100, 100, 5)] + [spec.HALT_WORD] for _ in range(3)
+    ]
+    reused = Machine()
+    for words in programs:
+        traces = []
+        for machine in (reused, Machine()):
+            program = ProgramRun(max_cycles=len(words) + 2, machine=machine)
+            for word in words:
+                if program.finished:
+                    break
+                program.feed(word)
+            result = program.result()
+            traces.append(
+                (
+                    result.outcome,
+                    result.error,
+                    [c.pc for c in result.cycles],
+                    result.registers,
+                    result.memory_snapshot,
+                )
+            )
+        assert traces[0] == traces[1]
