@@ -25,6 +25,7 @@ import os
 import pickle
 import struct
 import zipfile
+import zlib
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
@@ -77,8 +78,17 @@ _TORCH_DTYPE_NAMES = {
 }
 
 
+def _refuse_state(self, state):
+    raise CheckpointError(
+        "checkpoint pickle tried to set state on an allow-listed object, which is not allowed"
+    )
+
+
 class TorchDtype(str):
     """Inert stand-in for a ``torch.dtype`` found in the config (its name, e.g. "bfloat16")."""
+
+    __slots__ = ()
+    __setstate__ = _refuse_state
 
     def __repr__(self) -> str:
         return f"torch.{str.__str__(self)}"
@@ -88,10 +98,16 @@ class _StorageType:
     """Inert stand-in for ``torch.<X>Storage``; only ever used as a tag in persistent ids."""
 
     __slots__ = ("name", "dtype", "np_code")
+    __setstate__ = _refuse_state
 
     def __init__(self, name: str):
-        self.name = name
-        self.dtype, self.np_code = _STORAGE_DTYPES[name]
+        object.__setattr__(self, "name", name)
+        dtype, np_code = _STORAGE_DTYPES[name]
+        object.__setattr__(self, "dtype", dtype)
+        object.__setattr__(self, "np_code", np_code)
+
+    def __setattr__(self, name, value):
+        raise CheckpointError("checkpoint pickle tried to change a storage type, which is not allowed")
 
     def __call__(self, *args, **kwargs):
         raise CheckpointError(f"checkpoint pickle tried to construct torch.{self.name}, which is not allowed")
@@ -123,6 +139,7 @@ class _Archive:
         self.file_size = file_size
         self.big_endian = big_endian
         self._mm: mmap.mmap | None = None
+        self._verified: set[str] = set()
 
     def _mmap(self) -> mmap.mmap:
         if self._mm is None:
@@ -136,7 +153,8 @@ class _Archive:
         return self._mm
 
     def member_bytes(self, name: str, nbytes: int):
-        """A buffer over the first ``nbytes`` of member ``name``: zero-copy when stored uncompressed."""
+        """A zero-copy buffer over the first ``nbytes`` of member ``name``, whose CRC-32 and
+        size are checked against the zip's records the first time it is used."""
         info = self.infos.get(name)
         if info is None:
             raise CheckpointError(f"{self.path} is missing tensor data member {name}")
@@ -144,32 +162,39 @@ class _Archive:
             raise CheckpointError(
                 f"{self.path}: member {name} holds {info.file_size} bytes but its tensor needs {nbytes}"
             )
-        if info.compress_type == zipfile.ZIP_STORED:
-            mm = self._mmap()
-            hdr_at = info.header_offset
-            hdr = mm[hdr_at : hdr_at + 30]
-            if len(hdr) != 30 or hdr[:4] != b"PK\x03\x04":
-                raise CheckpointError(f"{self.path}: corrupt zip local header for {name}")
-            name_len, extra_len = struct.unpack("<HH", hdr[26:30])
-            start = hdr_at + 30 + name_len + extra_len
-            if start + info.file_size > len(mm):
-                raise CheckpointError(
-                    f"{self.path} is truncated: member {name} runs past the end of the file"
-                )
-            return memoryview(mm)[start : start + nbytes]
+        _check_member(self.path, info)
+        if info.compress_type != zipfile.ZIP_STORED:
+            return self._inflated(info, nbytes)
+        mm = self._mmap()
+        hdr_at = info.header_offset
+        hdr = mm[hdr_at : hdr_at + 30]
+        if len(hdr) != 30 or hdr[:4] != b"PK\x03\x04":
+            raise CheckpointError(f"{self.path}: corrupt zip local header for {name}")
+        name_len, extra_len = struct.unpack("<HH", hdr[26:30])
+        start = hdr_at + 30 + name_len + extra_len
+        if start + info.file_size > len(mm):
+            raise CheckpointError(f"{self.path} is truncated: member {name} runs past the end of the file")
+        whole = memoryview(mm)[start : start + info.file_size]
+        if name not in self._verified:  # the member's CRC-32, once, before any of it is used
+            if zlib.crc32(whole) != info.CRC:
+                raise CheckpointError(f"{self.path}: member {name} fails its CRC-32 check (corrupted)")
+            self._verified.add(name)
+        return whole[:nbytes]
+
+    def _inflated(self, info: zipfile.ZipInfo, nbytes: int) -> memoryview:
+        """The first nbytes of a compressed member, streamed: only those are kept, and
+        the whole member passes through zipfile's CRC-32 check on the way."""
+        kept = bytearray()
         try:
-            with zipfile.ZipFile(self.path) as zf:
-                data = zf.read(name)
-        except (
-            OSError,
-            zipfile.BadZipFile,
-            zipfile.LargeZipFile,
-            EOFError,
-            ValueError,
-            NotImplementedError,
-        ) as e:
-            raise CheckpointError(f"cannot read member {name} of {self.path}: {e}") from None
-        return memoryview(data)[:nbytes]
+            with zipfile.ZipFile(self.path) as zf, zf.open(info) as stream:
+                while chunk := stream.read(1 << 20):
+                    if len(kept) < nbytes:
+                        kept += chunk[: nbytes - len(kept)]
+        except (OSError, zipfile.BadZipFile, EOFError, ValueError, NotImplementedError) as e:
+            raise CheckpointError(
+                f"cannot read member {info.filename} of {self.path}: {_short(str(e))}"
+            ) from None
+        return memoryview(bytes(kept))
 
     def close(self) -> None:
         if self._mm is not None:
@@ -263,7 +288,7 @@ class LazyTensor(_Inert):
 
 def _check_ints(values, what: str) -> tuple:
     if not isinstance(values, tuple) or not all(type(v) is int for v in values):
-        raise CheckpointError(f"checkpoint tensor has a malformed {what}: {values!r}")
+        raise CheckpointError(f"checkpoint tensor has a malformed {what}: {_short(values)}")
     return values
 
 
@@ -305,14 +330,151 @@ def _ordered_dict(*args):
     return OrderedDict()
 
 
-_ALLOWED: dict[tuple[str, str], Any] = {
-    ("collections", "OrderedDict"): _ordered_dict,
-    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
-    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
-}
-_ALLOWED.update({("torch", name): _StorageType(name) for name in _STORAGE_DTYPES})
-_ALLOWED.update({("torch", name): TorchDtype(name) for name in _TORCH_DTYPE_NAMES})
+def _allowed() -> dict[tuple[str, str], Any]:
+    """The allow-list (a subset of what ``torch.load(weights_only=True)`` accepts for
+    this format), with stand-ins made fresh for each read: nothing a file does can
+    reach the next one."""
+    allowed: dict[tuple[str, str], Any] = {
+        ("collections", "OrderedDict"): _ordered_dict,
+        ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
+        ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+        ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
+    }
+    allowed.update({("torch", name): _StorageType(name) for name in _STORAGE_DTYPES})
+    allowed.update({("torch", name): TorchDtype(name) for name in _TORCH_DTYPE_NAMES})
+    return allowed
+
+
+# The opcodes torch.save's protocol-2 pickle of {"state", "config"} uses; any other is refused.
+_ALLOWED_OPCODES = frozenset(
+    {
+        "PROTO",
+        "FRAME",
+        "STOP",
+        "MARK",
+        "EMPTY_DICT",
+        "EMPTY_LIST",
+        "EMPTY_TUPLE",
+        "TUPLE",
+        "TUPLE1",
+        "TUPLE2",
+        "TUPLE3",
+        "DICT",
+        "LIST",
+        "SETITEM",
+        "SETITEMS",
+        "APPEND",
+        "APPENDS",
+        "BINPUT",
+        "LONG_BINPUT",
+        "MEMOIZE",
+        "BINGET",
+        "LONG_BINGET",
+        "BINUNICODE",
+        "SHORT_BINUNICODE",
+        "BINUNICODE8",
+        "BININT",
+        "BININT1",
+        "BININT2",
+        "LONG1",
+        "BINFLOAT",
+        "NONE",
+        "NEWTRUE",
+        "NEWFALSE",
+        "GLOBAL",
+        "STACK_GLOBAL",
+        "REDUCE",
+        "BINPERSID",
+        "BUILD",
+    }
+)
+MAX_PICKLE_BYTES = 64 << 20
+MAX_PICKLE_OPS = 4_000_000
+MAX_MEMO = 1_000_000
+MAX_NESTING = 100
+MAX_CONFIG_NODES = 10_000
+MAX_CONFIG_DEPTH = 32
+MAX_STATE_TENSORS = 100_000
+
+
+def _short(value, limit: int = 80) -> str:
+    """A repr cut to `limit` characters without ever rendering the whole value."""
+    import reprlib
+
+    r = reprlib.Repr()
+    r.maxstring = r.maxother = limit
+    r.maxlevel, r.maxlist, r.maxtuple, r.maxdict = 2, 4, 4, 4
+    text = r.repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _plain(value, limit: int = 80) -> str:
+    """A name as written (cut to `limit`), or a short repr when it is not a string."""
+    return value[:limit] if isinstance(value, str) else _short(value, limit)
+
+
+def _scan_pickle(path: str, pkl: bytes) -> None:
+    """Refuse, before unpickling, any opcode the format does not need and any
+    pickle too large, too nested or with too many memo entries to be a checkpoint."""
+    import pickletools
+
+    if len(pkl) > MAX_PICKLE_BYTES:
+        raise CheckpointError(f"{path}: its data.pkl is {len(pkl)} bytes, more than a checkpoint's")
+    depth = ops = memo = 0
+    try:
+        for opcode, _arg, _pos in pickletools.genops(pkl):
+            ops += 1
+            name = opcode.name
+            if name not in _ALLOWED_OPCODES:
+                raise CheckpointError(f"{path}: its pickle uses the {name} opcode, which is not allowed")
+            if name == "MARK":
+                depth += 1
+                if depth > MAX_NESTING:
+                    raise CheckpointError(f"{path}: its pickle is nested too deeply")
+            elif name in ("TUPLE", "DICT", "LIST", "SETITEMS", "APPENDS"):
+                depth -= 1
+            elif name in ("BINPUT", "LONG_BINPUT", "MEMOIZE"):
+                memo += 1
+            if ops > MAX_PICKLE_OPS or memo > MAX_MEMO:
+                raise CheckpointError(f"{path}: its pickle is larger than any checkpoint's")
+    except CheckpointError:
+        raise
+    except Exception as e:  # pickletools raises ValueError and friends on a malformed stream
+        raise CheckpointError(f"{path}: its data.pkl is not a valid pickle ({_short(e)})") from None
+
+
+def _check_config(path: str, config: dict) -> None:
+    """The config must be plain JSON (str keys; str, int, float, bool, None, lists,
+    dicts), small and shallow: it is written to config.json as it is."""
+    budget = [MAX_CONFIG_NODES]
+
+    def walk(value, depth: int) -> None:
+        budget[0] -= 1
+        if budget[0] < 0 or depth > MAX_CONFIG_DEPTH:
+            raise CheckpointError(f"{path}: its config is too large or too deeply nested")
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if not isinstance(key, str):
+                    raise CheckpointError(f"{path}: its config has a key that is not a string: {_short(key)}")
+                walk(item, depth + 1)
+        elif isinstance(value, list):
+            for item in value:
+                walk(item, depth + 1)
+        elif isinstance(value, float):
+            if value != value or value in (float("inf"), float("-inf")):
+                raise CheckpointError(f"{path}: its config holds a non-finite number")
+        elif isinstance(value, int) and not isinstance(value, bool):
+            if abs(value) >= 2**63:
+                raise CheckpointError(f"{path}: its config holds an integer out of range")
+        elif isinstance(value, str):
+            if len(value) > 10_000:
+                raise CheckpointError(f"{path}: its config holds a string of {len(value)} characters")
+        elif not (value is None or isinstance(value, bool)):
+            raise CheckpointError(
+                f"{path}: its config holds a {type(value).__name__}, which JSON cannot store"
+            )
+
+    walk(config, 0)
 
 
 class _AllowListUnpickler(pickle.Unpickler):
@@ -323,6 +485,7 @@ class _AllowListUnpickler(pickle.Unpickler):
         self._archive = archive
         self._prefix = prefix
         self._storages: dict[str, _Storage] = {}
+        self._allowed = _allowed()
 
     def find_class(self, module, name):
         # Protocol-2 pickles may spell Python 3 names the Python 2 way (builtins -> __builtin__);
@@ -333,17 +496,17 @@ class _AllowListUnpickler(pickle.Unpickler):
             elif module in _compat_pickle.IMPORT_MAPPING:
                 module = _compat_pickle.IMPORT_MAPPING[module]
         try:
-            return _ALLOWED[(module, name)]
+            return self._allowed[(module, name)]
         except (KeyError, TypeError):
             raise CheckpointError(
                 f"refusing to load {os.path.basename(self._archive.path)}: its pickle references "
-                f"{module}.{name}, which is not on the allow-list"
+                f"{_plain(module)}.{_plain(name)}, which is not on the allow-list"
             ) from None
 
     def persistent_load(self, pid):
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
             raise CheckpointError(
-                f"{self._archive.path}: unsupported persistent id in its pickle: {str(pid)[:80]}"
+                f"{self._archive.path}: unsupported persistent id in its pickle: {_short(pid)}"
             )
         _, stype, key, _location, numel = pid
         if (
@@ -353,7 +516,7 @@ class _AllowListUnpickler(pickle.Unpickler):
             or numel < 0
         ):
             raise CheckpointError(
-                f"{self._archive.path}: malformed storage reference in its pickle: {str(pid)[:80]}"
+                f"{self._archive.path}: malformed storage reference in its pickle: {_short(pid)}"
             )
         st = self._storages.get(key)
         if st is None:
@@ -388,6 +551,27 @@ class Checkpoint:
         self.close()
 
 
+MAX_INFLATION = 50  # a compressed member of over 1 MiB may inflate at most this much
+
+
+def _check_member(path: str, info: zipfile.ZipInfo) -> None:
+    """Refuse encrypted members, stored members whose sizes disagree, and compressed
+    ones that would inflate past MAX_INFLATION times their size (zip bombs).
+    torch.save itself stores every member uncompressed."""
+    if info.flag_bits & 0x1:
+        raise CheckpointError(f"{path}: member {info.filename} is encrypted")
+    if info.compress_type == zipfile.ZIP_STORED:
+        if info.compress_size != info.file_size:
+            raise CheckpointError(f"{path}: member {info.filename} has inconsistent sizes")
+    elif info.compress_type != zipfile.ZIP_DEFLATED:
+        raise CheckpointError(f"{path}: member {info.filename} uses an unsupported compression")
+    elif info.file_size > (1 << 20) and info.file_size > MAX_INFLATION * max(info.compress_size, 1):
+        raise CheckpointError(
+            f"{path}: member {info.filename} would inflate {info.compress_size} bytes to "
+            f"{info.file_size} (a zip bomb?)"
+        )
+
+
 def _find_prefix(path: str, names: list[str]) -> str:
     if "data.pkl" in names:
         return ""
@@ -409,9 +593,16 @@ def read_checkpoint(path) -> Checkpoint:
             infos = {i.filename: i for i in zf.infolist()}
             prefix = _find_prefix(path, list(infos))
             byteorder = infos.get(prefix + "byteorder")
+            for info in (byteorder, infos[prefix + "data.pkl"]):
+                if info is not None:
+                    _check_member(path, info)
+            if byteorder is not None and byteorder.file_size > 16:
+                raise CheckpointError(f"{path}: its byteorder record is {byteorder.file_size} bytes")
             order = zf.read(byteorder).decode("ascii", "replace").strip() if byteorder else "little"
             if order not in ("little", "big"):
-                raise CheckpointError(f"{path}: unknown byte order {order!r}")
+                raise CheckpointError(f"{path}: unknown byte order {_short(order)}")
+            if infos[prefix + "data.pkl"].file_size > MAX_PICKLE_BYTES:
+                raise CheckpointError(f"{path}: its data.pkl is larger than any checkpoint's")
             pkl = zf.read(prefix + "data.pkl")
     except CheckpointError:
         raise
@@ -420,11 +611,12 @@ def read_checkpoint(path) -> Checkpoint:
             f"{path} is not a readable zip checkpoint (truncated or not a torch.save file): {e}"
         ) from None
     except (OSError, EOFError, ValueError, NotImplementedError, zipfile.LargeZipFile, RuntimeError) as e:
-        raise CheckpointError(f"cannot read {path}: {type(e).__name__}: {e}") from None
+        raise CheckpointError(f"cannot read {path}: {type(e).__name__}: {_short(str(e))}") from None
 
     archive = _Archive(path, infos, file_size, big_endian=(order == "big"))
     import io
 
+    _scan_pickle(path, pkl)
     try:
         obj = _AllowListUnpickler(io.BytesIO(pkl), archive, prefix).load()
     except CheckpointError:
@@ -433,7 +625,7 @@ def read_checkpoint(path) -> Checkpoint:
         raise CheckpointError(f"{path}: its pickle is nested too deeply") from None
     except Exception as e:  # malformed pickle: UnpicklingError, EOFError, TypeError, ...
         raise CheckpointError(
-            f"{path}: its data.pkl is not a valid checkpoint pickle ({type(e).__name__}: {e})"
+            f"{path}: its data.pkl is not a valid checkpoint pickle ({type(e).__name__}: {_short(str(e))})"
         ) from None
 
     if not isinstance(obj, dict) or "state" not in obj:
@@ -445,5 +637,8 @@ def read_checkpoint(path) -> Checkpoint:
         raise CheckpointError(f"{path}: its 'state' is not a mapping of names to tensors")
     if not isinstance(config, dict):
         raise CheckpointError(f"{path}: its 'config' is not a dictionary")
+    if len(state) > MAX_STATE_TENSORS:
+        raise CheckpointError(f"{path}: its 'state' holds {len(state)} tensors, more than any checkpoint's")
+    _check_config(path, config)
     extra = {k: v for k, v in obj.items() if k not in ("state", "config")}
     return Checkpoint(path=path, state=dict(state), config=dict(config), extra=extra, _archive=archive)
