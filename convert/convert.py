@@ -70,9 +70,11 @@ def convert_checkpoint(
     config = reflex_config(ckpt.config)
     backbone_source = resolve_backbone(backbone or config["backbone_id"], near=checkpoint_path)
     num_layers = _check_fit(ckpt, config, backbone_config(backbone_source))
+    _check_geometry(ckpt, ReflexArgs.from_config(config, num_layers))  # before mlx-lm's minutes
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+    remove_stale_partials(out)
+    tmp = out.parent / (PARTIAL.format(name=out.name) + str(os.getpid()))
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
@@ -117,8 +119,8 @@ def convert_checkpoint(
             "adapter_dtype": dtype,
             "backbone": BACKBONE_DIR,
             "quantization": {"bits": bits, "group_size": QUANT_GROUP_SIZE} if quantize else None,
-            "source_checkpoint": str(checkpoint) if checkpoint else None,
-            "source_backbone": backbone_source,
+            "source_checkpoint": _as_source(checkpoint),
+            "source_backbone": _as_source(backbone_source),
         }
         (tmp / MODEL_CONFIG_FILE).write_text(json.dumps(model_config, indent=2) + "\n")
         tmp.rename(out)
@@ -126,6 +128,73 @@ def convert_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _as_source(source: str | None) -> str | None:
+    """A local path made absolute (a config must not depend on where convert ran), a hub id as is."""
+    if source and Path(source).expanduser().exists():
+        return str(Path(source).expanduser().resolve())
+    return source
+
+
+PARTIAL = ".{name}.partial-"
+
+
+def remove_stale_partials(out: Path) -> list[Path]:
+    """Remove the half-written folders that killed conversions to `out` left behind
+    (those whose process is gone), saying so; a live run's folder is left alone."""
+    removed = []
+    prefix = PARTIAL.format(name=out.name)
+    for folder in out.parent.glob(prefix + "*"):
+        pid = folder.name[len(prefix) :]
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        print(f"removed {folder}, left by an interrupted conversion", file=sys.stderr)
+        removed.append(folder)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def _check_geometry(ckpt, args: ReflexArgs) -> None:
+    """Every tensor's name, shape and kind against the Reflex modules, from shapes
+    alone (MLX arrays are lazy: nothing is allocated), so a misshapen checkpoint is
+    refused in seconds, before the backbone is converted."""
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+
+    from reflex_mlx.model import Reflex
+
+    try:
+        expected = {name: value.shape for name, value in tree_flatten(Reflex(args).parameters())}
+        shaped = Reflex.sanitize({n: mx.zeros(t.shape, dtype=mx.float32) for n, t in ckpt.state.items()})
+        got = {name: value.shape for name, value in shaped.items()}
+    except (ValueError, OverflowError, RuntimeError, MemoryError) as err:
+        raise ConvertError(f"the checkpoint's tensors cannot be laid out: {first_line(err)[:200]}") from None
+    missing, unexpected = sorted(expected.keys() - got.keys()), sorted(got.keys() - expected.keys())
+    if missing or unexpected:
+        raise ConvertError(
+            f"the checkpoint does not fit the Reflex modules: {len(missing)} tensors missing "
+            f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}), {len(unexpected)} unexpected "
+            f"({', '.join(unexpected[:3])}{', ...' if len(unexpected) > 3 else ''})"
+        )
+    for name, shape in expected.items():
+        if tuple(got[name]) != tuple(shape):
+            have, want = tuple(got[name]), tuple(shape)
+            raise ConvertError(f"the checkpoint does not fit the Reflex modules: {name}: {have}, not {want}")
+    for name, tensor in ckpt.state.items():
+        floating = tensor.dtype in ("float32", "float64", "float16", "bfloat16")
+        if floating == (name == "instr_words"):
+            raise ConvertError(f"checkpoint tensor {name} is {tensor.dtype}, which does not fit it")
 
 
 def _check_fit(ckpt, config: dict, qwen: dict) -> int:
@@ -198,6 +267,10 @@ def _spell_rope_theta(config_path: Path) -> dict:
     help="dtype of the backbone's unquantized weights (default: the backbone's own).",
 )
 def main(checkpoint, backbone, out, bits, no_quantize, dtype, backbone_dtype):
+    import signal
+
+    # SIGTERM cleans up like Ctrl-C: the half-written folder is removed on the way out.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     if bits is not None and no_quantize:
         raise click.UsageError("--bits and --no-quantize contradict each other; give one")
     try:

@@ -25,6 +25,27 @@ def write_atomically(path: str | Path, data: str | bytes | Callable[[Path], None
             tmp.write_text(data)
         os.replace(tmp, path)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:  # a read-only folder: the first error is the one to report
+            pass
         raise
     return path
+
+
+def writable_file(path: str | Path) -> str | None:
+    """Why `path` cannot be written as a file (None when it can): checked before long work."""
+    import os
+
+    text = str(path)
+    if not text.strip():
+        return "the output path is empty"
+    path = Path(path).expanduser()
+    if path.is_dir():
+        return f"{path} is a directory"
+    parent = path.parent
+    if not parent.is_dir():
+        return f"no directory {parent} to write {path.name} into"
+    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        return f"{path} is not writable"
+    return None

@@ -62,35 +62,48 @@ CONFIG_DEFAULTS = {
 }
 
 
-# Keys every consumer reads, and what each must hold.
-_POSITIVE_INT_KEYS = (
-    "hidden",
-    "inject_every",
-    "adapter_mlp_ratio",
-    "max_instr_tokens",
-    "embed_dim",
-    "num_instrs",
-)
+# Keys every consumer reads, and the largest value each may hold: far above any
+# model that could run, low enough that a hostile config cannot ask for absurd memory.
+_INT_LIMITS = {
+    "hidden": 1 << 16,
+    "inject_every": 1 << 10,
+    "adapter_mlp_ratio": 64,
+    "max_instr_tokens": 1 << 15,
+    "embed_dim": 1 << 14,
+    "num_instrs": 1 << 20,
+    "adapter_heads": 1 << 10,
+    "num_layers": 1 << 10,
+}
 _BOOL_KEYS = ("chat_template", "context_prefix")
 
 
 def reflex_config(raw: dict) -> dict:
     """The checkpoint config with the released defaults filled in, checked.
 
-    Raises ValueError (one line) when a key holds the wrong kind of value, so a
+    Raises ValueError (one line) when a key holds the wrong kind of value or an
+    absurd size, or the adapter heads do not divide the hidden size, so a
     hand-edited or foreign config fails at load, not deep inside a forward pass.
     """
+    from .errors import short_repr
+
     if not isinstance(raw, dict):
         raise ValueError("the Reflex config is not a mapping")
     cfg = dict(CONFIG_DEFAULTS)
     cfg.update(raw)
-    for key in _POSITIVE_INT_KEYS:
+    for key, limit in _INT_LIMITS.items():
+        if key not in cfg:
+            continue
         value = cfg[key]
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise ValueError(f"config key {key!r} must be a positive integer, not {value!r}")
+            raise ValueError(f"config key {key!r} must be a positive integer, not {short_repr(value)}")
+        if value > limit:
+            raise ValueError(f"config key {key!r} is {value}, more than the {limit} any model could use")
     for key in _BOOL_KEYS:
         if not isinstance(cfg[key], bool):
-            raise ValueError(f"config key {key!r} must be true or false, not {cfg[key]!r}")
+            raise ValueError(f"config key {key!r} must be true or false, not {short_repr(cfg[key])}")
+    heads = cfg.get("adapter_heads", ADAPTER_HEADS)
+    if cfg["hidden"] % heads:
+        raise ValueError(f"adapter_heads {heads} does not divide the hidden size {cfg['hidden']}")
     return cfg
 
 

@@ -14,12 +14,15 @@ from pathlib import Path
 import click
 
 from reflex_core import backends
-from reflex_core.files import write_atomically
+from reflex_core.errors import first_line
+from reflex_core.files import writable_file, write_atomically
 from reflex_core.loop import Cycle, RunResult, run
 from reflex_core.prompt import truncation_notice
 from reflex_core.spec import DEFAULT_MAX_CYCLES, DEFAULT_RELEASE_DIR
 
 MODEL_ENV = "REFLEX_MLX_MODEL"
+DEBUG_ENV = "REFLEX_MLX_DEBUG"
+ISSUES_HINT = "please report it with the command that failed (run it with --debug for the traceback)"
 BUNDLED_MODEL = Path(__file__).resolve().parent / "models" / "reflex-tiny"
 BACKEND_CHOICE = click.Choice(["mlx", "torch"])
 
@@ -87,9 +90,62 @@ backend_option = click.option(
 )
 
 
-@click.group(help="Run Reflex, a frozen code LLM that drives a RISC-V CPU, with MLX or PyTorch.")
-def main() -> None:
+class _OneLineErrors(click.Group):
+    """Every error ends in one line and a non-zero exit: user errors as click's
+    "Error: ...", output that cannot be written (a full device, a closed pipe), and
+    unexpected internal errors with a hint; --debug (or $REFLEX_MLX_DEBUG=1) shows
+    the traceback of the last kind instead."""
+
+    def invoke(self, ctx: click.Context):
+        debug = ctx.params.get("debug") or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+        try:
+            result = super().invoke(ctx)
+            sys.stdout.flush()  # a full device or a closed pipe shows here, not at exit
+            return result
+        except (click.ClickException, click.exceptions.Exit, click.Abort, KeyboardInterrupt):
+            raise
+        except BrokenPipeError:
+            _silence_stdout()
+            ctx.exit(1)
+        except OSError as err:
+            if debug:
+                raise
+            _silence_stdout()
+            raise click.ClickException(
+                f"cannot write the output: {err.strerror or first_line(err)}"
+            ) from None
+        except Exception as err:
+            if debug:
+                raise
+            raise click.ClickException(
+                f"internal error: {type(err).__name__}: {first_line(err)[:200]}; {ISSUES_HINT}"
+            ) from None
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so that the interpreter's final flush cannot fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
+@click.group(
+    cls=_OneLineErrors, help="Run Reflex, a frozen code LLM that drives a RISC-V CPU, with MLX or PyTorch."
+)
+@click.option("--debug", is_flag=True, help=f"Show tracebacks of internal errors (also ${DEBUG_ENV}=1).")
+def main(debug: bool) -> None:
     pass
+
+
+def _check_prompt(prompt: str) -> None:
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError:
+        raise click.ClickException("the prompt is not valid UTF-8 text") from None
+    if not prompt.strip():
+        raise click.ClickException("the prompt is empty")
 
 
 @main.command(name="run", help="Let the model drive the CPU for PROMPT, one instruction per cycle.")
@@ -101,6 +157,7 @@ def main() -> None:
 def run_command(prompt: str, model: Path | None, backend: str | None, max_cycles: int, as_json: bool) -> None:
     from reflex_core.predict import Predictor
 
+    _check_prompt(prompt)
     loaded = _load(backend, model)
     predictor = Predictor(loaded.runner, loaded.tokenizer, prompt, loaded.config)
     if predictor.tokens.truncated:
@@ -146,13 +203,15 @@ def _evaluate(loaded: backends.Loaded, progress: bool = True) -> dict:
 @click.option(
     "--json",
     "json_out",
-    type=click.Path(path_type=Path),
+    type=str,
     default=None,
     help="Also write the report as JSON to this file.",
 )
-def eval_command(model: Path | None, backend: str | None, json_out: Path | None) -> None:
+def eval_command(model: Path | None, backend: str | None, json_out: str | None) -> None:
     from reflex_core.evaluation import format_report
 
+    if json_out is not None and (why := writable_file(json_out)):  # before minutes of work
+        raise click.ClickException(f"cannot write the report: {why}")
     loaded = _load(backend, model)
     report = _evaluate(loaded)
     name = Path(model).name if model else default_model_dir()[0].name

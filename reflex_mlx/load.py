@@ -53,8 +53,12 @@ def load_model(model_dir: str | Path) -> tuple[ReflexModel, object, dict]:
 
     model_dir = Path(model_dir).expanduser()
     config = read_model_config(model_dir)
+    backbone_dir = model_dir / config.get("backbone", BACKBONE_DIR)
+    if not backbone_dir.is_dir():
+        raise ModelError(f"{model_dir} has no backbone folder ({backbone_dir.name}/)")
+    _check_tokenizer(backbone_dir)
     try:
-        backbone, tokenizer = load_backbone(str(model_dir / config.get("backbone", BACKBONE_DIR)))
+        backbone, tokenizer = load_backbone(str(backbone_dir))
     except Exception as err:  # mlx-lm raises many kinds; the user needs one line
         raise ModelError(f"cannot load the backbone in {model_dir}: {first_line(err)}") from None
     try:
@@ -66,4 +70,28 @@ def load_model(model_dir: str | Path) -> tuple[ReflexModel, object, dict]:
         raise ModelError(f"cannot load the adapters in {model_dir}: {first_line(err)}") from None
     model.eval()
     mx.eval(model.parameters())
+    _check_adapters(model_dir, weights)
     return model, tokenizer, config
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
+
+
+def _check_tokenizer(backbone_dir: Path) -> None:
+    """Without its files a tokenizer silently falls back to something that is not the model's."""
+    if not any((backbone_dir / name).is_file() for name in TOKENIZER_FILES):
+        raise ModelError(
+            f"the backbone in {backbone_dir} has no tokenizer files ({', '.join(TOKENIZER_FILES)})"
+        )
+
+
+def _check_adapters(model_dir: Path, weights: dict) -> None:
+    """Float weights finite, the codebook's words integers: a damaged file must not run."""
+    for name, value in weights.items():
+        if name == "instr_words":
+            if not mx.issubdtype(value.dtype, mx.integer):
+                raise ModelError(f"{model_dir}: the codebook words are {value.dtype}, not integers")
+        elif not mx.issubdtype(value.dtype, mx.floating):
+            raise ModelError(f"{model_dir}: adapter weight {name} is {value.dtype}, not a float type")
+        elif not mx.all(mx.isfinite(value)).item():
+            raise ModelError(f"{model_dir}: adapter weight {name} holds NaN or infinite values")

@@ -45,10 +45,13 @@ class TorchBackend:
     def load(self, model: Path | None, fast: bool = True) -> Loaded:
         """A torch model directory (reflex.pt + backbone) or a converted MLX
         directory's sources; None: the bundled reflex-tiny."""
+        from transformers.utils import logging as hf_logging
+
         from .fast import FastReflex
         from .load import load_model
         from .model import Reference
 
+        hf_logging.disable_progress_bar()  # the command line says what it loads in one line
         checkpoint, backbone, source = _sources(model)
         try:
             reflex, tokenizer, config = load_model(checkpoint, backbone=backbone)
