@@ -16,7 +16,7 @@ TINY_MLX      := reflex_mlx/models/reflex-tiny
 TINY_CONVERT_ARGS ?= --no-quantize --backbone-dtype float16
 CONVERT_ARGS  ?=
 
-.PHONY: setup setup-gpu test lint format run eval bench-eval heldout tiny-mlx convert parity parity-gpu fixture clean
+.PHONY: setup setup-gpu test fuzz lint format run eval bench-eval heldout tiny-mlx convert parity parity-gpu fixture clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -30,6 +30,11 @@ setup: $(VENV)/.installed
 
 test: setup
 	$(PY) -m pytest -q
+
+# The hostile-checkpoint tests with a larger fuzz count than `make test`'s 120 (FUZZ_CASES).
+FUZZ_CASES    ?= 3000
+fuzz: setup
+	REFLEX_FUZZ_CASES=$(FUZZ_CASES) $(PY) -m pytest -q -s tests/mlx/test_checkpoint_hostile.py --durations=5
 
 # ruff: lint and formatting (configured in pyproject.toml); `make format` applies both.
 lint: setup

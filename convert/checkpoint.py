@@ -190,7 +190,7 @@ class _Archive:
                 while chunk := stream.read(1 << 20):
                     if len(kept) < nbytes:
                         kept += chunk[: nbytes - len(kept)]
-        except (OSError, zipfile.BadZipFile, EOFError, ValueError, NotImplementedError) as e:
+        except (OSError, zipfile.BadZipFile, EOFError, ValueError, NotImplementedError, zlib.error) as e:
             raise CheckpointError(
                 f"cannot read member {info.filename} of {self.path}: {_short(str(e))}"
             ) from None
@@ -311,7 +311,15 @@ def _rebuild_tensor_v2(
                 f"checkpoint tensor of size {size} at offset {storage_offset} overruns its storage "
                 f"of {storage.numel} elements"
             )
+    elements = 1
+    for n in size:
+        elements *= n
+    if elements > MAX_TENSOR_ELEMENTS:
+        raise CheckpointError(f"checkpoint tensor of size {_short(size)} is larger than any checkpoint's")
     return LazyTensor(storage, storage_offset, size, stride)
+
+
+MAX_TENSOR_ELEMENTS = 1 << 34
 
 
 def _rebuild_parameter(data, requires_grad=False, backward_hooks=None, state=None):
@@ -417,14 +425,17 @@ def _scan_pickle(path: str, pkl: bytes) -> None:
     """Refuse, before unpickling, any opcode the format does not need and any
     pickle too large, too nested or with too many memo entries to be a checkpoint."""
     import pickletools
+    import warnings
 
     if len(pkl) > MAX_PICKLE_BYTES:
         raise CheckpointError(f"{path}: its data.pkl is {len(pkl)} bytes, more than a checkpoint's")
     depth = ops = memo = 0
     try:
-        for opcode, _arg, _pos in pickletools.genops(pkl):
+        with warnings.catch_warnings():  # genops decodes the escapes of refused opcodes noisily
+            warnings.simplefilter("ignore")
+            opcodes = [opcode.name for opcode, _arg, _pos in _bounded(pickletools.genops(pkl))]
+        for name in opcodes:
             ops += 1
-            name = opcode.name
             if name not in _ALLOWED_OPCODES:
                 raise CheckpointError(f"{path}: its pickle uses the {name} opcode, which is not allowed")
             if name == "MARK":
@@ -441,6 +452,14 @@ def _scan_pickle(path: str, pkl: bytes) -> None:
         raise
     except Exception as e:  # pickletools raises ValueError and friends on a malformed stream
         raise CheckpointError(f"{path}: its data.pkl is not a valid pickle ({_short(e)})") from None
+
+
+def _bounded(ops):
+    """At most MAX_PICKLE_OPS + 1 opcodes of a stream (the scan refuses more)."""
+    for count, op in enumerate(ops):
+        yield op
+        if count > MAX_PICKLE_OPS:
+            return
 
 
 def _check_config(path: str, config: dict) -> None:
@@ -539,6 +558,15 @@ class Checkpoint:
     extra: dict = field(default_factory=dict)
     _archive: _Archive | None = field(default=None, repr=False)
 
+    def verify(self) -> None:
+        """Check every tensor's data against its CRC-32 now (one pass over the file),
+        so that a damaged checkpoint is refused before any work is done with it."""
+        for name, tensor in self.state.items():
+            try:
+                tensor.raw()
+            except CheckpointError as err:
+                raise CheckpointError(f"tensor {name}: {err}") from None
+
     def close(self) -> None:
         """Unmap the file if no arrays handed out still view it."""
         if self._archive is not None:
@@ -586,6 +614,12 @@ def read_checkpoint(path) -> Checkpoint:
     torch; tensors stay lazy."""
     path = os.fspath(path)
     if not os.path.isfile(path):
+        if os.path.isdir(path):
+            raise CheckpointError(f"checkpoint {path} is a directory, not a file")
+        if os.path.lexists(path) and not os.path.exists(path):
+            raise CheckpointError(f"checkpoint {path} is a broken or looping symbolic link")
+        if os.path.exists(path):
+            raise CheckpointError(f"checkpoint {path} is not a regular file")
         raise CheckpointError(f"checkpoint file {path} does not exist")
     try:
         file_size = os.path.getsize(path)
@@ -610,7 +644,15 @@ def read_checkpoint(path) -> Checkpoint:
         raise CheckpointError(
             f"{path} is not a readable zip checkpoint (truncated or not a torch.save file): {e}"
         ) from None
-    except (OSError, EOFError, ValueError, NotImplementedError, zipfile.LargeZipFile, RuntimeError) as e:
+    except (
+        OSError,
+        EOFError,
+        ValueError,
+        NotImplementedError,
+        zipfile.LargeZipFile,
+        RuntimeError,
+        zlib.error,
+    ) as e:
         raise CheckpointError(f"cannot read {path}: {type(e).__name__}: {_short(str(e))}") from None
 
     archive = _Archive(path, infos, file_size, big_endian=(order == "big"))

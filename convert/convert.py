@@ -67,12 +67,15 @@ def convert_checkpoint(
         raise ConvertError(f"{out} already exists; remove it or choose another --out")
     checkpoint_path = resolve_checkpoint(checkpoint)
     ckpt = read_checkpoint(checkpoint_path)
+    ckpt.verify()  # every tensor's CRC-32, before minutes of backbone conversion
     config = reflex_config(ckpt.config)
     backbone_source = resolve_backbone(backbone or config["backbone_id"], near=checkpoint_path)
     num_layers = _check_fit(ckpt, config, backbone_config(backbone_source))
     _check_geometry(ckpt, ReflexArgs.from_config(config, num_layers))  # before mlx-lm's minutes
 
     out.parent.mkdir(parents=True, exist_ok=True)
+    if not os.access(out.parent, os.W_OK):
+        raise ConvertError(f"cannot write into {out.parent}")
     remove_stale_partials(out)
     tmp = out.parent / (PARTIAL.format(name=out.name) + str(os.getpid()))
     shutil.rmtree(tmp, ignore_errors=True)

@@ -146,6 +146,7 @@ def test_seeded_byte_flips_and_truncations(good, tmp_path):
     want = _arrays(good)
     rng = np.random.default_rng(0)
     count = int(os.environ.get("REFLEX_FUZZ_CASES", "120"))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     outcomes = {"identical": 0, "refused": 0}
     for case in range(count):
         damaged = bytearray(data)
@@ -164,5 +165,89 @@ def test_seeded_byte_flips_and_truncations(good, tmp_path):
             continue
         assert got.keys() == want.keys() and all(np.array_equal(got[k], want[k]) for k in want), case
         outcomes["identical"] += 1
-    print(f"{count} damaged copies: {outcomes}")
+    grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    print(f"{count} damaged copies: {outcomes}; peak memory grew {grown:.0f} MB")
     assert outcomes["refused"] > 0
+    assert grown < 512
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_dangerous_globals_by_every_path(tmp_path, protocol):
+    """GLOBAL (protocol 2) and STACK_GLOBAL (4, 5) of os.system, through REDUCE and as a
+    tensor's storage: refused, and the payload never runs."""
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    for obj in ({"state": Payload(), "config": {}}, {"state": {"w": Payload()}, "config": {"a": Payload()}}):
+        message = _one_line(_zip(tmp_path / "evil.pt", pickle.dumps(obj, protocol=protocol)))
+        assert "allow-list" in message or "opcode" in message
+    assert not marker.exists()
+
+
+def test_a_tensor_of_absurd_size_is_refused(tmp_path):
+    """In bounds (stride 0) yet 2**80 elements: refused when the tensor is built."""
+    import collections
+    import io
+
+    torch = pytest.importorskip("torch")
+    storage = object()
+
+    class Pickler(pickle.Pickler):
+        def persistent_id(self, obj):
+            return ("storage", torch.FloatStorage, "0", "cpu", 1) if obj is storage else None
+
+    class Huge:
+        def __reduce__(self):
+            args = (storage, 0, (2**40, 2**40), (0, 0), False, collections.OrderedDict())
+            return (torch._utils._rebuild_tensor_v2, args)
+
+    buffer = io.BytesIO()
+    Pickler(buffer, protocol=2).dump({"state": {"w": Huge()}, "config": {}})
+    message = _one_line(
+        _zip(tmp_path / "huge.pt", buffer.getvalue(), members=[("archive/data/0", b"\0" * 4)])
+    )
+    assert "larger than any" in message
+
+
+def test_seeded_pickle_mutations_with_valid_crcs(good, tmp_path):
+    """data.pkl mutated and the zip rewritten with correct CRCs, so that only the
+    unpickler and the checks after it stand between the bytes and the reader: every
+    case is read, or refused in one line, quickly and in bounded memory."""
+    import time
+
+    with zipfile.ZipFile(good) as z:
+        members = [(i.filename, z.read(i)) for i in z.infolist()]
+    pkl_name, pkl = next((n, d) for n, d in members if n.endswith("data.pkl"))
+    rng = np.random.default_rng(1)
+    count = int(os.environ.get("REFLEX_FUZZ_CASES", "120"))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    outcomes = {"read": 0, "refused": 0}
+    slowest = 0.0
+    for _ in range(count):
+        data = bytearray(pkl)
+        for _ in range(int(rng.integers(1, 4))):
+            at = int(rng.integers(0, len(data)))
+            if rng.random() < 0.7:
+                data[at] = int(rng.integers(0, 256))
+            else:  # insert a random opcode byte
+                data.insert(at, int(rng.integers(0, 256)))
+        path = tmp_path / "case.pt"
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
+            for name, payload in members:
+                z.writestr(name, bytes(data) if name == pkl_name else payload)
+        started = time.perf_counter()
+        try:
+            ckpt = read_checkpoint(path)
+            for tensor in ckpt.state.values():
+                tensor.numpy()
+            outcomes["read"] += 1
+        except CheckpointError as err:
+            assert "\n" not in str(err) and len(str(err)) < 400
+            outcomes["refused"] += 1
+        slowest = max(slowest, time.perf_counter() - started)
+    grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    print(f"{count} mutated pickles: {outcomes}; slowest {slowest * 1e3:.0f} ms; memory grew {grown:.0f} MB")
+    assert slowest < 5 and grown < 512 and outcomes["refused"] > 0
