@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import mlx.core as mx
+from mlx.utils import tree_flatten
 
 from reflex_core.errors import first_line
 from reflex_core.spec import (
@@ -64,8 +65,18 @@ def load_model(model_dir: str | Path) -> tuple[ReflexModel, object, dict]:
     try:
         reflex = Reflex(ReflexArgs.from_config(config))
         weights = Reflex.sanitize(mx.load(str(model_dir / ADAPTERS_FILE)))
+        expected = {name for name, _ in tree_flatten(reflex.parameters())}
+        missing, unexpected = sorted(expected - weights.keys()), sorted(weights.keys() - expected)
+        if missing or unexpected:
+            raise ModelError(
+                f"{ADAPTERS_FILE} does not fit the config: missing {missing[:3]}"
+                f"{' ...' if len(missing) > 3 else ''}, unexpected {unexpected[:3]}"
+                f"{' ...' if len(unexpected) > 3 else ''}"
+            )
         reflex.load_weights(list(weights.items()), strict=True)
         model = ReflexModel(backbone, reflex)
+    except ModelError as err:
+        raise ModelError(f"cannot load the adapters in {model_dir}: {err}") from None
     except Exception as err:
         raise ModelError(f"cannot load the adapters in {model_dir}: {first_line(err)}") from None
     model.eval()

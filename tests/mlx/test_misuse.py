@@ -53,6 +53,10 @@ def _damaged(src: Path, dst: Path, damage: str) -> Path:
         config["adapter_heads"] = 0
     elif damage == "huge codebook":
         config["num_instrs"] = 10**12
+    elif damage == "missing adapter key":
+        weights = mx.load(str(dst / "adapters.safetensors"))
+        del weights["kv_norm.bias"]
+        mx.save_safetensors(str(dst / "adapters.safetensors"), weights)
     (dst / "config.json").write_text(json.dumps(config))
     return dst
 
@@ -66,12 +70,15 @@ def _damaged(src: Path, dst: Path, damage: str) -> Path:
         "heads do not divide",
         "zero heads",
         "huge codebook",
+        "missing adapter key",
     ],
 )
 def test_damaged_models_are_refused_at_load(mlx_float32_dir, tmp_path, damage):
     model = _damaged(mlx_float32_dir, tmp_path / "model", damage)
     line = _one_error_line(_cli(["run", "say hi", "--backend", "mlx", "--model", str(model)]))
     print(f"{damage}: {line}")
+    if damage == "missing adapter key":
+        assert "kv_norm.bias" in line
 
 
 def test_misuse_table(mlx_float32_dir, fixture_dir, tmp_path):
