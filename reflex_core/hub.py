@@ -29,7 +29,11 @@ def resolve_checkpoint(source: str | None) -> Path:
         raise FileNotFoundError(f"no checkpoint at {source} (not a file, nor owner/repo[/file])")
     from huggingface_hub import hf_hub_download
 
-    return Path(hf_hub_download(repo_id=repo, filename=filename))
+    offline_if_unreachable()
+    try:
+        return Path(hf_hub_download(repo_id=repo, filename=filename))
+    except Exception as err:  # the hub's many error kinds: one line for the user
+        raise FileNotFoundError(f"cannot fetch {repo}/{filename} from the hub: {_first(err)}") from None
 
 
 def resolve_backbone(source: str, near: Path | None = None) -> str:
@@ -63,4 +67,38 @@ def backbone_config(source: str) -> dict:
         return json.loads((path / "config.json").read_text())
     from huggingface_hub import hf_hub_download
 
-    return json.loads(Path(hf_hub_download(repo_id=source, filename="config.json")).read_text())
+    offline_if_unreachable()
+    try:
+        return json.loads(Path(hf_hub_download(repo_id=source, filename="config.json")).read_text())
+    except Exception as err:
+        raise FileNotFoundError(f"cannot fetch the backbone {source} from the hub: {_first(err)}") from None
+
+
+def offline_if_unreachable() -> None:
+    """Where the hub's host does not even resolve, use the local cache only, at once,
+    instead of huggingface_hub's retries (half a minute of warnings per file)."""
+    import socket
+    import sys
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return
+    try:
+        socket.getaddrinfo(urlparse(constants.ENDPOINT).hostname, 443)
+    except OSError:
+        constants.HF_HUB_OFFLINE = True  # read at each call by huggingface_hub and mlx-lm's downloads
+        print(
+            f"the hub ({constants.ENDPOINT}) cannot be reached: using the local cache only", file=sys.stderr
+        )
+
+
+def _first(err: BaseException) -> str:
+    from huggingface_hub import constants
+
+    from .errors import first_line
+
+    if constants.HF_HUB_OFFLINE:
+        return "not in the local cache, and the hub cannot be reached (offline)"
+    return first_line(err)[:200]

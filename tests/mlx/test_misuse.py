@@ -213,3 +213,25 @@ def test_partial_folders_of_dead_runs_are_removed(tmp_path):
         (folder / "backbone").mkdir(parents=True)
     assert remove_stale_partials(out) == [stale]
     assert not stale.exists() and live.exists() and other.exists()
+
+
+def test_a_hub_id_that_cannot_be_fetched_fails_fast(tmp_path):
+    """Offline (no DNS), the local cache is used at once instead of half a minute of retries."""
+    started = time.time()
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "convert",
+            "--checkpoint",
+            "nobody-here/no-such-repo/reflex.pt",
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        timeout=120,
+        env={**os.environ, "HF_HOME": str(tmp_path / "hf")},
+    )
+    _one_error_line(proc)
+    assert time.time() - started < 20
+    assert not (tmp_path / "out").exists()
