@@ -41,14 +41,13 @@ from reflex_core.files import write_atomically
 from reflex_core.hub import resolve_backbone
 from reflex_core.prompt import encode_prompt
 from reflex_core.shapes import TINY, qwen2_config, reflex_config
-from reflex_core.spec import SYSTEM_PROMPT, ReflexArgs
+from reflex_core.spec import BACKBONE_DIR, SYSTEM_PROMPT, ReflexArgs
 
 from .heldout import HELDOUT_FILE, heldout_cycles, make_pairs, top1
 from .model import Reflex, ReflexModel
 
 EVAL_TASKS = Path(reflex_core.__file__).parent / "data" / "eval_tasks.json"
 STATE_FILE = "train_state.pt"
-BACKBONE_DIR = "backbone"
 MAX_FLOAT32_BACKBONE_BYTES = 16 * 2**20  # bigger from-scratch backbones are saved in bfloat16
 
 # On --resume these always come from the saved run, so the data split and the model
