@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 
 from reflex_core.files import write_atomically
-from reflex_core.timing import median_ms
 
 REPO = Path(__file__).resolve().parent.parent
 PROMPT_LEN = 60
@@ -87,11 +86,6 @@ def torch_sync():
     import torch
 
     return torch.cuda.synchronize if torch.cuda.is_available() else None
-
-
-def timed(call, inputs: list, warmup: int = 3, sync=None) -> float:
-    """Median ms of call(x) over inputs (reflex_core.timing.median_ms)."""
-    return median_ms(call, inputs, warmup=warmup, sync=sync)
 
 
 def add_torch_compile_option(parser, what: str) -> None:

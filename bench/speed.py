@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from reflex_core.timing import median_ms
+
 from .common import (
     PAD_ID,
     PAD_TO,
@@ -32,7 +34,6 @@ from .common import (
     add_torch_compile_option,
     bench_states,
     prompt_set,
-    timed,
     torch_sync,
     write_report,
 )
@@ -87,7 +88,9 @@ def torch_rows(
                 "path": label,
                 "batch": 1,
                 "agreement": float((words == ref_words).mean()),
-                "ms_cycle": timed(lambda s, r=ref, b=prompt_batch: r.words(b, s), one, sync=sync),
+                "ms_cycle": median_ms(
+                    lambda s, r=ref, b=prompt_batch: r.words(b, s), one, warmup=3, sync=sync
+                ),
             }
         )
 
@@ -115,7 +118,7 @@ def torch_rows(
             row = {
                 "path": f"fast torch ({label} {'CUDA graph' if graphs else 'eager'})",
                 "batch": batch,
-                "ms_cycle": timed(lambda s, f=fast, g=group: f.words(g, s), inputs, sync=sync),
+                "ms_cycle": median_ms(lambda s, f=fast, g=group: f.words(g, s), inputs, warmup=3, sync=sync),
             }
             row["agreement"] = agreement(model, fast, group, prompts[:batch], agree_states, ref_words)
             rows.append(row)
@@ -179,7 +182,7 @@ def mlx_rows(torch_model, prompts, states, batches, cycles, agree_states, ref_wo
             row = {
                 "path": f"MLX {device} ({name} backbone, {adapters} adapters, {how})",
                 "batch": batch,
-                "ms_cycle": timed(lambda s, f=fast, g=group: f.words(g, s), inputs),
+                "ms_cycle": median_ms(lambda s, f=fast, g=group: f.words(g, s), inputs, warmup=3),
             }
             if batch == 1 and how.startswith("compiled"):
                 got = [

@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from reflex_core.errors import short_repr
+
 __all__ = ["CheckpointError", "Checkpoint", "LazyTensor", "TorchDtype", "read_checkpoint"]
 
 
@@ -192,7 +194,7 @@ class _Archive:
                         kept += chunk[: nbytes - len(kept)]
         except (OSError, zipfile.BadZipFile, EOFError, ValueError, NotImplementedError, zlib.error) as e:
             raise CheckpointError(
-                f"cannot read member {info.filename} of {self.path}: {_short(str(e))}"
+                f"cannot read member {info.filename} of {self.path}: {short_repr(str(e))}"
             ) from None
         return memoryview(bytes(kept))
 
@@ -288,7 +290,7 @@ class LazyTensor(_Inert):
 
 def _check_ints(values, what: str) -> tuple:
     if not isinstance(values, tuple) or not all(type(v) is int for v in values):
-        raise CheckpointError(f"checkpoint tensor has a malformed {what}: {_short(values)}")
+        raise CheckpointError(f"checkpoint tensor has a malformed {what}: {short_repr(values)}")
     return values
 
 
@@ -315,7 +317,7 @@ def _rebuild_tensor_v2(
     for n in size:
         elements *= n
     if elements > MAX_TENSOR_ELEMENTS:
-        raise CheckpointError(f"checkpoint tensor of size {_short(size)} is larger than any checkpoint's")
+        raise CheckpointError(f"checkpoint tensor of size {short_repr(size)} is larger than any checkpoint's")
     return LazyTensor(storage, storage_offset, size, stride)
 
 
@@ -405,20 +407,9 @@ MAX_CONFIG_DEPTH = 32
 MAX_STATE_TENSORS = 100_000
 
 
-def _short(value, limit: int = 80) -> str:
-    """A repr cut to `limit` characters without ever rendering the whole value."""
-    import reprlib
-
-    r = reprlib.Repr()
-    r.maxstring = r.maxother = limit
-    r.maxlevel, r.maxlist, r.maxtuple, r.maxdict = 2, 4, 4, 4
-    text = r.repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def _plain(value, limit: int = 80) -> str:
     """A name as written (cut to `limit`), or a short repr when it is not a string."""
-    return value[:limit] if isinstance(value, str) else _short(value, limit)
+    return value[:limit] if isinstance(value, str) else short_repr(value, limit)
 
 
 def _scan_pickle(path: str, pkl: bytes) -> None:
@@ -451,7 +442,7 @@ def _scan_pickle(path: str, pkl: bytes) -> None:
     except CheckpointError:
         raise
     except Exception as e:  # pickletools raises ValueError and friends on a malformed stream
-        raise CheckpointError(f"{path}: its data.pkl is not a valid pickle ({_short(e)})") from None
+        raise CheckpointError(f"{path}: its data.pkl is not a valid pickle ({short_repr(e)})") from None
 
 
 def _bounded(ops):
@@ -474,7 +465,9 @@ def _check_config(path: str, config: dict) -> None:
         if isinstance(value, dict):
             for key, item in value.items():
                 if not isinstance(key, str):
-                    raise CheckpointError(f"{path}: its config has a key that is not a string: {_short(key)}")
+                    raise CheckpointError(
+                        f"{path}: its config has a key that is not a string: {short_repr(key)}"
+                    )
                 walk(item, depth + 1)
         elif isinstance(value, list):
             for item in value:
@@ -525,7 +518,7 @@ class _AllowListUnpickler(pickle.Unpickler):
     def persistent_load(self, pid):
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
             raise CheckpointError(
-                f"{self._archive.path}: unsupported persistent id in its pickle: {_short(pid)}"
+                f"{self._archive.path}: unsupported persistent id in its pickle: {short_repr(pid)}"
             )
         _, stype, key, _location, numel = pid
         if (
@@ -535,7 +528,7 @@ class _AllowListUnpickler(pickle.Unpickler):
             or numel < 0
         ):
             raise CheckpointError(
-                f"{self._archive.path}: malformed storage reference in its pickle: {_short(pid)}"
+                f"{self._archive.path}: malformed storage reference in its pickle: {short_repr(pid)}"
             )
         st = self._storages.get(key)
         if st is None:
@@ -634,7 +627,7 @@ def read_checkpoint(path) -> Checkpoint:
                 raise CheckpointError(f"{path}: its byteorder record is {byteorder.file_size} bytes")
             order = zf.read(byteorder).decode("ascii", "replace").strip() if byteorder else "little"
             if order not in ("little", "big"):
-                raise CheckpointError(f"{path}: unknown byte order {_short(order)}")
+                raise CheckpointError(f"{path}: unknown byte order {short_repr(order)}")
             if infos[prefix + "data.pkl"].file_size > MAX_PICKLE_BYTES:
                 raise CheckpointError(f"{path}: its data.pkl is larger than any checkpoint's")
             pkl = zf.read(prefix + "data.pkl")
@@ -653,7 +646,7 @@ def read_checkpoint(path) -> Checkpoint:
         RuntimeError,
         zlib.error,
     ) as e:
-        raise CheckpointError(f"cannot read {path}: {type(e).__name__}: {_short(str(e))}") from None
+        raise CheckpointError(f"cannot read {path}: {type(e).__name__}: {short_repr(str(e))}") from None
 
     archive = _Archive(path, infos, file_size, big_endian=(order == "big"))
     import io
@@ -666,9 +659,8 @@ def read_checkpoint(path) -> Checkpoint:
     except RecursionError:
         raise CheckpointError(f"{path}: its pickle is nested too deeply") from None
     except Exception as e:  # malformed pickle: UnpicklingError, EOFError, TypeError, ...
-        raise CheckpointError(
-            f"{path}: its data.pkl is not a valid checkpoint pickle ({type(e).__name__}: {_short(str(e))})"
-        ) from None
+        reason = f"{type(e).__name__}: {short_repr(str(e))}"
+        raise CheckpointError(f"{path}: its data.pkl is not a valid checkpoint pickle ({reason})") from None
 
     if not isinstance(obj, dict) or "state" not in obj:
         raise CheckpointError(f"{path} does not hold a {{'state': ..., 'config': ...}} dictionary")

@@ -9,7 +9,7 @@ def first_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
-def short_repr(value, limit: int = 60) -> str:
+def short_repr(value, limit: int = 80) -> str:
     """A repr for a message, cut to `limit` characters without rendering more of
     the value than that (a hostile config can hold gigabytes)."""
     import reprlib

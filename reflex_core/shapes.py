@@ -78,7 +78,7 @@ TINY = Shape(
 SHAPES = {"release": RELEASE, "tiny-test": TINY_TEST, "fixture": FIXTURE, "tiny": TINY}
 
 
-def reflex_config(shape: Shape, backbone_id: str = DEFAULT_BACKBONE, **overrides) -> dict:
+def checkpoint_config(shape: Shape, backbone_id: str = DEFAULT_BACKBONE, **overrides) -> dict:
     """The checkpoint config of a Reflex model of this shape (the released keys)."""
     return {
         "backbone_id": backbone_id,

@@ -33,7 +33,7 @@ import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen2Model
 
 from reflex_core import rv32i
-from reflex_core.shapes import FIXTURE, Shape, qwen2_config, reflex_config
+from reflex_core.shapes import FIXTURE, Shape, checkpoint_config, qwen2_config
 from reflex_core.spec import HALT_WORD, MASK32, ReflexArgs
 
 from .model import Reflex, ReflexModel
@@ -115,7 +115,7 @@ def build_fixture(out: Path, seed: int = 0, shape: Shape = FIXTURE) -> Path:
 
     words = fixture_codebook()
     # backbone_id keeps the released value: tests pass --backbone
-    config = reflex_config(shape.with_(num_instrs=len(words)))
+    config = checkpoint_config(shape.with_(num_instrs=len(words)))
     reflex = Reflex(ReflexArgs.from_config(config, shape.layers))
     with torch.no_grad():
         for adapter in reflex.adapters:
@@ -165,7 +165,7 @@ def build_random_reflex(
 ) -> tuple[ReflexModel, dict]:
     """(ReflexModel in eval mode, config) with deterministic random weights on `device`."""
     device = torch.device(device)
-    config = reflex_config(shape)
+    config = checkpoint_config(shape)
     with torch.device("meta"):
         qwen = Qwen2Model._from_config(Qwen2Config(**qwen2_config(shape)), dtype=backbone_dtype)
         reflex = Reflex(ReflexArgs.from_config(config, shape.layers)).to(adapter_dtype)

@@ -40,7 +40,7 @@ from reflex_core.corpus import find_corpus, load_programs, replay
 from reflex_core.files import write_atomically
 from reflex_core.hub import resolve_backbone
 from reflex_core.prompt import encode_prompt
-from reflex_core.shapes import TINY, qwen2_config, reflex_config
+from reflex_core.shapes import TINY, checkpoint_config, qwen2_config
 from reflex_core.spec import BACKBONE_DIR, SYSTEM_PROMPT, ReflexArgs
 
 from .heldout import HELDOUT_FILE, heldout_cycles, make_pairs, top1
@@ -488,7 +488,7 @@ def main(argv: list[str] | None = None) -> dict:
         embed_dim=args.embed_dim,
         num_instrs=len(codebook),
     )
-    config = reflex_config(shape, backbone_id, max_instr_tokens=args.max_instr_tokens)
+    config = checkpoint_config(shape, backbone_id, max_instr_tokens=args.max_instr_tokens)
     reflex = Reflex(ReflexArgs.from_config(config, backbone.config.num_hidden_layers))
     reflex.instr_words.copy_(torch.tensor(codebook, dtype=torch.int64))
     reflex.to(device)

@@ -20,10 +20,11 @@ import numpy as np
 import torch
 
 from reflex_core.shapes import SHAPES
+from reflex_core.timing import median_ms
 from reflex_torch.fast import FastReflex
 from reflex_torch.random import build_random_reflex
 
-from ..common import prompt_set, timed, torch_sync
+from ..common import prompt_set, torch_sync
 
 
 def main(argv=None) -> None:
@@ -44,7 +45,7 @@ def main(argv=None) -> None:
                 fast.words(group, np.zeros((b, 65), dtype=np.int64))
                 setup = time.time() - t0
                 states = [rng.integers(0, 2**31, (b, 65)) for _ in range(30)]
-                ms = timed(lambda s, f=fast, g=group: f.words(g, s), states, sync=torch_sync())
+                ms = median_ms(lambda s, f=fast, g=group: f.words(g, s), states, warmup=3, sync=torch_sync())
                 print(
                     f"{mode:32s} fuse={fuse!s:5s} b={b:3d} {ms:8.3f} ms/cycle {ms / b:7.3f} "
                     f"ms/prog-cycle (setup {setup:.0f} s)",

@@ -8,7 +8,7 @@ import pytest
 
 from reflex_core import backends
 from reflex_core.files import write_atomically
-from reflex_core.shapes import FIXTURE, RELEASE, qwen2_config, reflex_config, shape_of_qwen2
+from reflex_core.shapes import FIXTURE, RELEASE, checkpoint_config, qwen2_config, shape_of_qwen2
 from reflex_core.spec import MASK32, ReflexArgs, adapter_layers
 from reflex_core.timing import median_ms
 
@@ -36,7 +36,7 @@ def test_median_ms_times_each_input():
 
 
 def test_release_shape_and_configs():
-    config = reflex_config(RELEASE)
+    config = checkpoint_config(RELEASE)
     args = ReflexArgs.from_config(config, RELEASE.layers)
     assert args.adapter_layers == (3, 7, 11, 15, 19, 23, 27) and args.num_adapters == 7
     assert (args.hidden, args.embed_dim, args.num_instrs) == (3584, 256, 691)
