@@ -16,7 +16,7 @@ import mlx.nn as nn
 import torch
 from mlx.utils import tree_flatten
 
-from reflex_core.shapes import qwen2_config, shape_of_qwen2
+from reflex_core.shapes import decoder_config, shape_of_decoder
 from reflex_core.spec import QUANT_GROUP_SIZE
 from reflex_mlx.model import Reflex, ReflexModel
 
@@ -30,12 +30,15 @@ def to_mlx(t: torch.Tensor) -> mx.array:
 
 
 def mlx_backbone_from_torch(qwen, dtype: str = "bfloat16", bits: int | None = None):
-    """mlx-lm's Qwen2 `Model` holding the weights of a transformers `Qwen2Model`."""
-    from mlx_lm.models.qwen2 import Model, ModelArgs
+    """mlx-lm's `Model` of the same family (Qwen2, Llama, ...) holding the weights
+    of a transformers base model."""
+    from mlx_lm.utils import _get_classes
 
-    shape = shape_of_qwen2(qwen.config.to_dict())
+    shape = shape_of_decoder(qwen.config.to_dict())
     # no lm_head (tied): Reflex never reads logits
-    model = Model(ModelArgs.from_dict(qwen2_config(shape, model_type="qwen2", tie_word_embeddings=True)))
+    config = decoder_config(shape, tie_word_embeddings=True)
+    model_class, args_class = _get_classes(config)
+    model = model_class(args_class.from_dict(config))
     target = getattr(mx, dtype)
     wanted = {name for name, _ in tree_flatten(model.parameters())}
     loaded = set()

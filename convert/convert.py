@@ -1,4 +1,5 @@
-"""Turn a released `reflex.pt` (+ its Qwen2 backbone) into an MLX model directory.
+"""Turn a released `reflex.pt` (+ its backbone: Qwen2 as released, or Llama,
+Mistral, Qwen3) into an MLX model directory.
 
     python -m convert [--checkpoint PATH_OR_HUB_FILE] [--backbone PATH_OR_HUB_ID]
                       [--out DIR] [--bits {4,8}] [--no-quantize] [--dtype ...]
@@ -35,6 +36,7 @@ from reflex_core.spec import (
     QUANT_GROUP_SIZE,
     ReflexArgs,
     adapter_layers,
+    backbone_family,
     reflex_config,
 )
 
@@ -203,6 +205,10 @@ def _check_geometry(ckpt, args: ReflexArgs) -> None:
 def _check_fit(ckpt, config: dict, qwen: dict) -> int:
     """The backbone's layer count, once the checkpoint is known to fit it: same
     hidden size, one adapter per injected layer. Checked before any conversion."""
+    try:
+        backbone_family(qwen)
+    except ValueError as err:
+        raise ConvertError(str(err)) from None
     if qwen.get("hidden_size") != config["hidden"]:
         raise ConvertError(
             f"backbone hidden size {qwen.get('hidden_size')} does not match the "

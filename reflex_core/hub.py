@@ -40,8 +40,16 @@ def resolve_backbone(source: str, near: Path | None = None) -> str:
     """A local transformers directory as a path string, otherwise a hub id, unchanged.
 
     A relative directory is also looked for beside the checkpoint (`near`), so a
-    self-trained model can name its shipped backbone as "backbone".
+    self-trained model can name its shipped backbone as "backbone". A named
+    backbone built on this machine (reflex_core.smol) resolves to its folder.
     """
+    built = named_backbone_dir(source)
+    if built is not None:
+        if not (built / "config.json").is_file():
+            from .smol import BUILD_HINT
+
+            raise FileNotFoundError(f"the backbone {source} is not built on this machine: run {BUILD_HINT}")
+        return str(built)
     path = Path(source).expanduser()
     if path.exists():
         return str(path)
@@ -50,6 +58,14 @@ def resolve_backbone(source: str, near: Path | None = None) -> str:
     if _looks_local(source) or len(source.split("/")) > 2:
         raise FileNotFoundError(f"no backbone directory at {source}")
     return source
+
+
+def named_backbone_dir(source: str) -> Path | None:
+    """The folder of a backbone this project builds (reflex_core.smol), or None."""
+    from .smol import NAMED_BACKBONES
+
+    where = NAMED_BACKBONES.get(source)
+    return where() if where is not None else None
 
 
 def _looks_local(source: str) -> bool:

@@ -1,16 +1,17 @@
 """Model shapes and the configs built from them, defined once for every backend.
 
-A `Shape` fixes a Qwen2 backbone and the Reflex modules around it. The config
-builders turn it into the Reflex checkpoint config (docs/design.md §2) and the
-Qwen2 config that transformers (`Qwen2Config(**qwen2_config(shape))`) and
-mlx-lm (`ModelArgs.from_dict(...)`) both read, so no config is spelled twice.
+A `Shape` fixes a decoder backbone (its family: Qwen2 as released, or Llama,
+Mistral, Qwen3) and the Reflex modules around it. The config builders turn it
+into the Reflex checkpoint config (docs/design.md §2) and the backbone config
+that transformers (`AutoConfig.for_model(**decoder_config(shape))`) and mlx-lm
+(`ModelArgs.from_dict(...)`) both read, so no config is spelled twice.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from .spec import DEFAULT_BACKBONE
+from .spec import DEFAULT_BACKBONE, backbone_family
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,8 @@ class Shape:
     rms_eps: float = 1e-6
     max_positions: int = 32768
     tie_embeddings: bool = False
+    family: str = "qwen2"  # the backbone's model_type (spec.SUPPORTED_BACKBONES)
+    head_dim: int | None = None  # None: hidden // heads
 
     def with_(self, **changes) -> Shape:
         return replace(self, **changes)
@@ -75,7 +78,39 @@ TINY = Shape(
     max_positions=512,
     tie_embeddings=True,
 )
-SHAPES = {"release": RELEASE, "tiny-test": TINY_TEST, "fixture": FIXTURE, "tiny": TINY}
+# The fixture over a Llama backbone: no q/k/v biases, 3:1 grouped-query heads and
+# rope base 1e5 as in SmolLM2, and a head size of its own (6 x 64 != 192), so the
+# parity tests cover a second family. Widths divide by 64, so 4-bit quantizes every layer.
+FIXTURE_LLAMA = FIXTURE.with_(
+    family="llama", hidden=192, heads=6, kv_heads=2, head_dim=64, rope_theta=1e5, rms_eps=1e-5
+)
+# SmolLM2-135M-Instruct (reflex-smol's backbone; reflex_core/smol.py) and the
+# Reflex modules trained over it, sized so the adapter file stays under 16 MiB.
+SMOL = Shape(
+    hidden=576,
+    layers=30,
+    heads=9,
+    kv_heads=3,
+    intermediate=1536,
+    vocab=49152,
+    embed_dim=256,
+    num_instrs=0,
+    mlp_ratio=1,
+    inject_every=8,
+    rope_theta=1e5,
+    rms_eps=1e-5,
+    max_positions=8192,
+    tie_embeddings=True,
+    family="llama",
+)
+SHAPES = {
+    "release": RELEASE,
+    "tiny-test": TINY_TEST,
+    "fixture": FIXTURE,
+    "fixture-llama": FIXTURE_LLAMA,
+    "tiny": TINY,
+    "smol": SMOL,
+}
 
 
 def checkpoint_config(shape: Shape, backbone_id: str = DEFAULT_BACKBONE, **overrides) -> dict:
@@ -94,9 +129,12 @@ def checkpoint_config(shape: Shape, backbone_id: str = DEFAULT_BACKBONE, **overr
     }
 
 
-def qwen2_config(shape: Shape, **overrides) -> dict:
-    """Qwen2 config keys (transformers' names, which mlx-lm reads too; add model_type there)."""
+def decoder_config(shape: Shape, **overrides) -> dict:
+    """The backbone's config keys: transformers' names, which mlx-lm reads too,
+    model_type included (`AutoConfig.for_model(**config)` builds it)."""
+    extra = {"head_dim": shape.head_dim} if shape.head_dim else {}
     return {
+        "model_type": shape.family,
         "vocab_size": shape.vocab,
         "hidden_size": shape.hidden,
         "intermediate_size": shape.intermediate,
@@ -107,12 +145,14 @@ def qwen2_config(shape: Shape, **overrides) -> dict:
         "rope_theta": shape.rope_theta,
         "rms_norm_eps": shape.rms_eps,
         "tie_word_embeddings": shape.tie_embeddings,
+        **extra,
         **overrides,
     }
 
 
-def shape_of_qwen2(config: dict, **reflex) -> Shape:
-    """The Shape of an existing Qwen2 config (transformers' or mlx-lm's keys)."""
+def shape_of_decoder(config: dict, **reflex) -> Shape:
+    """The Shape of an existing backbone config (transformers' or mlx-lm's keys);
+    ValueError for a family Reflex does not run over."""
     rope_theta = config.get("rope_theta") or (config.get("rope_parameters") or {}).get("rope_theta")
     if rope_theta is None:
         raise ValueError("the backbone config has no rope_theta")
@@ -127,5 +167,14 @@ def shape_of_qwen2(config: dict, **reflex) -> Shape:
         rms_eps=config["rms_norm_eps"],
         max_positions=config.get("max_position_embeddings", 32768),
         tie_embeddings=config.get("tie_word_embeddings", False),
+        family=backbone_family(config),
+        head_dim=_own_head_dim(config),
         **{"embed_dim": 0, "num_instrs": 0, **reflex},
     )
+
+
+def _own_head_dim(config: dict) -> int | None:
+    """head_dim where the config sets one other than hidden // heads."""
+    head_dim = config.get("head_dim")
+    default = config["hidden_size"] // config["num_attention_heads"]
+    return head_dim if head_dim and head_dim != default else None

@@ -45,6 +45,24 @@ HUB_REPO = "ilbertt/reflex-coder7b-jepa-riscv"
 HUB_FILE = "reflex.pt"
 DEFAULT_BACKBONE = "Qwen/Qwen2.5-Coder-7B-Instruct"
 
+# Backbone families Reflex runs over: decoders that both transformers and mlx-lm
+# build as embeddings -> decoder layers -> final RMSNorm, with the same module
+# names (self_attn.{q,k,v,o}_proj, mlp.{gate,up,down}_proj). Qwen3 adds per-head
+# q/k norms, which both fast paths apply.
+SUPPORTED_BACKBONES = ("llama", "mistral", "qwen2", "qwen3")
+
+
+def backbone_family(config: dict) -> str:
+    """The backbone config's model_type, if Reflex runs over it; else ValueError in one line."""
+    family = config.get("model_type") if isinstance(config, dict) else None
+    if family not in SUPPORTED_BACKBONES:
+        raise ValueError(
+            f"backbone model_type {family!r} is not supported: Reflex runs over "
+            f"{', '.join(SUPPORTED_BACKBONES)} decoders"
+        )
+    return family
+
+
 ADAPTER_HEADS = 8
 LAYER_NORM_EPS = 1e-5
 

@@ -12,8 +12,8 @@ with less work:
   depend on the machine state, so `prefix()` runs it once per prompt set;
 * the last decoder layer feeds only the pooled last token, so past its
   attention it runs on one row per prompt, and so does any adapter after it;
-* the per-cycle `step` is written out layer by layer over mlx-lm's Qwen2
-  modules (its TransformerBlock's math);
+* the per-cycle `step` is written out layer by layer over mlx-lm's decoder
+  modules (the TransformerBlock math of its qwen2, llama and qwen3 models);
 * options: q/k/v and gate/up as one matmul each (`fuse_projections`), and
   mx.compile of step and decode together, so a cycle launches fewer kernels.
 
@@ -234,7 +234,7 @@ class FastReflex:
         return pred
 
     def _layer(self, i: int, h: mx.array, batch: PromptBatch, pooled: bool) -> mx.array:
-        """Decoder layer i (mlx-lm's Qwen2 TransformerBlock math) on packed tokens
+        """Decoder layer i (mlx-lm's TransformerBlock math) on packed tokens
         [1, N, H]; pooled=True returns only each prompt's last token [B, 1, H]."""
         layer = self.backbone.layers[i]
         attn, mlp = layer.self_attn, layer.mlp
@@ -245,10 +245,15 @@ class FastReflex:
         else:
             q, k, v = attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)
         B, T = batch.batch, batch.width
-        grid = lambda t, n: batch.to_grid(t).reshape(B, T, n, -1).transpose(0, 2, 1, 3)  # [B, n, T, D]
+        qk_norm = hasattr(attn, "q_norm")  # Qwen3: RMSNorm per head before rope
+
+        def grid(t, n, norm=None):  # packed [1, N, n*D] -> [B, n, T, D]
+            t = batch.to_grid(t).reshape(B, T, n, -1)
+            return (norm(t) if norm is not None else t).transpose(0, 2, 1, 3)
+
         q, k, v = (
-            attn.rope(grid(q, attn.n_heads)),
-            attn.rope(grid(k, attn.n_kv_heads)),
+            attn.rope(grid(q, attn.n_heads, attn.q_norm if qk_norm else None)),
+            attn.rope(grid(k, attn.n_kv_heads, attn.k_norm if qk_norm else None)),
             grid(v, attn.n_kv_heads),
         )
         o = mx.fast.scaled_dot_product_attention(q, k, v, scale=attn.scale, mask="causal" if T > 1 else None)

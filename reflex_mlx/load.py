@@ -15,6 +15,7 @@ from reflex_core.spec import (
     MODEL_CONFIG_FILE,
     MODEL_FORMAT,
     ReflexArgs,
+    backbone_family,
     reflex_config,
 )
 
@@ -58,6 +59,7 @@ def load_model(model_dir: str | Path) -> tuple[ReflexModel, object, dict]:
     if not backbone_dir.is_dir():
         raise ModelError(f"{model_dir} has no backbone folder ({backbone_dir.name}/)")
     _check_tokenizer(backbone_dir)
+    _check_family(backbone_dir)
     try:
         backbone, tokenizer = load_backbone(str(backbone_dir))
     except Exception as err:  # mlx-lm raises many kinds; the user needs one line
@@ -94,6 +96,14 @@ def _check_tokenizer(backbone_dir: Path) -> None:
         raise ModelError(
             f"the backbone in {backbone_dir} has no tokenizer files ({', '.join(TOKENIZER_FILES)})"
         )
+
+
+def _check_family(backbone_dir: Path) -> None:
+    """A decoder family Reflex does not run over is refused in one line, before mlx-lm builds it."""
+    try:
+        backbone_family(json.loads((backbone_dir / "config.json").read_text()))
+    except (OSError, ValueError) as err:
+        raise ModelError(f"the backbone in {backbone_dir}: {first_line(err)}") from None
 
 
 def _check_adapters(model_dir: Path, weights: dict) -> None:

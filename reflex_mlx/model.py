@@ -1,5 +1,6 @@
 """Reflex in MLX: state encoder, gated cross-attention adapters, head and codebook
-around an mlx-lm Qwen2 backbone (docs/design.md §3).
+around an mlx-lm decoder backbone: Qwen2 as released, or Llama, Mistral, Qwen3
+(reflex_core.spec.SUPPORTED_BACKBONES; docs/design.md §3).
 
 Plain modules, read top to bottom: `ReflexModel.__call__` is the released
 forward, the adapters called in the decoder's own loop after the listed
@@ -150,11 +151,11 @@ class Reflex(nn.Module):
 
 
 class ReflexModel(nn.Module):
-    """An mlx-lm Qwen2 model with the Reflex adapters after the listed layers."""
+    """An mlx-lm decoder model with the Reflex adapters after the listed layers."""
 
     def __init__(self, backbone: nn.Module, reflex: Reflex):
         super().__init__()
-        self.backbone = backbone.model  # mlx-lm's Qwen2Model: embed_tokens, layers, norm
+        self.backbone = backbone.model  # mlx-lm's inner model: embed_tokens, layers, norm
         self.reflex = reflex
         self.adapter_layers = list(reflex.args.adapter_layers)
         if max(self.adapter_layers) >= len(self.backbone.layers):

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers.models.qwen2.modeling_qwen2 import apply_rotary_pos_emb
+from transformers.models.llama.modeling_llama import apply_rotary_pos_emb  # rotate-half: all four families
 
 from reflex_core.batching import PackedLayout
 from reflex_core.cache import once_per_object
@@ -223,8 +223,8 @@ class FastReflex:
         return self.reflex.head(self.backbone.norm(h))  # RMSNorm is per token
 
     def _layer(self, i: int, h: torch.Tensor, batch: PromptBatch, pooled: bool) -> torch.Tensor:
-        """Decoder layer i (Qwen2DecoderLayer's math) on packed tokens;
-        pooled=True returns only each prompt's last token."""
+        """Decoder layer i (transformers' Qwen2/Llama/Mistral/Qwen3 decoder layer math)
+        on packed tokens; pooled=True returns only each prompt's last token."""
         layer = self.backbone.layers[i]
         attn, mlp = layer.self_attn, layer.mlp
         fused = self.fused[i] if self.fused else None
@@ -234,7 +234,10 @@ class FastReflex:
         else:
             q, k, v = attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)
         heads = lambda t: t.view(len(x), -1, attn.head_dim)
-        q, k = apply_rotary_pos_emb(heads(q), heads(k), batch.cos, batch.sin, unsqueeze_dim=1)
+        q, k = heads(q), heads(k)
+        if hasattr(attn, "q_norm"):  # Qwen3: RMSNorm per head before rope
+            q, k = attn.q_norm(q), attn.k_norm(k)
+        q, k = apply_rotary_pos_emb(q, k, batch.cos, batch.sin, unsqueeze_dim=1)
         grid = lambda t: batch.to_grid(t).transpose(1, 2)  # [B, heads, T, D]
         k, v = grid(k), grid(heads(v))
         if pooled:  # one query per prompt, reading its own prompt's keys

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from transformers import AutoTokenizer, Qwen2Model
+from transformers import AutoConfig, AutoModel, AutoTokenizer
 
 from reflex_core.hub import resolve_backbone, resolve_checkpoint
-from reflex_core.spec import ReflexArgs, reflex_config
+from reflex_core.spec import ReflexArgs, backbone_family, reflex_config
 
 from .model import Reflex, ReflexModel
 
@@ -38,10 +38,17 @@ def load_model(
     saved = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
     config = reflex_config(saved["config"])
     source = resolve_backbone(backbone or config["backbone_id"], near=checkpoint_path)
-    qwen = Qwen2Model.from_pretrained(source, dtype=backbone_dtype).to(device).eval()
+    backbone = load_backbone(source, backbone_dtype).to(device).eval()
     tokenizer = AutoTokenizer.from_pretrained(source)
-    reflex = Reflex(ReflexArgs.from_config(config, qwen.config.num_hidden_layers))
+    reflex = Reflex(ReflexArgs.from_config(config, backbone.config.num_hidden_layers))
     reflex.load_state_dict(saved["state"], strict=True)
-    model = ReflexModel(qwen, reflex.to(device)).eval()
+    model = ReflexModel(backbone, reflex.to(device)).eval()
     model.requires_grad_(False)
     return model, tokenizer, config
+
+
+def load_backbone(source: str, dtype: torch.dtype):
+    """The base model (no LM head) as the release loads it, with transformers'
+    AutoModel, once its family is known to be one Reflex runs over."""
+    backbone_family(AutoConfig.from_pretrained(source).to_dict())
+    return AutoModel.from_pretrained(source, dtype=dtype)

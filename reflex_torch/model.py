@@ -1,9 +1,10 @@
 """The reference Reflex model in PyTorch, matching the released behaviour (docs/design.md §3).
 
 `Reflex` holds exactly the modules stored in `reflex.pt` (its state_dict keys are
-the checkpoint's keys). `ReflexModel` wires it to a transformers Qwen2 base
-model the way the release does: a forward hook on each listed decoder layer
-replaces that layer's output by the adapter's, and the backbone's own final
+the checkpoint's keys). `ReflexModel` wires it to a transformers base model
+(Qwen2 as released, or Llama, Mistral, Qwen3) the way the release does: a
+forward hook on each listed decoder layer replaces that layer's output by the
+adapter's, and the backbone's own final
 RMSNorm runs after the last layer. `Reference` runs it as a predictor runner
 (reflex_core.predict), the prompt padded as the release pads it.
 """
@@ -116,7 +117,7 @@ class Reflex(nn.Module):
 
 
 class ReflexModel(nn.Module):
-    """Frozen Qwen2 base model + Reflex, with adapters hooked after the listed layers."""
+    """Frozen base model (AutoModel) + Reflex, with adapters hooked after the listed layers."""
 
     def __init__(self, backbone: nn.Module, reflex: Reflex):
         super().__init__()

@@ -3,8 +3,9 @@
     python -m reflex_torch.random OUT_DIR [--seed 0]
 
 writes the test fixture: OUT_DIR/reflex.pt (the released keys, dtypes and
-config of docs/design.md §2) and OUT_DIR/backbone/ (a random Qwen2 as a
-transformers directory with its own ChatML byte-level BPE tokenizer).
+config of docs/design.md §2) and OUT_DIR/backbone/ (a random Qwen2, or with
+--family llama a random Llama, as a transformers directory with its own ChatML
+byte-level BPE tokenizer).
 
 `build_random_reflex(shape, seed, device)` draws a model of any shape
 (reflex_core.shapes; the released one has 7.6 B parameters) straight on the
@@ -30,10 +31,10 @@ import math
 from pathlib import Path
 
 import torch
-from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen2Model
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 from reflex_core import rv32i
-from reflex_core.shapes import FIXTURE, Shape, checkpoint_config, qwen2_config
+from reflex_core.shapes import FIXTURE, FIXTURE_LLAMA, Shape, checkpoint_config, decoder_config
 from reflex_core.spec import HALT_WORD, MASK32, ReflexArgs
 
 from .model import Reflex, ReflexModel
@@ -97,9 +98,9 @@ def build_fixture(out: Path, seed: int = 0, shape: Shape = FIXTURE) -> Path:
     torch.manual_seed(seed)
 
     tokenizer = train_tokenizer(TOKENIZER_TEXTS, shape.vocab)
-    qwen = Qwen2ForCausalLM(
-        Qwen2Config(
-            **qwen2_config(
+    qwen = AutoModelForCausalLM.from_config(
+        AutoConfig.for_model(
+            **decoder_config(
                 shape,
                 vocab_size=len(tokenizer),
                 pad_token_id=tokenizer.pad_token_id,
@@ -167,7 +168,7 @@ def build_random_reflex(
     device = torch.device(device)
     config = checkpoint_config(shape)
     with torch.device("meta"):
-        qwen = Qwen2Model._from_config(Qwen2Config(**qwen2_config(shape)), dtype=backbone_dtype)
+        qwen = AutoModel.from_config(AutoConfig.for_model(**decoder_config(shape)), dtype=backbone_dtype)
         reflex = Reflex(ReflexArgs.from_config(config, shape.layers)).to(adapter_dtype)
     qwen.to_empty(device=device)
     reflex.to_empty(device=device)
@@ -188,8 +189,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="Write the small random test checkpoint.")
     parser.add_argument("out", type=Path)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--family", choices=("qwen2", "llama"), default="qwen2", help="the backbone's family")
     args = parser.parse_args()
-    print(build_fixture(args.out, seed=args.seed))
+    shape = FIXTURE_LLAMA if args.family == "llama" else FIXTURE
+    print(build_fixture(args.out, seed=args.seed, shape=shape))
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@
     python -m reflex_torch.heldout runs/small                      # score the held-out programs
 
 Without --backbone a new small Qwen2 (and its own tokenizer) is trained from
-scratch together with the adapters; with --backbone a pretrained Qwen2 is
+scratch together with the adapters; with --backbone a pretrained decoder
+(Qwen2, Llama, Mistral or Qwen3: reflex_core.spec.SUPPORTED_BACKBONES) is
 loaded, frozen, and only the Reflex modules learn (the released recipe,
 docs/design.md §7). Samples are (state, word) cycles from replaying every corpus
 program on the shared machine; 5% of the distinct programs are held out, and
@@ -38,9 +39,9 @@ import torch.nn.functional as F
 import reflex_core
 from reflex_core.corpus import find_corpus, load_programs, replay
 from reflex_core.files import write_atomically
-from reflex_core.hub import resolve_backbone
+from reflex_core.hub import named_backbone_dir, resolve_backbone
 from reflex_core.prompt import encode_prompt
-from reflex_core.shapes import TINY, checkpoint_config, qwen2_config
+from reflex_core.shapes import TINY, checkpoint_config, decoder_config
 from reflex_core.spec import BACKBONE_DIR, SYSTEM_PROMPT, ReflexArgs
 
 from .heldout import HELDOUT_FILE, heldout_cycles, make_pairs, top1
@@ -121,7 +122,12 @@ def build_parser() -> argparse.ArgumentParser:
         "quotes (punctuation: 'say \"hi\"' is 'say hi')",
     )
     # model
-    p.add_argument("--backbone", default=None, help="pretrained Qwen2 (hub id or folder), frozen")
+    p.add_argument(
+        "--backbone",
+        default=None,
+        help="pretrained decoder (hub id, folder, or a named local backbone such as "
+        "SmolLM2-135M-Instruct-Q4_1), frozen",
+    )
     p.add_argument("--hidden", type=int, default=192)
     p.add_argument("--layers", type=int, default=8)
     p.add_argument("--heads", type=int, default=4)
@@ -163,6 +169,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("auto", "float32", "bfloat16"),
         default="auto",
         help=f"auto: float32 unless that exceeds {MAX_FLOAT32_BACKBONE_BYTES >> 20} MiB",
+    )
+    p.add_argument(
+        "--save-dtype",
+        choices=("float32", "bfloat16"),
+        default="float32",
+        help="dtype of reflex.pt's float tensors (float32 as released; bfloat16 halves the file, "
+        "and the loaders cast it back to float32)",
     )
     p.add_argument(
         "--time-limit", type=float, default=None, help="stop cleanly (saving) after this many seconds"
@@ -310,16 +323,21 @@ class Samples:
 
 
 def build_backbone(args, train_prompts: list[str], device, resume: bool):
-    """(causal LM or None, Qwen2 base model, tokenizer, backbone_id)."""
-    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM, Qwen2Model
+    """(causal LM or None, base model, tokenizer, backbone_id)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from .load import load_backbone
 
     if args.backbone:  # the released recipe: a pretrained backbone, frozen, bf16 on CUDA
         source = resolve_backbone(args.backbone)
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-        backbone = Qwen2Model.from_pretrained(source, dtype=dtype).to(device)
+        backbone = load_backbone(source, dtype).to(device)
         backbone.requires_grad_(False)
         tokenizer = AutoTokenizer.from_pretrained(source)
-        backbone_id = str(Path(source).resolve()) if Path(source).exists() else source
+        if named_backbone_dir(args.backbone) is not None:
+            backbone_id = args.backbone  # a name every machine resolves to its own built copy
+        else:
+            backbone_id = str(Path(source).resolve()) if Path(source).exists() else source
         return None, backbone, tokenizer, backbone_id
 
     from .tokenizer import train_tokenizer
@@ -337,8 +355,8 @@ def build_backbone(args, train_prompts: list[str], device, resume: bool):
         intermediate=args.intermediate,
         rope_theta=args.rope_theta,
     )
-    qwen_config = Qwen2Config(
-        **qwen2_config(
+    qwen_config = AutoConfig.for_model(
+        **decoder_config(
             shape,
             vocab_size=len(tokenizer),
             pad_token_id=tokenizer.pad_token_id,
@@ -346,7 +364,7 @@ def build_backbone(args, train_prompts: list[str], device, resume: bool):
             bos_token_id=None,
         )
     )
-    causal = Qwen2ForCausalLM(qwen_config).to(device)
+    causal = AutoModelForCausalLM.from_config(qwen_config).to(device)
     return causal, causal.model, tokenizer, BACKBONE_DIR
 
 
@@ -386,10 +404,12 @@ def atomic_save(obj, path: Path) -> None:
 
 
 def write_release(out: Path, reflex: Reflex, config: dict, causal, tokenizer, args) -> None:
-    """OUT/reflex.pt as released (float32, int64 instr_words) and, from scratch, OUT/backbone/."""
+    """OUT/reflex.pt as released (float32 unless --save-dtype, int64 instr_words) and,
+    from scratch, OUT/backbone/."""
+    floats = getattr(torch, args.save_dtype)
     state = {
         k: (
-            v.detach().to("cpu", torch.int64) if k == "instr_words" else v.detach().to("cpu", torch.float32)
+            v.detach().to("cpu", torch.int64) if k == "instr_words" else v.detach().to("cpu", floats)
         ).contiguous()
         for k, v in reflex.state_dict().items()
     }
@@ -399,9 +419,11 @@ def write_release(out: Path, reflex: Reflex, config: dict, causal, tokenizer, ar
     dtype = args.save_backbone_dtype
     if dtype == "auto":
         dtype = "float32" if 4 * count_params(causal) <= MAX_FLOAT32_BACKBONE_BYTES else "bfloat16"
-    from transformers import Qwen2ForCausalLM
+    from transformers import AutoModelForCausalLM
 
-    copy = Qwen2ForCausalLM(causal.config).to(getattr(torch, dtype))  # a hook-free copy on the CPU
+    copy = AutoModelForCausalLM.from_config(causal.config).to(
+        getattr(torch, dtype)
+    )  # a hook-free copy on the CPU
     copy.load_state_dict(causal.state_dict())
     tmp, old, final = out / (BACKBONE_DIR + ".tmp"), out / (BACKBONE_DIR + ".old"), out / BACKBONE_DIR
     shutil.rmtree(tmp, ignore_errors=True)

@@ -52,6 +52,15 @@ def fixture_dir(tmp_path_factory):
     return build_fixture(tmp_path_factory.mktemp("fixture"))
 
 
+@pytest.fixture(scope="session")
+def llama_fixture_dir(tmp_path_factory):
+    """The same kind of random checkpoint over a Llama backbone (shapes.FIXTURE_LLAMA)."""
+    from reflex_core.shapes import FIXTURE_LLAMA
+    from reflex_torch.random import build_fixture
+
+    return build_fixture(tmp_path_factory.mktemp("fixture-llama"), shape=FIXTURE_LLAMA)
+
+
 def _convert(fixture_dir, out, **kw):
     from convert.convert import convert_checkpoint
 
@@ -60,16 +69,27 @@ def _convert(fixture_dir, out, **kw):
     )
 
 
+def _float32(fixture_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("mlx") / "f32"
+    return _convert(fixture_dir, out, quantize=False, dtype="float32", backbone_dtype="float32")
+
+
+def _torch(fixture_dir):
+    from reflex_torch.load import load_model
+
+    return load_model(fixture_dir / "reflex.pt", backbone=str(fixture_dir / "backbone"), device="cpu")
+
+
+def _mlx(model_dir):
+    from reflex_mlx.load import load_model
+
+    return load_model(model_dir)
+
+
 @pytest.fixture(scope="session")
 def mlx_float32_dir(fixture_dir, tmp_path_factory):
     """The fixture converted with an unquantized float32 backbone and float32 adapters."""
-    return _convert(
-        fixture_dir,
-        tmp_path_factory.mktemp("mlx") / "f32",
-        quantize=False,
-        dtype="float32",
-        backbone_dtype="float32",
-    )
+    return _float32(fixture_dir, tmp_path_factory)
 
 
 @pytest.fixture(scope="session")
@@ -80,16 +100,32 @@ def mlx_4bit_dir(fixture_dir, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def torch_fixture(fixture_dir):
-    from reflex_torch.load import load_model
-
-    return load_model(fixture_dir / "reflex.pt", backbone=str(fixture_dir / "backbone"), device="cpu")
+    return _torch(fixture_dir)
 
 
 @pytest.fixture(scope="session")
 def mlx_float32(mlx_float32_dir):
-    from reflex_mlx.load import load_model
+    return _mlx(mlx_float32_dir)
 
-    return load_model(mlx_float32_dir)
+
+@pytest.fixture(scope="session")
+def llama_mlx_float32_dir(llama_fixture_dir, tmp_path_factory):
+    return _float32(llama_fixture_dir, tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def llama_mlx_4bit_dir(llama_fixture_dir, tmp_path_factory):
+    return _convert(llama_fixture_dir, tmp_path_factory.mktemp("mlx") / "q4-llama", bits=4)
+
+
+@pytest.fixture(scope="session")
+def llama_torch_fixture(llama_fixture_dir):
+    return _torch(llama_fixture_dir)
+
+
+@pytest.fixture(scope="session")
+def llama_mlx_float32(llama_mlx_float32_dir):
+    return _mlx(llama_mlx_float32_dir)
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,7 @@ import mlx.nn as nn
 import numpy as np
 from mlx_lm.models import qwen2
 
-from reflex_core.shapes import RELEASE, TINY_TEST, qwen2_config
+from reflex_core.shapes import RELEASE, TINY_TEST, decoder_config
 from reflex_core.spec import ReflexArgs
 from reflex_core.timing import median_ms
 from reflex_mlx.fast import FastReflex
@@ -35,7 +35,7 @@ def random_model(shape, bits: int | None) -> ReflexModel:
             if isinstance(mod, nn.Linear):
                 mod.weight = mx.random.normal(mod.weight.shape) * mod.weight.shape[1] ** -0.5
 
-    backbone = qwen2.Model(qwen2.ModelArgs.from_dict(qwen2_config(shape, model_type="qwen2")))
+    backbone = qwen2.Model(qwen2.ModelArgs.from_dict(decoder_config(shape, model_type="qwen2")))
     scale(backbone)
     backbone.set_dtype(mx.bfloat16)
     if bits:

@@ -8,7 +8,7 @@ import pytest
 
 from reflex_core import backends
 from reflex_core.files import write_atomically
-from reflex_core.shapes import FIXTURE, RELEASE, checkpoint_config, qwen2_config, shape_of_qwen2
+from reflex_core.shapes import FIXTURE, RELEASE, checkpoint_config, decoder_config, shape_of_decoder
 from reflex_core.spec import MASK32, ReflexArgs, adapter_layers
 from reflex_core.timing import median_ms
 
@@ -40,9 +40,9 @@ def test_release_shape_and_configs():
     args = ReflexArgs.from_config(config, RELEASE.layers)
     assert args.adapter_layers == (3, 7, 11, 15, 19, 23, 27) and args.num_adapters == 7
     assert (args.hidden, args.embed_dim, args.num_instrs) == (3584, 256, 691)
-    qwen = qwen2_config(RELEASE)
+    qwen = decoder_config(RELEASE)
     assert qwen["num_key_value_heads"] == 4 and qwen["intermediate_size"] == 18944
-    assert shape_of_qwen2(qwen, embed_dim=256, num_instrs=691) == RELEASE
+    assert shape_of_decoder(qwen, embed_dim=256, num_instrs=691) == RELEASE
     assert adapter_layers(FIXTURE.layers, FIXTURE.inject_every) == [3, 7]
     assert MASK32 == 2**32 - 1
 

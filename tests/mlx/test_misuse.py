@@ -53,6 +53,9 @@ def _damaged(src: Path, dst: Path, damage: str) -> Path:
         config["adapter_heads"] = 0
     elif damage == "huge codebook":
         config["num_instrs"] = 10**12
+    elif damage == "unsupported backbone family":
+        backbone = json.loads((dst / "backbone" / "config.json").read_text())
+        (dst / "backbone" / "config.json").write_text(json.dumps({**backbone, "model_type": "gpt2"}))
     elif damage == "missing adapter key":
         weights = mx.load(str(dst / "adapters.safetensors"))
         del weights["kv_norm.bias"]
@@ -71,6 +74,7 @@ def _damaged(src: Path, dst: Path, damage: str) -> Path:
         "zero heads",
         "huge codebook",
         "missing adapter key",
+        "unsupported backbone family",
     ],
 )
 def test_damaged_models_are_refused_at_load(mlx_float32_dir, tmp_path, damage):
@@ -79,6 +83,27 @@ def test_damaged_models_are_refused_at_load(mlx_float32_dir, tmp_path, damage):
     print(f"{damage}: {line}")
     if damage == "missing adapter key":
         assert "kv_norm.bias" in line
+    if damage == "unsupported backbone family":
+        assert "'gpt2' is not supported" in line and "llama, mistral, qwen2, qwen3" in line
+
+
+def test_an_unsupported_backbone_family_is_refused_by_convert_and_torch(fixture_dir, tmp_path):
+    """One line naming what is supported, from the converter and the torch backend alike."""
+    model = tmp_path / "gpt2-ish"
+    shutil.copytree(fixture_dir, model)
+    config_path = model / "backbone" / "config.json"
+    config_path.write_text(json.dumps({**json.loads(config_path.read_text()), "model_type": "gpt2"}))
+    convert = subprocess.run(
+        [sys.executable, "-m", "convert", "--checkpoint", str(model / "reflex.pt"), "--backbone",
+         str(model / "backbone"), "--out", str(tmp_path / "out"), "--no-quantize"],
+        capture_output=True, timeout=300,
+    )  # fmt: skip
+    line = convert.stderr.decode().strip().splitlines()[-1]
+    assert convert.returncode != 0 and "Traceback" not in convert.stderr.decode(), line
+    assert "'gpt2' is not supported" in line
+    assert not (tmp_path / "out").exists()
+    line = _one_error_line(_cli(["run", "say hi", "--backend", "torch", "--model", str(model)]))
+    assert "'gpt2' is not supported" in line
 
 
 def test_misuse_table(mlx_float32_dir, fixture_dir, tmp_path):

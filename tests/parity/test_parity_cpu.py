@@ -1,4 +1,5 @@
-"""MLX against the PyTorch reference on CPU, on the project's random fixture.
+"""MLX against the PyTorch reference on CPU, on the project's random fixtures:
+one over a Qwen2 backbone (as released) and one over a Llama backbone.
 
 float32 MLX (unquantized backbone, fast runner as the CLI uses it) must match
 the float32 reference (hooks, padded to 96) to 1e-4 relative error and decode
@@ -15,6 +16,32 @@ from reflex_core.corpus import find_corpus, load_programs, replay
 from reflex_core.predict import Predictor
 
 TASK = "compute 5 factorial and store it"
+FAMILIES = ("qwen2", "llama")
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def family(request):
+    return request.param
+
+
+def _fixture(request, family: str, name: str):
+    """The conftest fixture `name` for this backbone family (llama_<name> for Llama)."""
+    return request.getfixturevalue(name if family == "qwen2" else f"llama_{name}")
+
+
+@pytest.fixture(scope="module")
+def torch_model(request, family):
+    return _fixture(request, family, "torch_fixture")
+
+
+@pytest.fixture(scope="module")
+def mlx_model(request, family):
+    return _fixture(request, family, "mlx_float32")
+
+
+@pytest.fixture(scope="module")
+def mlx_4bit(request, family):
+    return _fixture(request, family, "mlx_4bit_dir")
 
 
 def _compare(torch_fixture, mlx_model, task, states):
@@ -34,18 +61,18 @@ def _compare(torch_fixture, mlx_model, task, states):
     return rel, agree, ref_words
 
 
-def test_float32_parity_on_random_states(torch_fixture, mlx_float32, random_states):
-    rel, agree, words = _compare(torch_fixture, mlx_float32, TASK, random_states(256, 1))
-    print(f"float32: max relative error {rel.max():.2e}, word agreement {agree:.4f}")
+def test_float32_parity_on_random_states(family, torch_model, mlx_model, random_states):
+    rel, agree, words = _compare(torch_model, mlx_model, TASK, random_states(256, 1))
+    print(f"{family} float32: max relative error {rel.max():.2e}, word agreement {agree:.4f}")
     assert rel.max() < 1e-4
     assert agree == 1.0
     assert len(set(words)) > 1, "the fixture's words should depend on the state"
 
 
-def test_words_depend_on_the_prompt(torch_fixture, random_states):
+def test_words_depend_on_the_prompt(torch_model, random_states):
     from reflex_torch.model import Reference
 
-    model, tokenizer, config = torch_fixture
+    model, tokenizer, config = torch_model
     reference = Reference(model, tokenizer.pad_token_id, 96)
     states = random_states(128, 2)
     a = Predictor(reference, tokenizer, "say hi", config).predict_many(states)
@@ -63,21 +90,21 @@ def replayed_programs():
     return [max((p for p in programs if p.family == f), key=lambda p: p.num_ops) for f in wanted]
 
 
-def test_float32_parity_on_replayed_programs(torch_fixture, mlx_float32, replayed_programs):
+def test_float32_parity_on_replayed_programs(family, torch_model, mlx_model, replayed_programs):
     for program in replayed_programs:
         states = [state for state, _ in replay(program)]
-        rel, agree, _ = _compare(torch_fixture, mlx_float32, program.instruction, states)
-        print(f"{program.family}: {len(states)} cycles, max rel {rel.max():.2e}, agree {agree}")
+        rel, agree, _ = _compare(torch_model, mlx_model, program.instruction, states)
+        print(f"{family} {program.family}: {len(states)} cycles, max rel {rel.max():.2e}, agree {agree}")
         assert rel.max() < 1e-4
         assert agree == 1.0
 
 
-def test_4bit_agreement_is_measured(torch_fixture, mlx_4bit_dir, random_states):
+def test_4bit_agreement_is_measured(family, torch_model, mlx_4bit, random_states):
     from reflex_mlx.load import load_model
 
-    rel, agree, _ = _compare(torch_fixture, load_model(mlx_4bit_dir), TASK, random_states(256, 3))
+    rel, agree, _ = _compare(torch_model, load_model(mlx_4bit), TASK, random_states(256, 3))
     print(
-        f"4-bit backbone vs float32 reference: median relative error {np.median(rel):.3f}, "
+        f"{family} 4-bit backbone vs float32 reference: median relative error {np.median(rel):.3f}, "
         f"word agreement {agree:.3f}"
     )
     assert 0 < np.median(rel) < 1.0  # quantized, so not equal; yet the same function

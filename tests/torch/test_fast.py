@@ -65,6 +65,24 @@ def test_fast_step_equals_the_hooked_padded_forward(torch_fixture, fast, random_
         assert len(set(words)) > 1
 
 
+def test_fast_step_on_a_llama_backbone(llama_torch_fixture, random_states):
+    """The same on the Llama fixture: no q/k/v biases, 3:1 grouped-query heads, its own
+    head size, fused and unfused projections."""
+    from reflex_torch.fast import FastReflex
+
+    model, tokenizer, config = llama_torch_fixture
+    assert model.backbone.config.model_type == "llama"
+    states = random_states(64, 4)
+    reference = _reference(llama_torch_fixture, TASKS[0])
+    ref = reference.embed(states)
+    for fuse in (False, True):
+        got = Predictor(FastReflex(model, fuse=fuse), tokenizer, TASKS[0], config)
+        rel = (np.linalg.norm(got.embed(states) - ref, axis=-1) / np.linalg.norm(ref, axis=-1)).max()
+        print(f"llama fuse={fuse}: max relative error {rel:.1e}")
+        assert rel < 1e-5
+        assert got.predict_many(states) == reference.predict_many(states)
+
+
 def test_fast_predictor_and_packed_batch_rows(torch_fixture, fast, random_states):
     _, tokenizer, config = torch_fixture
     states = random_states(len(TASKS), 1)
