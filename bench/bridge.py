@@ -66,17 +66,22 @@ def mlx_model_from_torch(
 ) -> ReflexModel:
     """The MLX ReflexModel equal (up to precision) to a torch `ReflexModel`."""
     backbone = mlx_backbone_from_torch(torch_model.backbone, backbone_dtype, bits)
-    reflex = Reflex(torch_model.reflex.args)
-    target = getattr(mx, adapter_dtype)
-    weights = Reflex.sanitize({k: to_mlx(v) for k, v in torch_model.reflex.state_dict().items()})
+    model = ReflexModel(backbone, mlx_reflex_from_torch(torch_model.reflex, adapter_dtype))
+    model.eval()
+    mx.eval(model.parameters())
+    return model
+
+
+def mlx_reflex_from_torch(torch_reflex, dtype: str = "float32") -> Reflex:
+    """The MLX Reflex modules holding a torch `Reflex`'s weights (converter's names), in `dtype`."""
+    reflex = Reflex(torch_reflex.args)
+    target = getattr(mx, dtype)
+    weights = Reflex.sanitize({k: to_mlx(v) for k, v in torch_reflex.state_dict().items()})
     reflex.load_weights(
         [(k, v.astype(target) if mx.issubdtype(v.dtype, mx.floating) else v) for k, v in weights.items()],
         strict=True,
     )
-    model = ReflexModel(backbone, reflex)
-    model.eval()
-    mx.eval(model.parameters())
-    return model
+    return reflex
 
 
 def release_torch_memory(model=None) -> None:

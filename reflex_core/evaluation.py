@@ -185,3 +185,39 @@ def format_report(report: dict, model_name: str) -> str:
     widths = [max(len(row[i]) for row in summary) for i in range(3)]
     lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in summary]
     return "\n".join(lines)
+
+
+# ------------------------------------------------- prompts near the eval's own
+def normalise(prompt: str) -> str:
+    """Case and spacing ignored."""
+    return " ".join(prompt.lower().split())
+
+
+def bare(prompt: str) -> str:
+    """Letters and digits only: punctuation and quotes ignored too."""
+    import re
+
+    return " ".join(re.sub(r"[^a-z0-9]+", " ", prompt.lower()).split())
+
+
+# Which training prompts count as an evaluation prompt (and are never trained on).
+EVAL_FILTERS = {"exact": normalise, "punctuation": bare}
+
+
+def eval_prompts(key=normalise) -> set[str]:
+    """The evaluation prompts, as `key` sees them."""
+    return {key(task.prompt) for task in load_tasks()}
+
+
+def near_copy_tags(corpus_prompts) -> list[str]:
+    """Tags of the eval tasks whose prompt the corpus holds up to case, spacing,
+    punctuation and quotes (`say "hi"` for `say hi`): a model trained on the
+    corpus before the punctuation filter may have seen them."""
+    seen = {bare(p) for p in corpus_prompts}
+    return sorted({task.tag for task in load_tasks() if bare(task.prompt) in seen})
+
+
+def score_without(report: dict, tags) -> tuple[int, int]:
+    """(passed, total) of an eval report leaving out the runs of the given task tags."""
+    rows = [r for s in report["sections"].values() for r in s["rows"] if r["tag"] not in set(tags)]
+    return sum(r["pass"] for r in rows), len(rows)

@@ -43,9 +43,9 @@ from .model import Reflex, ReflexModel, states_array
 class FusedLayer:
     """One decoder layer's q/k/v as one projection and gate/up as another."""
 
-    qkv: nn.Module
+    qkv: nn.Module | None  # None where the parts differ in precision (then run apart)
     qkv_split: list[int]  # where q ends and k ends in qkv's output
-    gate_up: nn.Module
+    gate_up: nn.Module | None
 
 
 def _joined(parts: list[nn.Module]) -> nn.Module:
@@ -65,6 +65,18 @@ def _joined(parts: list[nn.Module]) -> nn.Module:
     return joined
 
 
+def _alike(parts: list[nn.Module]) -> bool:
+    """Projections that can share one matmul: same kind, bits, group size and mode
+    (mlx-lm's mixed recipes give v_proj and down_proj more bits in some layers)."""
+    kind = lambda m: (
+        type(m),
+        getattr(m, "bits", None),
+        getattr(m, "group_size", None),
+        getattr(m, "mode", None),
+    )
+    return len({kind(part) for part in parts}) == 1
+
+
 def fuse_projections(backbone: nn.Module) -> list[FusedLayer]:
     """Each decoder layer's q/k/v and gate/up stored as one array each, in place.
 
@@ -81,14 +93,18 @@ def fuse_projections(backbone: nn.Module) -> list[FusedLayer]:
         for layer in backbone.layers:
             attn, mlp = layer.self_attn, layer.mlp
             q, k = attn.q_proj["weight"].shape[0], attn.k_proj["weight"].shape[0]
+            qkv, gate_up = [attn.q_proj, attn.k_proj, attn.v_proj], [mlp.gate_proj, mlp.up_proj]
             fused.append(
                 FusedLayer(
-                    qkv=_joined([attn.q_proj, attn.k_proj, attn.v_proj]),
+                    qkv=_joined(qkv) if _alike(qkv) else None,
                     qkv_split=[q, q + k],
-                    gate_up=_joined([mlp.gate_proj, mlp.up_proj]),
+                    gate_up=_joined(gate_up) if _alike(gate_up) else None,
                 )
             )
-        mx.eval(backbone.parameters(), [(f.qkv.parameters(), f.gate_up.parameters()) for f in fused])
+        mx.eval(
+            backbone.parameters(),
+            [part.parameters() for f in fused for part in (f.qkv, f.gate_up) if part is not None],
+        )
         return fused
 
     return once_per_object(backbone, "fused projections", build)
@@ -240,7 +256,7 @@ class FastReflex:
         attn, mlp = layer.self_attn, layer.mlp
         fused = self.fused[i] if self.fused else None
         x = layer.input_layernorm(h)
-        if fused:
+        if fused and fused.qkv is not None:
             q, k, v = mx.split(fused.qkv(x), fused.qkv_split, axis=-1)
         else:
             q, k, v = attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)
@@ -262,7 +278,7 @@ class FastReflex:
             o, h = batch.pool(o), batch.pool(h)
         h = h + attn.o_proj(o)
         x = layer.post_attention_layernorm(h)
-        if fused:
+        if fused and fused.gate_up is not None:
             gate, up = mx.split(fused.gate_up(x), 2, axis=-1)
             return h + mlp.down_proj(swiglu(gate, up))
         return h + mlp(x)

@@ -25,7 +25,6 @@ import json
 import math
 import os
 import random
-import re
 import shutil
 import sys
 import tempfile
@@ -36,8 +35,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-import reflex_core
 from reflex_core.corpus import find_corpus, load_programs, replay
+from reflex_core.evaluation import EVAL_FILTERS, eval_prompts
 from reflex_core.files import write_atomically
 from reflex_core.hub import named_backbone_dir, resolve_backbone
 from reflex_core.prompt import encode_prompt
@@ -47,7 +46,6 @@ from reflex_core.spec import BACKBONE_DIR, SYSTEM_PROMPT, ReflexArgs
 from .heldout import HELDOUT_FILE, heldout_cycles, make_pairs, top1
 from .model import Reflex, ReflexModel
 
-EVAL_TASKS = Path(reflex_core.__file__).parent / "data" / "eval_tasks.json"
 STATE_FILE = "train_state.pt"
 MAX_FLOAT32_BACKBONE_BYTES = 16 * 2**20  # bigger from-scratch backbones are saved in bfloat16
 
@@ -185,24 +183,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # ----------------------------------------------------------------------------- data
-
-
-def normalise(prompt: str) -> str:
-    """Case and spacing ignored."""
-    return " ".join(prompt.lower().split())
-
-
-def bare(prompt: str) -> str:
-    """Letters and digits only: punctuation and quotes ignored too."""
-    return " ".join(re.sub(r"[^a-z0-9]+", " ", prompt.lower()).split())
-
-
-EVAL_FILTERS = {"exact": normalise, "punctuation": bare}
-
-
-def eval_prompts(key=normalise) -> set[str]:
-    """The evaluation prompts, as `key` sees them: never trained on."""
-    return {key(task["prompt"]) for task in json.loads(EVAL_TASKS.read_text())["tasks"]}
 
 
 @dataclass

@@ -161,14 +161,21 @@ def test_heldout_programs_are_not_trained_on(trained):
 
 def test_full_split_leaks_no_eval_prompt():
     split = train.split_programs(train.parse_args(["--out", "unused"]))
-    forbidden = train.eval_prompts(train.bare)  # the default filter: punctuation ignored too
-    trained_prompts = {train.bare(p) for g in split.train for p in g["prompts"]}
+    from reflex_core.evaluation import bare, eval_prompts, near_copy_tags
+
+    forbidden = eval_prompts(bare)  # the default filter: punctuation ignored too
+    trained_prompts = {bare(p) for g in split.train for p in g["prompts"]}
     assert not trained_prompts & forbidden
     # The exact filter (reflex-tiny's run) leaves near-copies such as 'say "hi"' in.
     exact = train.split_programs(train.parse_args(["--out", "unused", "--eval-filter", "exact"]))
     assert 0 < exact.counts["removed_eval_prompt_pairs"] < split.counts["removed_eval_prompt_pairs"]
     assert any(p == 'say "hi"' for g in exact.train for p in g["prompts"])
     assert not any(p == 'say "hi"' for g in split.train for p in g["prompts"])
+    # the eval tasks with a near-copy in the corpus (reported apart from the others)
+    corpus_prompts = [p for g in exact.train for p in g["prompts"]]
+    tags = near_copy_tags(corpus_prompts)
+    print("near-copy tasks:", tags)
+    assert 0 < len(tags) < 41
     held = {tuple(e["words"]) for e in split.heldout}
     assert not held & {tuple(f"{w:08x}" for w in g["program"].words) for g in split.train}
     assert len(held) == round(0.05 * split.counts["distinct_programs"])

@@ -1,0 +1,292 @@
+"""The precision table: which MLX recipe keeps a trained Reflex model working.
+
+    python -m bench.precision --torch reflex_torch/models/reflex-smol --out docs/results \
+        [--recipes all | SPEC,SPEC,...] [--max-cycles 400]
+
+SPEC is BACKBONE/ADAPTERS: BACKBONE one of float32, float16, bfloat16, 8bit-g64,
+6bit-g64, 4bit-g32, mixed_4_6-g64, ...; ADAPTERS one of float32, bfloat16,
+float16, 8bit, 4bit (the adapter side's linear layers quantized, group 64).
+
+The reference is the torch model as released (ReflexModel, hooks, prompts
+padded to 96) with a float32 backbone and float32 adapters. It runs the
+41-task eval once, every call recorded; then each MLX candidate, built from
+the same weights by reflex_mlx/quantize.py (mlx-lm's quantizer and recipes):
+
+* lock-step: fed exactly the reference's calls, same word on N/M cycles;
+* free-running: its own eval: runs identical to the reference's, same pass
+  set, and its score (also without the tasks that have near-copies in the
+  corpus, when the corpus is at hand);
+* held-out per-step top-1, every cycle of the held-out programs under their
+  first prompt (heldout.json beside reflex.pt);
+* resident memory (`mx.get_active_memory` after the candidate is built), the
+  bytes of weights the fast path reads per cycle, bits per backbone weight;
+* the same bytes for the released 7B shape, counted from array shapes on a
+  lazily built model (nothing allocated).
+
+Writes OUT/precision_<name>.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import re
+import time
+from pathlib import Path
+
+from reflex_core.evaluation import near_copy_tags, score_without
+from reflex_core.predict import Predictor
+from reflex_core.spec import EVAL_MAX_CYCLES
+
+from .agreement import batched, lockstep_agreement, outcome_agreement, recorded_eval
+from .common import write_report
+
+BACKBONES = ("float16", "bfloat16", "8bit-g64", "6bit-g64", "4bit-g64", "4bit-g32", "mixed_4_6-g64")
+ADAPTERS = ("float32", "bfloat16", "float16", "8bit", "4bit")
+
+
+def parse_recipe(spec: str):
+    """BACKBONE/ADAPTERS -> a reflex_mlx.quantize.Recipe (quantized backbones on float16 scales)."""
+    from reflex_mlx.quantize import FLOAT_DTYPES, Recipe
+
+    backbone, _, adapters = spec.partition("/")
+    adapters = adapters or "float32"
+    kw: dict = {}
+    if backbone in FLOAT_DTYPES:
+        kw["backbone_dtype"] = backbone
+    elif m := re.fullmatch(r"(\d)bit-g(\d+)", backbone):
+        kw.update(bits=int(m[1]), group_size=int(m[2]))
+    elif m := re.fullmatch(r"(mixed_\d_\d)-g(\d+)", backbone):
+        kw.update(mixed=m[1], group_size=int(m[2]))
+    else:
+        raise ValueError(f"unknown backbone precision {backbone!r}")
+    if adapters in FLOAT_DTYPES:
+        kw["adapter_dtype"] = adapters
+    elif m := re.fullmatch(r"(\d)bit", adapters):
+        kw["adapter_bits"] = int(m[1])
+    else:
+        raise ValueError(f"unknown adapter precision {adapters!r}")
+    return Recipe(**kw)
+
+
+def all_recipes() -> list[str]:
+    return [f"{b}/{a}" for b in BACKBONES for a in ADAPTERS]
+
+
+def build_candidate(torch_model, recipe):
+    """The MLX ReflexModel of the torch model's weights under `recipe` (backbone via
+    mlx-lm's own Model class and quantizer)."""
+    import mlx.core as mx
+
+    from reflex_core.shapes import decoder_config, shape_of_decoder
+    from reflex_mlx.model import ReflexModel
+    from reflex_mlx.quantize import quantize_adapters, quantize_backbone
+
+    from .bridge import mlx_backbone_from_torch, mlx_reflex_from_torch
+
+    backbone = mlx_backbone_from_torch(torch_model.backbone, "float32")
+    config = decoder_config(shape_of_decoder(torch_model.backbone.config.to_dict()), tie_word_embeddings=True)
+    quantize_backbone(backbone, config, recipe)
+    reflex = mlx_reflex_from_torch(torch_model.reflex, "float32")
+    quantize_adapters(reflex, recipe)
+    model = ReflexModel(backbone, reflex)
+    model.eval()
+    mx.eval(model.parameters())
+    return model
+
+
+def release_counts(recipe) -> dict:
+    """Stored bytes and bytes read per cycle of the released 7B shape under `recipe`,
+    counted on a lazily built model (its arrays are never evaluated)."""
+    from mlx_lm.utils import _get_classes
+
+    from reflex_core.shapes import RELEASE, checkpoint_config, decoder_config
+    from reflex_core.spec import ReflexArgs
+    from reflex_mlx.model import Reflex, ReflexModel
+    from reflex_mlx.quantize import bits_per_weight, bytes_per_cycle, quantize_adapters, quantize_backbone
+
+    config = decoder_config(RELEASE)
+    model_class, args_class = _get_classes(config)
+    backbone = model_class(args_class.from_dict(config))  # with lm_head: the converter keeps it
+    quantize_backbone(backbone, config, recipe)
+    reflex = Reflex(ReflexArgs.from_config(checkpoint_config(RELEASE), RELEASE.layers))
+    quantize_adapters(reflex, recipe)
+    model = ReflexModel(backbone, reflex)
+    from reflex_mlx.quantize import nbytes
+
+    return {
+        "backbone_bytes": nbytes(backbone),
+        "adapter_bytes": nbytes(reflex),
+        "resident_bytes": nbytes(backbone) + nbytes(reflex),
+        "bytes_per_cycle": bytes_per_cycle(model),
+        "backbone_bits_per_weight": bits_per_weight(backbone),
+    }
+
+
+def heldout_top1(runner, tokenizer, config: dict, pairs) -> float:
+    """Teacher-forced next-word top-1 over the pairs, one prompt at a time."""
+    by_prompt: dict[str, list[int]] = {}
+    for i, pair in enumerate(pairs):
+        by_prompt.setdefault(pair.prompt, []).append(i)
+    correct = 0
+    for prompt, index in by_prompt.items():
+        words = Predictor(runner, tokenizer, prompt, config).predict_many([pairs[i].state for i in index])
+        correct += sum(w == pairs[i].word for w, i in zip(words, index))
+    return correct / max(len(pairs), 1)
+
+
+def run(args) -> dict:
+    import mlx.core as mx
+    import torch
+
+    from reflex_core.corpus import find_corpus, load_programs
+    from reflex_mlx.fast import FastReflex as MLXFast
+    from reflex_mlx.quantize import bits_per_weight, bytes_per_cycle, weight_bytes
+    from reflex_torch.heldout import HELDOUT_FILE, heldout_cycles, make_pairs, read_heldout, top1
+    from reflex_torch.load import load_model
+    from reflex_torch.model import Reference
+
+    torch.backends.cuda.matmul.allow_tf32 = False  # the reference in true float32
+    torch_dir = Path(args.torch)
+    started = time.time()
+    model, tokenizer, config = load_model(
+        torch_dir / "reflex.pt", backbone=args.backbone, backbone_dtype=torch.float32
+    )
+    reference = Reference(model, tokenizer.pad_token_id, config["max_instr_tokens"])
+    ref_report, recording = recorded_eval(batched(reference, tokenizer, config), args.max_cycles)
+    corpus = find_corpus() if args.corpus is None else Path(args.corpus)
+    near = near_copy_tags(p for prog in load_programs(corpus) for p in prog.variants) if corpus else None
+    pairs = []
+    if (torch_dir / HELDOUT_FILE).is_file():
+        entries = read_heldout(torch_dir)
+        pairs = make_pairs(entries, heldout_cycles(entries))
+    ref_top1 = top1(model, tokenizer, config, pairs)[0] / len(pairs) if pairs else None
+    print(
+        f"reference: {ref_report['passed']}/{ref_report['total']} passed"
+        + (f", held-out top-1 {ref_top1:.4f} ({len(pairs)} cycles)" if pairs else "")
+        + f" ({time.time() - started:.0f} s)",
+        flush=True,
+    )
+
+    rows = []
+    specs = all_recipes() if args.recipes == "all" else args.recipes.split(",")
+    for spec in specs:
+        recipe = parse_recipe(spec)
+        t0 = time.time()
+        gc.collect()
+        mx.clear_cache()
+        before = mx.get_active_memory()
+        candidate = build_candidate(model, recipe)
+        resident = mx.get_active_memory() - before
+        runner = MLXFast(candidate, fuse=True, compile=args.compile)
+        make = batched(runner, tokenizer, config)
+        lockstep = lockstep_agreement(recording, make)
+        from reflex_core.evaluation import evaluate
+
+        own = evaluate(make_batch_predictor=make, max_cycles=args.max_cycles)
+        free = outcome_agreement(ref_report, own)
+        row = {
+            "recipe": spec,
+            "backbone": recipe.backbone_name,
+            "adapters": recipe.adapter_name,
+            "lockstep": lockstep,
+            "free_running": free,
+            "passed": own["passed"],
+            "total": own["total"],
+            "passed_without_near_copies": score_without(own, near) if near else None,
+            "heldout_top1": heldout_top1(runner, tokenizer, config, pairs) if pairs else None,
+            "resident_bytes": resident,
+            "weight_bytes": weight_bytes(candidate),
+            "bytes_per_cycle": bytes_per_cycle(candidate),
+            "backbone_bits_per_weight": bits_per_weight(candidate.backbone),
+            "release": release_counts(recipe),
+            "seconds": time.time() - t0,
+        }
+        rows.append(row)
+        print(
+            f"{spec}: same word {lockstep['agree']}/{lockstep['cycles']}, runs identical "
+            f"{free['identical']}/{free['runs']}, same pass {free['same_pass']}/{free['runs']}, "
+            f"passed {own['passed']}/{own['total']}, resident {resident / 2**20:.1f} MiB "
+            f"({row['seconds']:.0f} s)",
+            flush=True,
+        )
+        del runner, candidate, make
+    report = {
+        "torch": str(torch_dir),
+        "device": f"torch {reference.device}, mlx {mx.default_device()}",
+        "max_cycles": args.max_cycles,
+        "reference": {
+            "passed": ref_report["passed"],
+            "total": ref_report["total"],
+            "passed_without_near_copies": score_without(ref_report, near) if near else None,
+            "near_copy_tags": near,
+            "heldout_top1": ref_top1,
+            "heldout_cycles": len(pairs),
+            "sections": {k: [v["passed"], v["total"]] for k, v in ref_report["sections"].items()},
+        },
+        "rows": rows,
+        "compile": args.compile,
+        "seconds": time.time() - started,
+    }
+    write_report(args.out, f"precision_{args.name or torch_dir.name}", report, markdown(report))
+    return report
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f}"
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.2f}"
+
+
+def markdown(report: dict) -> str:
+    ref = report["reference"]
+    near = ref["passed_without_near_copies"]
+    lines = [
+        f"## Precision table: {Path(report['torch']).name}",
+        "",
+        f"Reference: torch as released (hooks, padded to 96), float32 backbone and adapters, "
+        f"{report['device']}: {ref['passed']}/{ref['total']} passed"
+        + (f" ({near[0]}/{near[1]} without the near-copy tasks)" if near else "")
+        + (f", held-out top-1 {100 * ref['heldout_top1']:.2f} % on {ref['heldout_cycles']} cycles" if ref[
+            "heldout_top1"] is not None else "")
+        + ".",
+        "",
+        "| backbone | adapters | same word (lock-step) | runs identical | same pass | passed | "
+        "w/o near-copies | held-out top-1 | resident MiB | read/cycle MiB | backbone bits/w | "
+        "7B resident GiB | 7B read/cycle GiB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]  # fmt: skip
+    for r in report["rows"]:
+        ls, fr, rel = r["lockstep"], r["free_running"], r["release"]
+        wo = r["passed_without_near_copies"]
+        top = r["heldout_top1"]
+        lines.append(
+            f"| {r['backbone']} | {r['adapters']} | "
+            f"{ls['agree']}/{ls['cycles']} ({100 * ls['rate']:.2f} %) | "
+            f"{fr['identical']}/{fr['runs']} | {fr['same_pass']}/{fr['runs']} | {r['passed']}/{r['total']} | "
+            f"{f'{wo[0]}/{wo[1]}' if wo else '-'} | {f'{100 * top:.2f} %' if top is not None else '-'} | "
+            f"{_mib(r['resident_bytes'])} | {_mib(r['bytes_per_cycle'])} | "
+            f"{r['backbone_bits_per_weight']:.2f} | {_gib(rel['resident_bytes'])} | "
+            f"{_gib(rel['bytes_per_cycle'])} |"
+        )
+    lines += ["", f"{report['seconds']:.0f} s in all; MLX step compiled: {report['compile']}."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--torch", required=True, help="trained torch model dir (reflex.pt, heldout.json)")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--backbone", default=None, help="override the checkpoint's backbone_id")
+    p.add_argument("--name", default=None, help="report name (default: the model folder's)")
+    p.add_argument("--recipes", default="all", help="'all' or comma-separated BACKBONE/ADAPTERS specs")
+    p.add_argument("--corpus", default=None, help="corpus folder, for the near-copy tasks (default: found)")
+    p.add_argument("--compile", action="store_true", help="mx.compile the MLX step (recompiles per batch)")
+    p.add_argument("--max-cycles", type=int, default=EVAL_MAX_CYCLES, help="the eval's cycle limit")
+    run(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()
