@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import re
 import time
 from pathlib import Path
@@ -148,6 +149,7 @@ def run(args) -> dict:
 
     torch.backends.cuda.matmul.allow_tf32 = False  # the reference in true float32
     torch_dir = Path(args.torch)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
     started = time.time()
     model, tokenizer, config = load_model(
         torch_dir / "reflex.pt", backbone=args.backbone, backbone_dtype=torch.float32
@@ -177,6 +179,7 @@ def run(args) -> dict:
         mx.clear_cache()
         before = mx.get_active_memory()
         candidate = build_candidate(model, recipe)
+        gc.collect()
         resident = mx.get_active_memory() - before
         runner = MLXFast(candidate, fuse=True, compile=args.compile)
         make = batched(runner, tokenizer, config)
@@ -211,6 +214,14 @@ def run(args) -> dict:
             flush=True,
         )
         del runner, candidate, make
+        _write(args, torch_dir, reference, ref_report, near, ref_top1, pairs, rows, started, final=False)
+    return _write(args, torch_dir, reference, ref_report, near, ref_top1, pairs, rows, started, final=True)
+
+
+def _write(args, torch_dir, reference, ref_report, near, ref_top1, pairs, rows, started, final) -> dict:
+    """The report so far (after every row, so a run cut short still leaves its rows)."""
+    import mlx.core as mx
+
     report = {
         "torch": str(torch_dir),
         "device": f"torch {reference.device}, mlx {mx.default_device()}",
@@ -226,9 +237,16 @@ def run(args) -> dict:
         },
         "rows": rows,
         "compile": args.compile,
+        "complete": final,
         "seconds": time.time() - started,
     }
-    write_report(args.out, f"precision_{args.name or torch_dir.name}", report, markdown(report))
+    stem = f"precision_{args.name or torch_dir.name}"
+    if final:
+        write_report(args.out, stem, report, markdown(report))
+    else:
+        from reflex_core.files import write_atomically
+
+        write_atomically(Path(args.out) / f"{stem}.json", json.dumps(report, indent=2, default=str) + "\n")
     return report
 
 

@@ -114,7 +114,8 @@ class Reflex(nn.Module):
         return self.kv_norm(self.state_encoder(words))
 
     def head(self, pooled: mx.array) -> mx.array:
-        return self.embed_head(self.head_mlp(pooled.astype(self.embed_head.weight.dtype)))
+        # the adapter side's float dtype (a quantized embed_head's weight is packed uint32)
+        return self.embed_head(self.head_mlp(pooled.astype(self.kv_norm.weight.dtype)))
 
     def scores(self, pred: mx.array) -> mx.array:
         """Cosine similarity of each prediction against every codebook row, float32."""

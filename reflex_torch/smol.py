@@ -125,7 +125,9 @@ def build(out: Path | None = None, wheel: Path | None = None, force: bool = Fals
                 raise BuildError(f"transformers cannot read GGUF here: {first_line(err)}") from None
             config = model.config.to_dict()
             _check(config, tokenizer)
-            if tokenizer.pad_token is None:  # older transformers leave it unset; the GGUF pads with <|im_end|>
+            if (
+                tokenizer.pad_token is None
+            ):  # older transformers leave it unset; the GGUF pads with <|im_end|>
                 tokenizer.pad_token = tokenizer.eos_token
             plain = _plain_copy(model, config)
             plain.save_pretrained(tmp)
