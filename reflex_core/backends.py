@@ -36,6 +36,10 @@ class Backend(Protocol):
     def accelerated(self) -> bool:
         """Whether it computes on a GPU here (Metal or CUDA)."""
 
+    def named(self, name: str) -> Path | None:
+        """This backend's directory of a named model (reflex_core.smol.MODEL_NAMES);
+        None for its bundled reflex-tiny; BackendError where it is not built here."""
+
     def load(self, model: Path | None, fast: bool = True) -> Loaded:
         """model: a directory this backend reads, or None for its bundled default."""
 

@@ -17,6 +17,17 @@ class MLXBackend:
 
         return mx.is_available(mx.gpu)
 
+    def named(self, name: str) -> Path | None:
+        from reflex_core.smol import smol_mlx_dir
+
+        if name == "tiny":
+            return None
+        if not smol_mlx_dir().is_dir():
+            raise BackendError(
+                f"reflex-smol is not converted on this machine ({smol_mlx_dir()}): run make smol"
+            )
+        return smol_mlx_dir()
+
     def load(self, model: Path | None, fast: bool = True) -> Loaded:
         """A converted model directory (python -m convert); None: the bundled reflex-tiny."""
         import mlx.core as mx

@@ -18,6 +18,7 @@ from reflex_core.errors import first_line
 from reflex_core.files import writable_file, write_atomically
 from reflex_core.loop import Cycle, RunResult, run
 from reflex_core.prompt import truncation_notice
+from reflex_core.smol import MODEL_NAMES
 from reflex_core.spec import DEFAULT_MAX_CYCLES, DEFAULT_RELEASE_DIR
 
 MODEL_ENV = "REFLEX_MLX_MODEL"
@@ -49,6 +50,12 @@ def _backend(name: str | None) -> backends.Backend:
 
 def _load(backend: str | None, model: Path | None, fast: bool = True) -> backends.Loaded:
     """The model, on the backend named (None: the default, said in one line)."""
+    if model is not None and str(model) in MODEL_NAMES and not Path(model).is_dir():
+        chosen = _backend(backend)  # each backend keeps its own copy of a named model
+        try:
+            return chosen.load(chosen.named(str(model)), fast=fast)
+        except backends.BackendError as err:
+            raise click.ClickException(str(err)) from None
     if model is None:
         model, why = default_model_dir()
         click.echo(f"model: {model} ({why})", err=True)
@@ -79,8 +86,9 @@ model_option = click.option(
     "--model",
     type=click.Path(path_type=Path),
     default=None,
-    help="A converted model directory (torch also reads a reflex.pt directory; default: "
-    f"${MODEL_ENV}, else the converted release if present, else the bundled reflex-tiny).",
+    help="A converted model directory (torch also reads a reflex.pt directory), or a name: "
+    "tiny (bundled) or smol (reflex-smol, after `make smol`); default: "
+    f"${MODEL_ENV}, else the converted release if present, else the bundled reflex-tiny.",
 )
 backend_option = click.option(
     "--backend",
@@ -216,11 +224,28 @@ def eval_command(model: Path | None, backend: str | None, json_out: str | None) 
     report = _evaluate(loaded)
     name = Path(model).name if model else default_model_dir()[0].name
     click.echo(format_report(report, name))
+    _near_copy_line(report)
     if json_out is not None:
         try:
             write_atomically(json_out, json.dumps(report, indent=1) + "\n")
         except OSError as err:
             raise click.ClickException(f"cannot write {json_out}: {err.strerror or err}") from None
+
+
+def _near_copy_line(report: dict) -> None:
+    """Where the training corpus is at hand: the score without the tasks it holds near-copies of."""
+    from reflex_core.corpus import find_corpus, load_programs
+    from reflex_core.evaluation import near_copy_tags, score_without
+
+    corpus = find_corpus()
+    if corpus is None:
+        return
+    tags = near_copy_tags(p for program in load_programs(corpus) for p in program.variants)
+    passed, total = score_without(report, tags)
+    click.echo(
+        f"without the {len(tags)} tasks whose prompt the corpus holds up to case and punctuation "
+        f"({', '.join(tags)}): {passed}/{total}"
+    )
 
 
 # ------------------------------------------------------------------------- bench

@@ -42,6 +42,13 @@ class TorchBackend:
 
         return torch.cuda.is_available()
 
+    def named(self, name: str) -> Path | None:
+        """tiny: the bundled one; smol: reflex_torch/models/reflex-smol (its backbone
+        built by make smol)."""
+        from .load import BUNDLED_MODEL
+
+        return None if name == "tiny" else BUNDLED_MODEL.parent / "reflex-smol"
+
     def load(self, model: Path | None, fast: bool = True) -> Loaded:
         """A torch model directory (reflex.pt + backbone) or a converted MLX
         directory's sources; None: the bundled reflex-tiny."""
