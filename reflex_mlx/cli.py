@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from reflex_core import backends
+from reflex_core import backends, rv32i
 from reflex_core.errors import first_line
 from reflex_core.files import writable_file, write_atomically
 from reflex_core.loop import Cycle, RunResult, run
@@ -180,7 +180,9 @@ def run_command(prompt: str, model: Path | None, backend: str | None, max_cycles
         report = {
             "outcome": result.outcome,
             "error": result.error,
-            "cycles": [{"pc": c.pc, "word": c.word, "asm": c.asm} for c in result.cycles],
+            "cycles": [
+                {"pc": c.pc, "word": c.word, "asm": c.asm, "op": rv32i.decode(c.word)} for c in result.cycles
+            ],
             "memory": memory,
             "prompt_tokens": len(predictor.tokens.ids),
             "truncated": predictor.tokens.truncated,

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from reflex_core import rv32i
 from reflex_mlx.cli import main
 
 MEMORY_KEYS = {"0x5000", "0x5200", "0x6000"}
@@ -40,7 +41,8 @@ def test_json_matches_schema(mlx_float32_dir):
     assert (report["outcome"] == "error") == (report["error"] is not None)
     assert 1 <= len(report["cycles"]) <= 9
     for cycle in report["cycles"]:
-        assert set(cycle) == {"pc", "word", "asm"}
+        assert set(cycle) == {"pc", "word", "asm", "op"}
+        assert rv32i.encode(cycle["op"]) == cycle["word"]  # the structured op, bit for bit
         assert isinstance(cycle["pc"], int) and 0 <= cycle["word"] < 2**32
         assert isinstance(cycle["asm"], str) and cycle["asm"]
     assert set(report["memory"]) == MEMORY_KEYS
