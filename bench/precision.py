@@ -35,7 +35,7 @@ import re
 import time
 from pathlib import Path
 
-from reflex_core.evaluation import near_copy_tags, score_without
+from reflex_core.evaluation import corpus_near_copy_tags, evaluate, score_without
 from reflex_core.predict import Predictor
 from reflex_core.spec import EVAL_MAX_CYCLES
 
@@ -48,7 +48,8 @@ ADAPTERS = ("float32", "bfloat16", "float16", "8bit", "4bit")
 
 def parse_recipe(spec: str):
     """BACKBONE/ADAPTERS -> a reflex_mlx.quantize.Recipe (quantized backbones on float16 scales)."""
-    from reflex_mlx.quantize import FLOAT_DTYPES, Recipe
+    from reflex_core.spec import FLOAT_DTYPES
+    from reflex_mlx.quantize import Recipe
 
     backbone, _, adapters = spec.partition("/")
     adapters = adapters or "float32"
@@ -79,15 +80,13 @@ def build_candidate(torch_model, recipe):
     mlx-lm's own Model class and quantizer)."""
     import mlx.core as mx
 
-    from reflex_core.shapes import decoder_config, shape_of_decoder
     from reflex_mlx.model import ReflexModel
     from reflex_mlx.quantize import quantize_adapters, quantize_backbone
 
     from .bridge import mlx_backbone_from_torch, mlx_reflex_from_torch
 
     backbone = mlx_backbone_from_torch(torch_model.backbone, "float32")
-    config = decoder_config(shape_of_decoder(torch_model.backbone.config.to_dict()), tie_word_embeddings=True)
-    quantize_backbone(backbone, config, recipe)
+    quantize_backbone(backbone, recipe)
     reflex = mlx_reflex_from_torch(torch_model.reflex, "float32")
     quantize_adapters(reflex, recipe)
     model = ReflexModel(backbone, reflex)
@@ -104,17 +103,21 @@ def release_counts(recipe) -> dict:
     from reflex_core.shapes import RELEASE, checkpoint_config, decoder_config
     from reflex_core.spec import ReflexArgs
     from reflex_mlx.model import Reflex, ReflexModel
-    from reflex_mlx.quantize import bits_per_weight, bytes_per_cycle, quantize_adapters, quantize_backbone
+    from reflex_mlx.quantize import (
+        bits_per_weight,
+        bytes_per_cycle,
+        nbytes,
+        quantize_adapters,
+        quantize_backbone,
+    )
 
     config = decoder_config(RELEASE)
     model_class, args_class = _get_classes(config)
     backbone = model_class(args_class.from_dict(config))  # with lm_head: the converter keeps it
-    quantize_backbone(backbone, config, recipe)
+    quantize_backbone(backbone, recipe)
     reflex = Reflex(ReflexArgs.from_config(checkpoint_config(RELEASE), RELEASE.layers))
     quantize_adapters(reflex, recipe)
     model = ReflexModel(backbone, reflex)
-    from reflex_mlx.quantize import nbytes
-
     return {
         "backbone_bytes": nbytes(backbone),
         "adapter_bytes": nbytes(reflex),
@@ -140,7 +143,7 @@ def run(args) -> dict:
     import mlx.core as mx
     import torch
 
-    from reflex_core.corpus import find_corpus, load_programs
+    from reflex_core.corpus import find_corpus
     from reflex_mlx.fast import FastReflex as MLXFast
     from reflex_mlx.quantize import bits_per_weight, bytes_per_cycle, weight_bytes
     from reflex_torch.heldout import HELDOUT_FILE, heldout_cycles, make_pairs, read_heldout, top1
@@ -157,7 +160,7 @@ def run(args) -> dict:
     reference = Reference(model, tokenizer.pad_token_id, config["max_instr_tokens"])
     ref_report, recording = recorded_eval(batched(reference, tokenizer, config), args.max_cycles)
     corpus = find_corpus() if args.corpus is None else Path(args.corpus)
-    near = near_copy_tags(p for prog in load_programs(corpus) for p in prog.variants) if corpus else None
+    near = corpus_near_copy_tags(corpus) if corpus else None
     pairs = []
     if (torch_dir / HELDOUT_FILE).is_file():
         entries = read_heldout(torch_dir)
@@ -184,8 +187,6 @@ def run(args) -> dict:
         runner = MLXFast(candidate, fuse=True, compile=args.compile)
         make = batched(runner, tokenizer, config)
         lockstep = lockstep_agreement(recording, make)
-        from reflex_core.evaluation import evaluate
-
         own = evaluate(make_batch_predictor=make, max_cycles=args.max_cycles)
         free = outcome_agreement(ref_report, own)
         row = {

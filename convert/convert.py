@@ -25,11 +25,13 @@ import click
 
 from reflex_core.errors import first_line
 from reflex_core.hub import backbone_config, resolve_backbone, resolve_checkpoint
+from reflex_core.shapes import spell_rope_theta
 from reflex_core.spec import (
     ADAPTER_HEADS,
     ADAPTERS_FILE,
     BACKBONE_DIR,
     DEFAULT_RELEASE_DIR,
+    FLOAT_DTYPES,
     MODEL_CONFIG_FILE,
     MODEL_FORMAT,
     MODEL_FORMAT_VERSION,
@@ -41,8 +43,6 @@ from reflex_core.spec import (
 )
 
 from .checkpoint import CheckpointError, read_checkpoint
-
-DTYPES = ("float32", "float16", "bfloat16")
 
 
 class ConvertError(Exception):
@@ -98,7 +98,7 @@ def convert_checkpoint(
                 raise ConvertError(
                     f"mlx-lm could not convert the backbone {backbone_source}: {first_line(err)}"
                 ) from None
-        _spell_rope_theta(tmp / BACKBONE_DIR / "config.json")
+        spell_rope_theta(tmp / BACKBONE_DIR / "config.json")
 
         layers = adapter_layers(num_layers, config["inject_every"])
         target = getattr(mx, dtype)
@@ -227,17 +227,6 @@ def _check_fit(ckpt, config: dict, qwen: dict) -> int:
     return num_layers
 
 
-def _spell_rope_theta(config_path: Path) -> dict:
-    """Newer transformers nest rope_theta under rope_parameters, where mlx-lm's
-    Qwen2 does not look (it would silently use its default); write it top level."""
-    config = json.loads(config_path.read_text())
-    nested = (config.get("rope_parameters") or {}).get("rope_theta")
-    if "rope_theta" not in config and nested is not None:
-        config["rope_theta"] = nested
-        config_path.write_text(json.dumps(config, indent=4) + "\n")
-    return config
-
-
 @click.command(help="Convert reflex.pt and its backbone into an MLX model directory.")
 @click.option(
     "--checkpoint",
@@ -264,14 +253,14 @@ def _spell_rope_theta(config_path: Path) -> dict:
 @click.option("--no-quantize", is_flag=True, help="Keep the backbone unquantized.")
 @click.option(
     "--dtype",
-    type=click.Choice(DTYPES),
+    type=click.Choice(FLOAT_DTYPES),
     default="float32",
     show_default=True,
     help="dtype of the adapter-side weights (float32 as released).",
 )
 @click.option(
     "--backbone-dtype",
-    type=click.Choice(DTYPES),
+    type=click.Choice(FLOAT_DTYPES),
     default=None,
     help="dtype of the backbone's unquantized weights (default: the backbone's own).",
 )

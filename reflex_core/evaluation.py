@@ -217,7 +217,15 @@ def near_copy_tags(corpus_prompts) -> list[str]:
     return sorted({task.tag for task in load_tasks() if bare(task.prompt) in seen})
 
 
+def corpus_near_copy_tags(root) -> list[str]:
+    """near_copy_tags over every prompt of every program in a corpus folder."""
+    from .corpus import load_programs
+
+    return near_copy_tags(p for program in load_programs(root) for p in program.variants)
+
+
 def score_without(report: dict, tags) -> tuple[int, int]:
     """(passed, total) of an eval report leaving out the runs of the given task tags."""
-    rows = [r for s in report["sections"].values() for r in s["rows"] if r["tag"] not in set(tags)]
+    left_out = set(tags)
+    rows = [r for s in report["sections"].values() for r in s["rows"] if r["tag"] not in left_out]
     return sum(r["pass"] for r in rows), len(rows)

@@ -9,7 +9,9 @@ that transformers (`AutoConfig.for_model(**decoder_config(shape))`) and mlx-lm
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from .spec import DEFAULT_BACKBONE, backbone_family
 
@@ -178,3 +180,15 @@ def _own_head_dim(config: dict) -> int | None:
     head_dim = config.get("head_dim")
     default = config["hidden_size"] // config["num_attention_heads"]
     return head_dim if head_dim and head_dim != default else None
+
+
+def spell_rope_theta(config_path: Path) -> dict:
+    """Newer transformers nest rope_theta under rope_parameters, where mlx-lm's
+    Qwen2 and Llama do not look (they would silently use their defaults, 1e6
+    and 1e4); write it at the top level of a saved backbone config too."""
+    config = json.loads(Path(config_path).read_text())
+    nested = (config.get("rope_parameters") or {}).get("rope_theta")
+    if "rope_theta" not in config and nested is not None:
+        config["rope_theta"] = nested
+        Path(config_path).write_text(json.dumps(config, indent=4) + "\n")
+    return config

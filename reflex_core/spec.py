@@ -63,6 +63,9 @@ def backbone_family(config: dict) -> str:
     return family
 
 
+# The float dtypes a converted model's weights may be stored in.
+FLOAT_DTYPES = ("float32", "float16", "bfloat16")
+
 ADAPTER_HEADS = 8
 LAYER_NORM_EPS = 1e-5
 

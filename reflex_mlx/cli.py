@@ -236,13 +236,13 @@ def eval_command(model: Path | None, backend: str | None, json_out: str | None) 
 
 def _near_copy_line(report: dict) -> None:
     """Where the training corpus is at hand: the score without the tasks it holds near-copies of."""
-    from reflex_core.corpus import find_corpus, load_programs
-    from reflex_core.evaluation import near_copy_tags, score_without
+    from reflex_core.corpus import find_corpus
+    from reflex_core.evaluation import corpus_near_copy_tags, score_without
 
     corpus = find_corpus()
     if corpus is None:
         return
-    tags = near_copy_tags(p for program in load_programs(corpus) for p in program.variants)
+    tags = corpus_near_copy_tags(corpus)
     passed, total = score_without(report, tags)
     click.echo(
         f"without the {len(tags)} tasks whose prompt the corpus holds up to case and punctuation "

