@@ -2,13 +2,21 @@
 Mistral, Qwen3) into an MLX model directory.
 
     python -m convert [--checkpoint PATH_OR_HUB_FILE] [--backbone PATH_OR_HUB_ID]
-                      [--out DIR] [--bits {4,8}] [--no-quantize] [--dtype ...]
+                      [--out DIR] [recipe options] [--verify/--no-verify]
+                      [--upload-repo OWNER/NAME]
 
-The directory holds `config.json`, `adapters.safetensors` (MLX names) and
-`backbone/` (written by mlx-lm's converter, tokenizer included). It is built
-in a temporary sibling directory and renamed into place only when complete,
-so a failed run never leaves a half-written model behind. Neither torch nor
-a GPU is needed: the checkpoint is read by `convert.checkpoint`.
+The backbone may be any layout the original accepts (reflex_mlx/backbone.py):
+a causal-LM or base-model transformers directory, single or sharded, a hub
+id, or an mlx-lm directory or repo already quantized (used as it is). The
+precision recipe (reflex_mlx/quantize.py) goes through mlx-lm's quantizer;
+its defaults come from reflex-smol's precision table (docs/precision.md).
+
+The directory holds `config.json`, `adapters.safetensors` (MLX names),
+`backbone/` (mlx-lm's layout, tokenizer included) and a model card
+(`README.md`). It is built in a temporary sibling directory and renamed into
+place only when complete, so a failed run never leaves a half-written model
+behind. Neither torch nor a GPU is needed: the checkpoint is read by
+`convert.checkpoint`.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ import contextlib
 import io
 import json
 import os
+import shlex
 import shutil
 import sys
 from pathlib import Path
@@ -26,6 +35,7 @@ import click
 from reflex_core.errors import first_line
 from reflex_core.hub import backbone_config, resolve_backbone, resolve_checkpoint
 from reflex_core.shapes import spell_rope_theta
+from reflex_core.timing import human_bytes
 from reflex_core.spec import (
     ADAPTER_HEADS,
     ADAPTERS_FILE,
@@ -35,14 +45,16 @@ from reflex_core.spec import (
     MODEL_CONFIG_FILE,
     MODEL_FORMAT,
     MODEL_FORMAT_VERSION,
-    QUANT_GROUP_SIZE,
     ReflexArgs,
     adapter_layers,
     backbone_family,
+    identity_mismatch,
     reflex_config,
 )
 
 from .checkpoint import CheckpointError, read_checkpoint
+
+GIB = 1 << 30
 
 
 class ConvertError(Exception):
@@ -53,17 +65,38 @@ def convert_checkpoint(
     checkpoint: str | None,
     backbone: str | None,
     out: Path,
-    bits: int = 4,
-    quantize: bool = True,
-    dtype: str = "float32",
-    backbone_dtype: str | None = None,
+    recipe=None,
+    verify: bool | None = None,
+    max_resident_gb: float | None = None,
+    text_head: bool = True,
+    upload_repo: str | None = None,
     quiet: bool = False,
+    verify_tasks: int | None = None,
+    command: str | None = None,
 ) -> Path:
+    """Convert, optionally verify against the unquantized source, and write `out`.
+
+    recipe: a reflex_mlx.quantize.Recipe (None: DEFAULT_RECIPE; an mlx-lm
+    quantized backbone keeps its own precision). verify: None verifies when
+    the unquantized source is at hand. text_head False drops an untied lm_head
+    (Reflex never reads it; the demo's text mode needs it).
+    """
     import mlx.core as mx
-    from mlx_lm import convert as mlx_lm_convert
+    from mlx.utils import tree_flatten
+    from mlx_lm.utils import load_tokenizer, save_config, save_model
 
+    from reflex_mlx.backbone import MLX_QUANTIZED, BackboneError, fetch_backbone, load_backbone
     from reflex_mlx.model import Reflex
+    from reflex_mlx.quantize import (
+        DEFAULT_RECIPE,
+        bits_per_weight,
+        bytes_per_cycle,
+        quantize_adapters,
+        quantize_backbone,
+        resident_bytes,
+    )
 
+    say = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr))
     out = Path(out)
     if out.exists():
         raise ConvertError(f"{out} already exists; remove it or choose another --out")
@@ -71,68 +104,175 @@ def convert_checkpoint(
     ckpt = read_checkpoint(checkpoint_path)
     ckpt.verify()  # every tensor's CRC-32, before minutes of backbone conversion
     config = reflex_config(ckpt.config)
-    backbone_source = resolve_backbone(backbone or config["backbone_id"], near=checkpoint_path)
-    num_layers = _check_fit(ckpt, config, backbone_config(backbone_source))
-    _check_geometry(ckpt, ReflexArgs.from_config(config, num_layers))  # before mlx-lm's minutes
-
+    source = resolve_backbone(backbone or config["backbone_id"], near=checkpoint_path)
+    num_layers = _check_fit(ckpt, config, backbone_config(source))
+    args = ReflexArgs.from_config(config, num_layers)
+    _check_geometry(ckpt, args)  # before mlx-lm's minutes
     out.parent.mkdir(parents=True, exist_ok=True)
     if not os.access(out.parent, os.W_OK):
         raise ConvertError(f"cannot write into {out.parent}")
+
+    try:
+        source_dir = fetch_backbone(source)
+        model, bconfig, kind, has_lm_head = load_backbone(source_dir, lazy=True)
+    except BackboneError as err:
+        raise ConvertError(str(err)) from None
+    if kind == MLX_QUANTIZED:
+        if recipe is not None and recipe.quantizes_backbone:
+            q = bconfig["quantization"]
+            raise ConvertError(
+                f"the backbone is already quantized by mlx-lm ({q.get('bits')}-bit, group "
+                f"{q.get('group_size')}) and is used as it is: drop --bits/--recipe"
+            )
+        recipe = recipe or DEFAULT_RECIPE
+        say(f"backbone: {source} is already mlx-lm quantized; used as it is")
+    else:
+        recipe = recipe or DEFAULT_RECIPE
+        try:
+            quantization = quantize_backbone(model, recipe)
+        except ValueError as err:
+            raise ConvertError(f"the recipe does not fit the backbone: {first_line(err)}") from None
+        bconfig.pop("quantization_config", None)
+        if quantization:
+            bconfig["quantization"] = quantization
+    if not text_head and "lm_head" in model:
+        del model["lm_head"]
+        bconfig["tie_word_embeddings"] = True  # so mlx-lm loads it; see "text_head" in config.json
+        has_lm_head = False
+    tokenizer = load_tokenizer(source_dir)
+    if len(tokenizer) > bconfig.get("vocab_size", 0):
+        raise ConvertError(
+            f"the tokenizer in {source_dir} has {len(tokenizer)} tokens, more than the "
+            f"backbone's {bconfig.get('vocab_size')} embedding rows: not this backbone's tokenizer"
+        )
+
+    reflex = Reflex(args)
+    weights = Reflex.sanitize({n: mx.array(t.numpy()) for n, t in ckpt.state.items()})
+    ckpt.close()
+    try:  # every name and shape the MLX model loads, checked before anything is saved
+        reflex.load_weights(list(weights.items()), strict=True)
+    except ValueError as err:
+        raise ConvertError(f"the checkpoint does not fit the Reflex modules: {first_line(err)}") from None
+    del weights
+    try:
+        adapter_quantization = quantize_adapters(reflex, recipe)
+    except ValueError as err:
+        raise ConvertError(f"the recipe does not fit the adapters: {first_line(err)}") from None
+
+    resident = resident_bytes(model, reflex)
+    from reflex_mlx.model import ReflexModel
+
+    per_cycle = bytes_per_cycle(ReflexModel(model, reflex))
+    bits = bits_per_weight(model)
+    backbone_name = recipe.backbone_name if kind != MLX_QUANTIZED else "mlx-lm's own"
+    memory_line = (
+        f"resident ≈ {human_bytes(resident)}, reads {human_bytes(per_cycle)} per cycle, "
+        f"{bits:.2f} bits per backbone weight ({backbone_name} backbone, {recipe.adapter_name} adapters)"
+    )
+    if max_resident_gb is not None and resident > max_resident_gb * 1e9:
+        raise ConvertError(
+            f"this recipe needs ≈ {resident / 1e9:.2f} GB resident, more than --max-resident-gb "
+            f"{max_resident_gb:g}: choose fewer bits (e.g. --bits 4 --adapter-bits 4)"
+        )
+    if verify is None:  # on where the source is at hand and MLX can run the result at speed
+        quantized = recipe.quantizes_backbone or bool(recipe.adapter_bits)
+        verify = kind != MLX_QUANTIZED and (not quantized or mx.is_available(mx.gpu))
+        if kind != MLX_QUANTIZED and not verify:
+            say(
+                "verify skipped: MLX has no GPU here and its quantized matmul is very slow "
+                "on the CPU (--verify to run it)"
+            )
+    if verify and kind == MLX_QUANTIZED:
+        raise ConvertError("--verify needs the unquantized source; this backbone is already quantized")
+
     remove_stale_partials(out)
     tmp = out.parent / (PARTIAL.format(name=out.name) + str(os.getpid()))
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        log = io.StringIO() if quiet else sys.stderr
-        with contextlib.redirect_stdout(log):
-            try:
-                mlx_lm_convert(
-                    hf_path=backbone_source,
-                    mlx_path=str(tmp / BACKBONE_DIR),
-                    quantize=quantize,
-                    q_bits=bits if quantize else None,
-                    q_group_size=QUANT_GROUP_SIZE if quantize else None,
-                    dtype=backbone_dtype,
-                )
-            except Exception as err:  # mlx-lm and the hub raise many kinds; one line for the user
-                raise ConvertError(
-                    f"mlx-lm could not convert the backbone {backbone_source}: {first_line(err)}"
-                ) from None
+        with contextlib.redirect_stdout(io.StringIO()):  # mlx-lm prints as it saves
+            save_model(tmp / BACKBONE_DIR, model, donate_model=True)
+            save_config(dict(bconfig), config_path=tmp / BACKBONE_DIR / "config.json")
+            tokenizer.save_pretrained(str(tmp / BACKBONE_DIR))
+        if (source_dir / "generation_config.json").is_file():
+            shutil.copy(source_dir / "generation_config.json", tmp / BACKBONE_DIR)
         spell_rope_theta(tmp / BACKBONE_DIR / "config.json")
-
-        layers = adapter_layers(num_layers, config["inject_every"])
-        target = getattr(mx, dtype)
-        weights = {}
-        for name, value in Reflex.sanitize({n: mx.array(t.numpy()) for n, t in ckpt.state.items()}).items():
-            weights[name] = value.astype(target) if mx.issubdtype(value.dtype, mx.floating) else value
-        ckpt.close()
-        try:  # every name and shape the MLX model will load, checked before anything is saved
-            Reflex(ReflexArgs.from_config(config, num_layers)).load_weights(
-                list(weights.items()), strict=True
-            )
-        except ValueError as err:
-            raise ConvertError(f"the checkpoint does not fit the Reflex modules: {first_line(err)}") from None
-        mx.save_safetensors(str(tmp / ADAPTERS_FILE), weights, metadata={"format": MODEL_FORMAT})
-
+        del model
+        mx.save_safetensors(
+            str(tmp / ADAPTERS_FILE),
+            dict(tree_flatten(reflex.parameters())),
+            metadata={"format": MODEL_FORMAT},
+        )
+        del reflex
         model_config = {
             **config,
             "format": MODEL_FORMAT,
             "format_version": MODEL_FORMAT_VERSION,
             "num_layers": num_layers,
-            "adapter_layers": layers,
+            "adapter_layers": list(args.adapter_layers),
             "adapter_heads": ADAPTER_HEADS,
-            "adapter_dtype": dtype,
+            "adapter_dtype": recipe.adapter_dtype,
+            "adapter_quantization": adapter_quantization,
             "backbone": BACKBONE_DIR,
-            "quantization": {"bits": bits, "group_size": QUANT_GROUP_SIZE} if quantize else None,
-            "source_checkpoint": _as_source(checkpoint),
-            "source_backbone": _as_source(backbone_source),
+            "backbone_layout": kind,
+            "quantization": _quantization_summary(bconfig),
+            "recipe": recipe.describe()
+            if kind != MLX_QUANTIZED
+            else {
+                "backbone": "as converted by mlx-lm",
+                "adapter_dtype": recipe.adapter_dtype,
+                "adapter_bits": recipe.adapter_bits,
+            },
+            "text_head": has_lm_head,
+            "memory": {
+                "resident_bytes": resident,
+                "bytes_per_cycle": per_cycle,
+                "bits_per_weight": round(bits, 3),
+            },
+            "source_checkpoint": _as_source(checkpoint or str(checkpoint_path)),
+            "source_backbone": _as_source(source),
+            "command": command,
         }
-        (tmp / MODEL_CONFIG_FILE).write_text(json.dumps(model_config, indent=2) + "\n")
+        _write_config(tmp, model_config)
+        if verify:
+            from .verify import VerifyError, verify_conversion
+
+            try:
+                model_config["fidelity"] = verify_conversion(
+                    tmp, source_dir, checkpoint_path, progress=not quiet, tasks=verify_tasks
+                )
+            except VerifyError as err:
+                raise ConvertError(f"verify: {err}") from None
+            _write_config(tmp, model_config)
+        from .card import write_card
+
+        write_card(tmp, model_config, out.name, repo=upload_repo)
         tmp.rename(out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    say(memory_line)
+    if "fidelity" in model_config:
+        from reflex_core.fidelity import summary_line
+
+        say(summary_line(model_config["fidelity"]))
+    if upload_repo:
+        from .card import upload
+
+        upload(out, upload_repo)
     return out
+
+
+def _write_config(folder: Path, config: dict) -> None:
+    (folder / MODEL_CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+
+
+def _quantization_summary(bconfig: dict) -> dict | None:
+    """The backbone's uniform bits and group size (per-layer exceptions left in its own config)."""
+    q = bconfig.get("quantization")
+    if not q:
+        return None
+    return {"bits": q.get("bits"), "group_size": q.get("group_size")}
 
 
 def _as_source(source: str | None) -> str | None:
@@ -202,19 +342,21 @@ def _check_geometry(ckpt, args: ReflexArgs) -> None:
             raise ConvertError(f"checkpoint tensor {name} is {tensor.dtype}, which does not fit it")
 
 
-def _check_fit(ckpt, config: dict, qwen: dict) -> int:
-    """The backbone's layer count, once the checkpoint is known to fit it: same
-    hidden size, one adapter per injected layer. Checked before any conversion."""
+def _check_fit(ckpt, config: dict, backbone: dict) -> int:
+    """The backbone's layer count, once it is known to be the checkpoint's backbone:
+    a family Reflex runs over, the identity (hidden size, layers, vocabulary) the
+    checkpoint was trained on, one adapter per injected layer. Checked from the
+    config alone, before anything is downloaded or converted."""
     try:
-        backbone_family(qwen)
+        backbone_family(backbone)
     except ValueError as err:
         raise ConvertError(str(err)) from None
-    if qwen.get("hidden_size") != config["hidden"]:
+    if backbone.get("hidden_size") != config["hidden"]:
         raise ConvertError(
-            f"backbone hidden size {qwen.get('hidden_size')} does not match the "
+            f"backbone hidden size {backbone.get('hidden_size')} does not match the "
             f"checkpoint's {config['hidden']}"
         )
-    num_layers = qwen.get("num_hidden_layers")
+    num_layers = backbone.get("num_hidden_layers")
     if not isinstance(num_layers, int) or num_layers <= 0:
         raise ConvertError("the backbone config has no num_hidden_layers")
     wanted = len(adapter_layers(num_layers, config["inject_every"]))
@@ -224,7 +366,30 @@ def _check_fit(ckpt, config: dict, qwen: dict) -> int:
             f"the checkpoint has {stored} adapters; a {num_layers}-layer backbone with "
             f"inject_every={config['inject_every']} takes {wanted}"
         )
+    if why := identity_mismatch(config, backbone):
+        raise ConvertError(f"this backbone is not the checkpoint's ({config['backbone_id']}): {why}")
     return num_layers
+
+
+def _recipe(bits, group_size, mixed, no_quantize, dtype, backbone_dtype, adapter_bits):
+    """The Recipe the options ask for; None where they leave every default."""
+    from reflex_mlx.quantize import DEFAULT_RECIPE, Recipe
+
+    if no_quantize and (bits or mixed or adapter_bits not in (None, "none")):
+        raise click.UsageError("--no-quantize contradicts --bits, --recipe and --adapter-bits; give one")
+    if bits and mixed:
+        raise click.UsageError("--bits and --recipe both set the backbone's bits; give one")
+    if not any((bits, group_size, mixed, no_quantize, dtype, backbone_dtype, adapter_bits)):
+        return None
+    d = DEFAULT_RECIPE
+    return Recipe(
+        backbone_dtype=backbone_dtype or (None if no_quantize else d.backbone_dtype),
+        bits=None if (no_quantize or mixed) else int(bits or d.bits),
+        group_size=int(group_size or d.group_size),
+        mixed=mixed,
+        adapter_dtype=dtype or d.adapter_dtype,
+        adapter_bits=None if no_quantize or adapter_bits == "none" else int(adapter_bits or d.adapter_bits),
+    )
 
 
 @click.command(help="Convert reflex.pt and its backbone into an MLX model directory.")
@@ -236,7 +401,8 @@ def _check_fit(ckpt, config: dict, qwen: dict) -> int:
 @click.option(
     "--backbone",
     default=None,
-    help="Backbone: a transformers directory or hub id (default: the checkpoint's backbone_id).",
+    help="Backbone: a transformers directory (causal-LM or base model), an mlx-lm directory, "
+    "or a hub id, e.g. mlx-community/Qwen2.5-Coder-7B-Instruct-4bit (default: the checkpoint's backbone_id).",
 )
 @click.option(
     "--out",
@@ -246,41 +412,99 @@ def _check_fit(ckpt, config: dict, qwen: dict) -> int:
 )
 @click.option(
     "--bits",
-    type=click.Choice(["4", "8"]),
+    type=click.Choice(["3", "4", "5", "6", "8"]),
     default=None,
-    help="Backbone quantization bits, group size 64.  [default: 4]",
+    help="Backbone quantization bits.  [default: 8, from docs/precision.md]",
 )
-@click.option("--no-quantize", is_flag=True, help="Keep the backbone unquantized.")
+@click.option(
+    "--group-size",
+    type=click.Choice(["32", "64", "128"]),
+    default=None,
+    help="Backbone quantization group size.  [default: 64]",
+)
+@click.option(
+    "--recipe",
+    "mixed",
+    type=click.Choice(["mixed_2_6", "mixed_3_4", "mixed_3_6", "mixed_4_6"]),
+    default=None,
+    help="One of mlx-lm's mixed-precision recipes instead of --bits.",
+)
+@click.option("--no-quantize", is_flag=True, help="Quantize nothing (backbone and adapters stay float).")
 @click.option(
     "--dtype",
     type=click.Choice(FLOAT_DTYPES),
-    default="float32",
-    show_default=True,
-    help="dtype of the adapter-side weights (float32 as released).",
+    default=None,
+    help="Float dtype of the adapter side.  [default: float32, as released]",
+)
+@click.option(
+    "--adapter-bits",
+    type=click.Choice(["8", "4", "none"]),
+    default=None,
+    help="Quantize the adapter side's linear layers.  [default: 8]",
 )
 @click.option(
     "--backbone-dtype",
     type=click.Choice(FLOAT_DTYPES),
     default=None,
-    help="dtype of the backbone's unquantized weights (default: the backbone's own).",
+    help="dtype of the backbone's unquantized weights.  [default: float16 when quantized, else as stored]",
 )
-def main(checkpoint, backbone, out, bits, no_quantize, dtype, backbone_dtype):
+@click.option(
+    "--verify/--no-verify",
+    default=None,
+    help="Compare the conversion with its unquantized source on the 41 eval prompts "
+    "(default: on when the source is unquantized).",
+)
+@click.option(
+    "--max-resident-gb",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Refuse a recipe whose model would need more memory than this (GB).",
+)
+@click.option(
+    "--no-text-head",
+    is_flag=True,
+    help="Drop the backbone's untied lm_head (Reflex never reads it; the demo's text mode does).",
+)
+@click.option("--upload-repo", default=None, help="Publish the model folder to this hub repo (OWNER/NAME).")
+def main(
+    checkpoint,
+    backbone,
+    out,
+    bits,
+    group_size,
+    mixed,
+    no_quantize,
+    dtype,
+    adapter_bits,
+    backbone_dtype,
+    verify,
+    max_resident_gb,
+    no_text_head,
+    upload_repo,
+):
     import signal
 
     # SIGTERM cleans up like Ctrl-C: the half-written folder is removed on the way out.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    if bits is not None and no_quantize:
-        raise click.UsageError("--bits and --no-quantize contradict each other; give one")
+    recipe = _recipe(bits, group_size, mixed, no_quantize, dtype, backbone_dtype, adapter_bits)
+    if upload_repo is not None and upload_repo.count("/") != 1:
+        raise click.UsageError(f"--upload-repo takes OWNER/NAME, not {upload_repo!r}")
     try:
         path = convert_checkpoint(
             checkpoint,
             backbone,
             out,
-            bits=int(bits or 4),
-            quantize=not no_quantize,
-            dtype=dtype,
-            backbone_dtype=backbone_dtype,
+            recipe=recipe,
+            verify=verify,
+            max_resident_gb=max_resident_gb,
+            text_head=not no_text_head,
+            upload_repo=upload_repo,
+            command="python -m convert " + shlex.join(sys.argv[1:]),
         )
     except (ConvertError, CheckpointError, FileNotFoundError, OSError, ValueError) as err:
         raise click.ClickException(first_line(err)) from None
+    except MemoryError:
+        raise click.ClickException(
+            "out of memory: choose a smaller recipe, or convert with --no-verify"
+        ) from None
     click.echo(f"wrote {path}")

@@ -26,6 +26,7 @@ class Loaded:
     config: dict
     source: str  # what was loaded, for the user
     device: str
+    peak_memory: Any = None  # () -> bytes at the peak so far on this backend's device, or None
 
 
 class Backend(Protocol):

@@ -78,6 +78,7 @@ def evaluate(
     max_cycles: int = EVAL_MAX_CYCLES,
     progress: bool = False,
     on_states: Callable[[str, list[list[int]], Sequence[int]], None] | None = None,
+    tasks: Sequence[Task] | None = None,
 ) -> dict:
     """Run all 41 programs in lockstep; returns {"passed", "total", "sections"}.
 
@@ -85,9 +86,10 @@ def evaluate(
     `make_batch_predictor(prompts) -> predict(indices, states)` (one model call
     per cycle for every program still running). `on_states(prompt, states,
     words)` sees every state and the word chosen for it, so a second backend
-    can be scored on exactly the same states.
+    can be scored on exactly the same states. `tasks`: a subset of the table
+    (default: all of it); each task runs `repeat` times.
     """
-    runs = [task for task in load_tasks() for _ in range(task.repeat)]
+    runs = [task for task in (load_tasks() if tasks is None else tasks) for _ in range(task.repeat)]
     prompts = [task.prompt for task in runs]
     if make_batch_predictor is not None:
         predict = make_batch_predictor(prompts)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .spec import HUB_FILE, HUB_REPO
+from .spec import HUB_FILE, HUB_REPOS, MODEL_CONFIG_FILE, MODEL_FORMAT
 
 
 def resolve_checkpoint(source: str | None) -> Path:
@@ -13,7 +13,8 @@ def resolve_checkpoint(source: str | None) -> Path:
     Downloads go through huggingface_hub, which shows its own progress bars and
     caches the file, so a second run does not fetch it again.
     """
-    source = source or f"{HUB_REPO}/{HUB_FILE}"
+    if source is None:
+        return _release_checkpoint()
     path = Path(source).expanduser()
     if path.exists():
         return path
@@ -33,7 +34,25 @@ def resolve_checkpoint(source: str | None) -> Path:
     try:
         return Path(hf_hub_download(repo_id=repo, filename=filename))
     except Exception as err:  # the hub's many error kinds: one line for the user
-        raise FileNotFoundError(f"cannot fetch {repo}/{filename} from the hub: {_first(err)}") from None
+        raise FileNotFoundError(f"cannot fetch {repo}/{filename} from the hub: {hub_error(err)}") from None
+
+
+def _release_checkpoint() -> Path:
+    """The release's reflex.pt under the first of its two spellings that the hub
+    (or the local cache) has; says so when it is not the first."""
+    import sys
+
+    errors = []
+    for repo in HUB_REPOS:
+        try:
+            path = resolve_checkpoint(f"{repo}/{HUB_FILE}")
+        except FileNotFoundError as err:
+            errors.append(str(err))
+            continue
+        if repo != HUB_REPOS[0]:
+            print(f"{HUB_REPOS[0]} was not found; using {repo}/{HUB_FILE}", file=sys.stderr)
+        return path
+    raise FileNotFoundError(f"{errors[0]}; nor under {', '.join(HUB_REPOS[1:])}")
 
 
 def resolve_backbone(source: str, near: Path | None = None) -> str:
@@ -68,6 +87,43 @@ def named_backbone_dir(source: str) -> Path | None:
     return where() if where is not None else None
 
 
+def is_hub_id(source: str) -> bool:
+    """OWNER/NAME, and not a path on this machine."""
+    parts = source.split("/")
+    return len(parts) == 2 and all(parts) and not _looks_local(source) and not Path(source).exists()
+
+
+def fetch_model(repo: str, config_only: bool = False) -> Path:
+    """A converted reflex-mlx model's folder from the hub (or its local cache): its
+    config.json alone first, so a repository that is not a Reflex model is refused
+    before any weights are downloaded; then the whole folder (huggingface_hub's
+    progress bars), unless only the config is asked for."""
+    import json
+
+    from huggingface_hub import hf_hub_download, snapshot_download
+
+    offline_if_unreachable()
+    try:
+        config_path = Path(hf_hub_download(repo_id=repo, filename=MODEL_CONFIG_FILE))
+    except Exception as err:  # the hub's many error kinds: one line for the user
+        raise FileNotFoundError(f"cannot fetch the model {repo} from the hub: {hub_error(err)}") from None
+    try:
+        config = json.loads(config_path.read_text())
+    except (OSError, ValueError):
+        config = None
+    if not isinstance(config, dict) or config.get("format") != MODEL_FORMAT:
+        raise ValueError(
+            f"{repo} is not a {MODEL_FORMAT} model "
+            f"(its {MODEL_CONFIG_FILE} is not one `python -m convert` writes)"
+        )
+    if config_only:
+        return config_path.parent
+    try:
+        return Path(snapshot_download(repo_id=repo))
+    except Exception as err:
+        raise FileNotFoundError(f"cannot fetch the model {repo} from the hub: {hub_error(err)}") from None
+
+
 def _looks_local(source: str) -> bool:
     """Spelled as a path, never a hub name: absolute, or relative with ./ ../ ~."""
     return source.startswith(("/", ".", "~")) or "\\" in source
@@ -87,7 +143,9 @@ def backbone_config(source: str) -> dict:
     try:
         return json.loads(Path(hf_hub_download(repo_id=source, filename="config.json")).read_text())
     except Exception as err:
-        raise FileNotFoundError(f"cannot fetch the backbone {source} from the hub: {_first(err)}") from None
+        raise FileNotFoundError(
+            f"cannot fetch the backbone {source} from the hub: {hub_error(err)}"
+        ) from None
 
 
 def offline_if_unreachable() -> None:
@@ -110,7 +168,8 @@ def offline_if_unreachable() -> None:
         )
 
 
-def _first(err: BaseException) -> str:
+def hub_error(err: BaseException) -> str:
+    """One line for a failed hub call; offline, the reason is that."""
     from huggingface_hub import constants
 
     from .errors import first_line

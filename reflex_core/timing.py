@@ -1,4 +1,5 @@
-"""The timing helpers: the median wall time of a call that returns host values, and one long run."""
+"""The timing and memory helpers: the median wall time of a call that returns host
+values, one long run, the peak resident set."""
 
 from __future__ import annotations
 
@@ -34,3 +35,20 @@ def seconds(call: Callable[[], Any]) -> tuple[Any, float]:
     start = time.perf_counter()
     result = call()
     return result, time.perf_counter() - start
+
+
+def peak_rss() -> int:
+    """This process's peak resident set, in bytes (Linux reports kB, macOS bytes)."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
+def human_bytes(count: float) -> str:
+    """Bytes for a person: 812.0 KiB, 148.1 MiB, 8.70 GiB."""
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if count >= size:
+            return f"{count / size:.2f} {unit}" if unit == "GiB" else f"{count / size:.1f} {unit}"
+    return f"{int(count)} B"

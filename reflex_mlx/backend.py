@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from reflex_core.backends import BackendError, Loaded
@@ -35,6 +36,7 @@ class MLXBackend:
         from .fast import FastReflex
         from .load import BUNDLED_MODEL, ModelError, load_model
         from .model import Reference
+        from .quantize import nbytes
 
         try:
             reflex, tokenizer, config = load_model(model or BUNDLED_MODEL)
@@ -44,8 +46,34 @@ class MLXBackend:
             runner = FastReflex(reflex, fuse=True, compile=True)
         else:
             runner = Reference(reflex, tokenizer.pad_token_id or 0, config["max_instr_tokens"])
+        warning = wire_model(nbytes(reflex.backbone) + nbytes(reflex.reflex), mx.device_info())
+        if warning:
+            print(f"warning: {warning}", file=sys.stderr)
         device = f"mlx {'gpu' if mx.default_device() == mx.gpu else 'cpu'}"
-        return Loaded(runner, tokenizer, config, str(model or BUNDLED_MODEL), device)
+        return Loaded(runner, tokenizer, config, str(model or BUNDLED_MODEL), device, mx.get_peak_memory)
+
+
+WIRE_ABOVE = 1 << 30  # models larger than this are wired (kept resident) on a Mac, as mlx-lm does
+
+
+def wire_model(size: int, device_info: dict) -> str | None:
+    """On a Mac, wire memory up to the recommended working set when the model is
+    large (mlx-lm's habit: no paging out between cycles); returns a one-line
+    warning when the model is larger than that working set, else None."""
+    import mlx.core as mx
+
+    recommended = device_info.get("max_recommended_working_set_size")
+    if not recommended:  # not Metal: nothing to wire
+        return None
+    if size > WIRE_ABOVE:
+        mx.set_wired_limit(recommended)
+    if size > recommended:
+        return (
+            f"the model holds {size / (1 << 30):.1f} GiB, more than this Mac's recommended working set "
+            f"({recommended / (1 << 30):.1f} GiB): expect it to be slow; convert it with fewer bits "
+            "(python -m convert --bits 4 --adapter-bits 4)"
+        )
+    return None
 
 
 BACKEND = MLXBackend()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from reflex_core import backends, rv32i
+from reflex_core import backends, hub, rv32i
 from reflex_core.errors import first_line
 from reflex_core.files import writable_file, write_atomically
 from reflex_core.loop import Cycle, RunResult, run
@@ -55,6 +55,13 @@ def _load(backend: str | None, model: Path | None, fast: bool = True) -> backend
         try:
             return chosen.load(chosen.named(str(model)), fast=fast)
         except backends.BackendError as err:
+            raise click.ClickException(str(err)) from None
+    if model is not None and hub.is_hub_id(str(model)):
+        if backend == "torch":
+            raise click.ClickException(f"{model} is a hub model converted for MLX: use --backend mlx")
+        try:
+            model, backend = hub.fetch_model(str(model)), "mlx"
+        except (FileNotFoundError, ValueError) as err:
             raise click.ClickException(str(err)) from None
     if model is None:
         model, why = default_model_dir()
@@ -189,10 +196,21 @@ def run_command(prompt: str, model: Path | None, backend: str | None, max_cycles
         }
         json.dump(report, sys.stdout)
         sys.stdout.write("\n")
+        _peak_line(loaded)
         return
     click.echo(_outcome_line(result))
     for addr, words in memory.items():
         click.echo(f"{addr}: {' '.join(str(w) for w in words)}")
+    _peak_line(loaded)
+
+
+def _peak_line(*loaded: backends.Loaded) -> None:
+    """One line on stderr: each backend's peak memory so far (stdout stays the result)."""
+    from reflex_core.timing import human_bytes
+
+    parts = [f"{one.device} {human_bytes(one.peak_memory())}" for one in loaded if one.peak_memory]
+    if parts:
+        click.echo(f"peak memory: {', '.join(parts)}", err=True)
 
 
 def _evaluate(loaded: backends.Loaded, progress: bool = True) -> dict:
@@ -227,6 +245,7 @@ def eval_command(model: Path | None, backend: str | None, json_out: str | None) 
     name = Path(model).name if model else default_model_dir()[0].name
     click.echo(format_report(report, name))
     _near_copy_line(report)
+    _peak_line(loaded)
     if json_out is not None:
         try:
             write_atomically(json_out, json.dumps(report, indent=1) + "\n")
@@ -303,6 +322,7 @@ def bench_command(
                 f"in {seconds[loaded.device]:.1f} s"
             )
         click.echo(f"mlx/torch eval time ratio: {seconds[candidate.device] / seconds[reference.device]:.3f}")
+        _peak_line(reference, candidate)
         return
 
     ref = Predictor(reference.runner, reference.tokenizer, prompt, reference.config)
@@ -325,3 +345,72 @@ def bench_command(
     click.echo(f"{candidate.device} (cached prefix, compiled step): {mlx_ms:.2f} ms/cycle")
     click.echo(f"same word on {agree}/{len(states)} cycles")
     click.echo(f"mlx/torch per-cycle time ratio: {mlx_ms / torch_ms:.3f}")
+    _peak_line(reference, candidate)
+
+
+# -------------------------------------------------------------------------- info
+@main.command(name="info", help="What a converted model is: its sources, recipe, memory and fidelity report.")
+@click.argument("model")
+@click.option("--tasks", is_flag=True, help="Also print the fidelity report task by task.")
+def info_command(model: str, tasks: bool) -> None:
+    from reflex_core.smol import smol_mlx_dir
+    from reflex_core.spec import MODEL_CONFIG_FILE, MODEL_FORMAT
+
+    where = {"tiny": BUNDLED_MODEL, "smol": smol_mlx_dir()}.get(model)
+    if where is None and Path(model).expanduser().is_dir():
+        where = Path(model).expanduser()
+    if where is None and hub.is_hub_id(model):
+        try:
+            where = hub.fetch_model(model, config_only=True)
+        except (FileNotFoundError, ValueError) as err:
+            raise click.ClickException(str(err)) from None
+    if where is None:
+        raise click.ClickException(f"no model directory at {model}, and it is not a hub id (OWNER/NAME)")
+    try:
+        config = json.loads((where / MODEL_CONFIG_FILE).read_text())
+    except (OSError, ValueError):
+        config = None
+    if not isinstance(config, dict) or config.get("format") != MODEL_FORMAT:
+        raise click.ClickException(
+            f"{model} is not a converted {MODEL_FORMAT} model (no such {MODEL_CONFIG_FILE})"
+        )
+    for line in describe_model(config):
+        click.echo(line)
+    fidelity = config.get("fidelity")
+    if tasks and isinstance(fidelity, dict) and isinstance(fidelity.get("per_task"), list):
+        from reflex_core.fidelity import task_table
+
+        for line in task_table(fidelity):
+            click.echo(line)
+
+
+def describe_model(config: dict) -> list[str]:
+    """What `info` prints: one fact a line, from the converted model's config.json."""
+    from reflex_core.fidelity import summary_line
+    from reflex_core.timing import human_bytes
+
+    recipe = config.get("recipe") if isinstance(config.get("recipe"), dict) else {}
+    memory = config.get("memory") if isinstance(config.get("memory"), dict) else {}
+    quantized = config.get("adapter_quantization")
+    adapters = f"{quantized.get('bits')}-bit" if isinstance(quantized, dict) else config.get("adapter_dtype")
+    lines = [
+        f"checkpoint: {config.get('source_checkpoint')}",
+        f"backbone: {config.get('source_backbone') or config.get('backbone_id')} "
+        f"({config.get('backbone_layout', 'transformers')} layout, {config.get('num_layers')} layers)",
+        f"precision: {recipe.get('backbone', config.get('quantization'))} backbone, {adapters} adapters",
+        f"codebook: {config.get('num_instrs')} words; adapters after layers {config.get('adapter_layers')}",
+    ]
+    if memory:
+        lines.append(
+            f"memory: ≈ {human_bytes(memory['resident_bytes'])} resident, "
+            f"{human_bytes(memory['bytes_per_cycle'])} read per cycle, "
+            f"{memory['bits_per_weight']} bits per backbone weight"
+        )
+    if config.get("command"):
+        lines.append(f"converted with: {config['command']}")
+    fidelity = config.get("fidelity")
+    try:
+        lines.append(summary_line(fidelity) if fidelity else "fidelity: not verified at conversion")
+    except (KeyError, TypeError, ZeroDivisionError):
+        lines.append("fidelity: the report in config.json is damaged")
+    return lines

@@ -20,6 +20,7 @@ from reflex_core.spec import (
 )
 
 from .model import Reflex, ReflexModel
+from .quantize import quantize_like
 
 # reflex-tiny, converted, shipped inside this package: the offline default.
 BUNDLED_MODEL = Path(__file__).resolve().parent / "models" / "reflex-tiny"
@@ -67,6 +68,7 @@ def load_model(model_dir: str | Path) -> tuple[ReflexModel, object, dict]:
     try:
         reflex = Reflex(ReflexArgs.from_config(config))
         weights = Reflex.sanitize(mx.load(str(model_dir / ADAPTERS_FILE)))
+        quantize_like(reflex, config.get("adapter_quantization"), weights)
         expected = {name for name, _ in tree_flatten(reflex.parameters())}
         missing, unexpected = sorted(expected - weights.keys()), sorted(weights.keys() - expected)
         if missing or unexpected:
@@ -112,6 +114,9 @@ def _check_adapters(model_dir: Path, weights: dict) -> None:
         if name == "instr_words":
             if not mx.issubdtype(value.dtype, mx.integer):
                 raise ModelError(f"{model_dir}: the codebook words are {value.dtype}, not integers")
+        elif name.endswith(".weight") and name[: -len("weight")] + "scales" in weights:
+            if value.dtype != mx.uint32:  # a quantized layer's packed weight
+                raise ModelError(f"{model_dir}: quantized adapter weight {name} is {value.dtype}, not uint32")
         elif not mx.issubdtype(value.dtype, mx.floating):
             raise ModelError(f"{model_dir}: adapter weight {name} is {value.dtype}, not a float type")
         elif not mx.all(mx.isfinite(value)).item():

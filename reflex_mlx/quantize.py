@@ -30,7 +30,7 @@ class Recipe:
     """backbone: a float dtype, or "q" (bits, group_size) or a mixed recipe name;
     adapters: a float dtype, optionally with their linear layers quantized."""
 
-    backbone_dtype: str = "float16"
+    backbone_dtype: str | None = "float16"  # None: the source's own float dtype
     bits: int | None = None
     group_size: int = 64
     mixed: str | None = None  # e.g. "mixed_4_6" (mlx-lm's recipes)
@@ -43,11 +43,43 @@ class Recipe:
             return f"{self.mixed} g{self.group_size}"
         if self.bits:
             return f"{self.bits}-bit g{self.group_size}"
-        return self.backbone_dtype
+        return self.backbone_dtype or "as stored"
 
     @property
     def adapter_name(self) -> str:
         return f"{self.adapter_bits}-bit" if self.adapter_bits else self.adapter_dtype
+
+    @property
+    def quantizes_backbone(self) -> bool:
+        return bool(self.bits or self.mixed)
+
+    def describe(self) -> dict:
+        """The recipe as recorded in a converted model's config.json."""
+        return {
+            "backbone": self.backbone_name,
+            "backbone_dtype": self.backbone_dtype,
+            "bits": self.bits,
+            "group_size": self.group_size if self.quantizes_backbone else None,
+            "mixed": self.mixed,
+            "adapter_dtype": self.adapter_dtype,
+            "adapter_bits": self.adapter_bits,
+        }
+
+
+# The converter's defaults, chosen from reflex-smol's precision table
+# (docs/precision.md, docs/results/precision_reflex-smol.json) by its rule: the
+# smallest recipe whose same-word agreement is >= 99.5 % with the reference's
+# pass set (bench.precision.choose_default applies the rule; a test holds the two
+# together). For the released 7B shape: 8.70 GiB resident, fits a 16 GB Mac.
+DEFAULT_RECIPE = Recipe(bits=8, group_size=64, adapter_bits=8)
+# The recipe for an 8 GB Mac (<= 5.3 GB recommended working set): 4.64 GiB at the
+# 7B shape; 98.99 % same word on reflex-smol (36/41 runs identical).
+SMALL_RECIPE = Recipe(bits=4, group_size=64, adapter_bits=4)
+# mlx-lm's mixed-precision recipes (mlx_lm.convert.QUANT_RECIPES).
+MIXED_RECIPES = ("mixed_2_6", "mixed_3_4", "mixed_3_6", "mixed_4_6")
+BACKBONE_BITS = (3, 4, 5, 6, 8)
+GROUP_SIZES = (32, 64, 128)
+ADAPTER_BITS = (8, 4)
 
 
 def quantize_backbone(model: nn.Module, recipe: Recipe) -> dict:
@@ -57,30 +89,57 @@ def quantize_backbone(model: nn.Module, recipe: Recipe) -> dict:
     from mlx_lm.convert import mixed_quant_predicate_builder
     from mlx_lm.utils import quantize_model
 
-    dtype = getattr(mx, recipe.backbone_dtype)
-    model.apply(lambda p: p.astype(dtype) if mx.issubdtype(p.dtype, mx.floating) else p)
-    if not (recipe.bits or recipe.mixed):
+    if recipe.backbone_dtype is not None:
+        dtype = getattr(mx, recipe.backbone_dtype)
+        model.apply(lambda p: p.astype(dtype) if mx.issubdtype(p.dtype, mx.floating) else p)
+    if not recipe.quantizes_backbone:
         return {}
     predicate = (
         mixed_quant_predicate_builder(recipe.mixed, model, recipe.group_size) if recipe.mixed else None
     )
     with contextlib.redirect_stdout(io.StringIO()):  # mlx-lm prints its bits per weight
         _, quantized = quantize_model(model, {}, recipe.group_size, recipe.bits, quant_predicate=predicate)
+    if not any(isinstance(m, nn.QuantizedLinear) for _, m in model.named_modules()):
+        raise ValueError(
+            f"no backbone layer's input width is a multiple of the group size {recipe.group_size}"
+        )
     return quantized["quantization"]
 
 
-def _adapter_linear(path: str, module: nn.Module) -> bool:
+ADAPTER_GROUP_SIZE = 64
+
+
+def _adapter_linear(group_size: int):
     """The adapter side's matrices: attention, MLPs, value projection and head; not
-    the codebook (instr_table), the byte and role embeddings, or the norms."""
-    return isinstance(module, nn.Linear)
+    the codebook (instr_table), the byte and role embeddings, or the norms. Only
+    those whose input width the group size divides can be quantized."""
+    return lambda path, module: isinstance(module, nn.Linear) and module.weight.shape[-1] % group_size == 0
 
 
-def quantize_adapters(reflex: nn.Module, recipe: Recipe, group_size: int = 64) -> None:
-    """The Reflex modules in the recipe's dtype, their linear layers quantized if asked."""
+def quantize_adapters(reflex: nn.Module, recipe: Recipe, group_size: int = ADAPTER_GROUP_SIZE) -> dict | None:
+    """The Reflex modules in the recipe's dtype, their linear layers quantized if
+    asked; returns what the loader needs to rebuild them (None when float)."""
     dtype = getattr(mx, recipe.adapter_dtype)
     reflex.apply(lambda p: p.astype(dtype) if mx.issubdtype(p.dtype, mx.floating) else p)
-    if recipe.adapter_bits:
-        nn.quantize(reflex, group_size=group_size, bits=recipe.adapter_bits, class_predicate=_adapter_linear)
+    if not recipe.adapter_bits:
+        return None
+    fits = _adapter_linear(group_size)
+    if not any(fits(path, m) for path, m in reflex.named_modules()):
+        raise ValueError(f"no adapter layer's input width is a multiple of the group size {group_size}")
+    nn.quantize(reflex, group_size=group_size, bits=recipe.adapter_bits, class_predicate=fits)
+    return {"bits": recipe.adapter_bits, "group_size": group_size}
+
+
+def quantize_like(reflex: nn.Module, quantization: dict | None, weights: dict) -> None:
+    """Rebuild a saved model's quantized adapter layers before its weights load:
+    exactly those whose scales were saved."""
+    if quantization:
+        nn.quantize(
+            reflex,
+            group_size=quantization["group_size"],
+            bits=quantization["bits"],
+            class_predicate=lambda path, module: f"{path}.scales" in weights,
+        )
 
 
 def nbytes(module: nn.Module) -> int:
@@ -102,6 +161,12 @@ def bytes_per_cycle(model) -> int:
     first = model.adapter_layers[0]
     layers = sum(nbytes(layer) for layer in model.backbone.layers[first + 1 :])
     return layers + nbytes(model.backbone.norm) + nbytes(model.reflex)
+
+
+def resident_bytes(backbone: nn.Module, reflex: nn.Module) -> int:
+    """Everything a loaded model holds: the whole mlx-lm model (embeddings, layers,
+    norm, lm_head where untied) and the Reflex modules."""
+    return nbytes(backbone) + nbytes(reflex)
 
 
 def bits_per_weight(module: nn.Module) -> float:

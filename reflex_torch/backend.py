@@ -70,7 +70,18 @@ class TorchBackend:
             runner = FastReflex(reflex, fuse=True)
         else:
             runner = Reference(reflex, tokenizer.pad_token_id or 0, config["max_instr_tokens"])
-        return Loaded(runner, tokenizer, config, source, f"torch {runner.device}")
+        return Loaded(runner, tokenizer, config, source, f"torch {runner.device}", _peak_memory)
+
+
+def _peak_memory() -> int:
+    """CUDA's peak allocation where torch runs on it, else this process's peak resident set."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated()
+    from reflex_core.timing import peak_rss
+
+    return peak_rss()
 
 
 BACKEND = TorchBackend()

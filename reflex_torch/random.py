@@ -35,7 +35,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 from reflex_core import rv32i
 from reflex_core.shapes import FIXTURE, FIXTURE_LLAMA, Shape, checkpoint_config, decoder_config
-from reflex_core.spec import HALT_WORD, MASK32, ReflexArgs
+from reflex_core.spec import HALT_WORD, MASK32, ReflexArgs, backbone_identity
 
 from .model import Reflex, ReflexModel
 from .tokenizer import train_tokenizer
@@ -116,7 +116,9 @@ def build_fixture(out: Path, seed: int = 0, shape: Shape = FIXTURE) -> Path:
 
     words = fixture_codebook()
     # backbone_id keeps the released value: tests pass --backbone
-    config = checkpoint_config(shape.with_(num_instrs=len(words)))
+    config = checkpoint_config(
+        shape.with_(num_instrs=len(words)), backbone_identity=backbone_identity(qwen.config.to_dict())
+    )
     reflex = Reflex(ReflexArgs.from_config(config, shape.layers))
     with torch.no_grad():
         for adapter in reflex.adapters:

@@ -41,7 +41,7 @@ from reflex_core.files import write_atomically
 from reflex_core.hub import named_backbone_dir, resolve_backbone
 from reflex_core.prompt import encode_prompt
 from reflex_core.shapes import TINY, checkpoint_config, decoder_config
-from reflex_core.spec import BACKBONE_DIR, SYSTEM_PROMPT, ReflexArgs
+from reflex_core.spec import BACKBONE_DIR, SYSTEM_PROMPT, ReflexArgs, backbone_identity
 
 from .heldout import HELDOUT_FILE, heldout_cycles, make_pairs, top1
 from .model import Reflex, ReflexModel
@@ -490,7 +490,12 @@ def main(argv: list[str] | None = None) -> dict:
         embed_dim=args.embed_dim,
         num_instrs=len(codebook),
     )
-    config = checkpoint_config(shape, backbone_id, max_instr_tokens=args.max_instr_tokens)
+    config = checkpoint_config(
+        shape,
+        backbone_id,
+        max_instr_tokens=args.max_instr_tokens,
+        backbone_identity=backbone_identity(backbone.config.to_dict()),
+    )
     reflex = Reflex(ReflexArgs.from_config(config, backbone.config.num_hidden_layers))
     reflex.instr_words.copy_(torch.tensor(codebook, dtype=torch.int64))
     reflex.to(device)

@@ -64,14 +64,21 @@ def llama_fixture_dir(tmp_path_factory):
 def _convert(fixture_dir, out, **kw):
     from convert.convert import convert_checkpoint
 
+    kw.setdefault("verify", False)
     return convert_checkpoint(
         str(fixture_dir / "reflex.pt"), str(fixture_dir / "backbone"), out, quiet=True, **kw
     )
 
 
+def _recipe(**kw):
+    from reflex_mlx.quantize import Recipe
+
+    return Recipe(**kw)
+
+
 def _float32(fixture_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("mlx") / "f32"
-    return _convert(fixture_dir, out, quantize=False, dtype="float32", backbone_dtype="float32")
+    return _convert(fixture_dir, out, recipe=_recipe(backbone_dtype="float32", adapter_dtype="float32"))
 
 
 def _torch(fixture_dir):
@@ -95,7 +102,7 @@ def mlx_float32_dir(fixture_dir, tmp_path_factory):
 @pytest.fixture(scope="session")
 def mlx_4bit_dir(fixture_dir, tmp_path_factory):
     """The fixture converted as shipped for the release: 4-bit backbone, group size 64."""
-    return _convert(fixture_dir, tmp_path_factory.mktemp("mlx") / "q4", bits=4)
+    return _convert(fixture_dir, tmp_path_factory.mktemp("mlx") / "q4", recipe=_recipe(bits=4))
 
 
 @pytest.fixture(scope="session")
@@ -115,7 +122,7 @@ def llama_mlx_float32_dir(llama_fixture_dir, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def llama_mlx_4bit_dir(llama_fixture_dir, tmp_path_factory):
-    return _convert(llama_fixture_dir, tmp_path_factory.mktemp("mlx") / "q4-llama", bits=4)
+    return _convert(llama_fixture_dir, tmp_path_factory.mktemp("mlx") / "q4-llama", recipe=_recipe(bits=4))
 
 
 @pytest.fixture(scope="session")

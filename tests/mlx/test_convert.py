@@ -17,6 +17,7 @@ from convert.checkpoint import read_checkpoint
 from convert.convert import ConvertError, convert_checkpoint
 from reflex_core.spec import ADAPTERS_FILE, MODEL_FORMAT, ReflexArgs
 from reflex_mlx.model import Reflex
+from reflex_mlx.quantize import Recipe
 
 
 def test_layout_and_names(fixture_dir, mlx_float32_dir):
@@ -54,8 +55,8 @@ def test_dtype_option(fixture_dir, tmp_path):
         str(fixture_dir / "reflex.pt"),
         str(fixture_dir / "backbone"),
         tmp_path / "bf16",
-        quantize=False,
-        dtype="bfloat16",
+        recipe=Recipe(backbone_dtype=None, adapter_dtype="bfloat16"),
+        verify=False,
         quiet=True,
     )
     weights = mx.load(str(out / ADAPTERS_FILE))

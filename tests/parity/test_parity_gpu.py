@@ -134,10 +134,17 @@ def test_tiny_parity_on_cuda(tmp_path):
 
     _mlx_on_gpu()
     tiny = REPO / "reflex_torch" / "models" / "reflex-tiny"
-    dirs = {"bf16": dict(quantize=False, backbone_dtype="bfloat16"), "q4": dict(bits=4)}
-    for name, options in dirs.items():
+    from reflex_mlx.quantize import Recipe
+
+    dirs = {"bf16": Recipe(backbone_dtype="bfloat16"), "q4": Recipe(bits=4)}
+    for name, recipe in dirs.items():
         convert_checkpoint(
-            str(tiny / "reflex.pt"), None, tmp_path / f"reflex-tiny-{name}", quiet=True, **options
+            str(tiny / "reflex.pt"),
+            None,
+            tmp_path / f"reflex-tiny-{name}",
+            recipe=recipe,
+            verify=False,
+            quiet=True,
         )
     out = Path(os.environ.get("PARITY_OUT") or tmp_path)
     parity.main(

@@ -1,0 +1,157 @@
+"""Backbones in every layout the original accepts, read into mlx-lm's own models.
+
+The released code loads its backbone with transformers' `AutoModel`, so any of
+these is a valid backbone, and each becomes the same mlx-lm model here:
+
+* a causal-LM directory (`Qwen2ForCausalLM.save_pretrained`: `model.` names,
+  an `lm_head`), single or sharded safetensors;
+* a base-model directory (`Qwen2Model.save_pretrained`: no `model.` prefix,
+  no `lm_head`); `sanitize_names` adds the prefix, and the model is built
+  with tied embeddings so that mlx-lm's strict load holds;
+* an mlx-lm directory (from `mlx_lm.convert` or an mlx-community repo),
+  quantized or not: loaded as it is, never quantized a second time.
+
+A hub id is fetched with huggingface_hub (its progress bars and cache):
+config first, so a backbone that does not fit is refused before gigabytes
+are downloaded.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlx.core as mx
+
+CAUSAL_LM = "causal-lm"
+BASE_MODEL = "base-model"
+MLX_QUANTIZED = "mlx-quantized"
+
+# What a backbone directory needs: config, weights, tokenizer. No code files:
+# nothing from a downloaded repository ever runs.
+BACKBONE_FILES = (
+    "config.json",
+    "generation_config.json",
+    "*.safetensors",
+    "model.safetensors.index.json",
+    "tokenizer*",
+    "vocab.json",
+    "merges.txt",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "chat_template*",
+)
+
+
+class BackboneError(Exception):
+    """A one-line reason a backbone cannot be read."""
+
+
+def weight_files(path: Path) -> list[Path]:
+    """The safetensors files mlx-lm reads (model*.safetensors), sorted."""
+    return sorted(Path(path).glob("model*.safetensors"))
+
+
+def weight_names(path: Path) -> set[str]:
+    """Every tensor name, from the headers alone (MLX loads safetensors lazily)."""
+    names: set[str] = set()
+    for file in weight_files(path):
+        names.update(mx.load(str(file)).keys())
+    return names
+
+
+def layout(path: Path, config: dict | None = None) -> str:
+    """CAUSAL_LM, BASE_MODEL or MLX_QUANTIZED, from the config and the weight names."""
+    path = Path(path)
+    config = config if config is not None else read_config(path)
+    if config.get("quantization") or config.get("quantization_config"):
+        if "quantization" not in config:  # GPTQ, AWQ, bitsandbytes...: transformers' own schemes
+            method = config["quantization_config"].get("quant_method", "unknown")
+            raise BackboneError(
+                f"the backbone in {path} is quantized with {method}; give its unquantized "
+                "transformers directory or an mlx-lm quantized one"
+            )
+        return MLX_QUANTIZED
+    names = weight_names(path)
+    if not names:
+        raise BackboneError(f"no model*.safetensors weights in {path}")
+    if any(name.startswith("model.") for name in names):
+        return CAUSAL_LM
+    if any(name.startswith(("layers.", "embed_tokens.")) for name in names):
+        return BASE_MODEL
+    raise BackboneError(f"the weights in {path} are not a decoder's (no layers.* or model.layers.* names)")
+
+
+def read_config(path: Path) -> dict:
+    try:
+        config = json.loads((Path(path) / "config.json").read_text())
+    except (OSError, ValueError) as err:
+        raise BackboneError(f"cannot read the backbone config in {path}: {err}") from None
+    if not isinstance(config, dict):
+        raise BackboneError(f"the backbone config in {path} is not a mapping")
+    return config
+
+
+def sanitize_names(weights: dict) -> dict:
+    """Base-model names (`layers.0...`, `embed_tokens`, `norm`) under mlx-lm's `model.`;
+    names already there pass through, so it is idempotent."""
+    return {
+        name if name.startswith(("model.", "lm_head.")) else f"model.{name}": value
+        for name, value in weights.items()
+    }
+
+
+def _classes_for_base_names(config: dict):
+    """mlx-lm's model class for the config, reading base-model weight names."""
+    from mlx_lm.utils import _get_classes
+
+    model_class, args_class = _get_classes(config)
+
+    class BaseNamed(model_class):
+        def sanitize(self, weights):
+            return super().sanitize(sanitize_names(weights))
+
+    return BaseNamed, args_class
+
+
+def load_backbone(path: str | Path, lazy: bool = True):
+    """(mlx-lm model, its config, layout, has_lm_head) from a local backbone directory.
+
+    Lazy by default: weights are read from disk when first evaluated, so a
+    7B backbone can be quantized or streamed a layer at a time.
+    """
+    from mlx_lm.utils import _get_classes, load_model
+
+    path = Path(path)
+    config = read_config(path)
+    kind = layout(path, config)
+    names = weight_names(path)
+    has_lm_head = bool(config.get("tie_word_embeddings")) or "lm_head.weight" in names
+    overrides, classes = {}, _get_classes
+    if kind == BASE_MODEL:
+        classes = _classes_for_base_names
+        if "lm_head.weight" not in names:
+            overrides["tie_word_embeddings"] = True  # no head to load; Reflex never reads one
+    try:
+        model, config = load_model(path, lazy=lazy, model_config=overrides, get_model_classes=classes)
+    except Exception as err:  # mlx-lm raises many kinds; the user needs one line
+        from reflex_core.errors import first_line
+
+        raise BackboneError(f"mlx-lm cannot build the backbone in {path}: {first_line(err)}") from None
+    return model, config, kind, has_lm_head
+
+
+def fetch_backbone(source: str) -> Path:
+    """A local directory as is; a hub id downloaded (config, weights, tokenizer only)."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return path
+    from huggingface_hub import snapshot_download
+
+    from reflex_core.hub import hub_error, offline_if_unreachable
+
+    offline_if_unreachable()
+    try:
+        return Path(snapshot_download(repo_id=source, allow_patterns=list(BACKBONE_FILES)))
+    except Exception as err:  # the hub's many error kinds: one line for the user
+        raise BackboneError(f"cannot fetch the backbone {source} from the hub: {hub_error(err)}") from None
