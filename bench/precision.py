@@ -71,6 +71,30 @@ def parse_recipe(spec: str):
     return Recipe(**kw)
 
 
+SAME_WORD_FLOOR = 0.995
+MAC_8GB_WORKING_SET = 5.3e9  # bytes: an 8 GB Mac's recommended working set
+
+
+def choose_default(report: dict, floor: float = SAME_WORD_FLOOR) -> str:
+    """The converter's default by docs/precision.md's rule: the smallest recipe at
+    the released shape whose same-word agreement is >= floor and whose runs pass
+    and fail exactly as the reference's."""
+    kept = [
+        row
+        for row in report["rows"]
+        if row["lockstep"]["rate"] >= floor
+        and row["free_running"]["same_pass"] == row["free_running"]["runs"]
+    ]
+    return min(kept, key=lambda row: row["release"]["resident_bytes"])["recipe"]
+
+
+def choose_small(report: dict, limit: float = MAC_8GB_WORKING_SET) -> str:
+    """The recipe for an 8 GB Mac: the best same-word agreement among those whose
+    released-shape model fits its recommended working set."""
+    fits = [row for row in report["rows"] if row["release"]["resident_bytes"] <= limit]
+    return max(fits, key=lambda row: (row["lockstep"]["rate"], -row["release"]["resident_bytes"]))["recipe"]
+
+
 def all_recipes() -> list[str]:
     return [f"{b}/{a}" for b in BACKBONES for a in ADAPTERS]
 

@@ -35,7 +35,6 @@ import click
 from reflex_core.errors import first_line
 from reflex_core.hub import backbone_config, resolve_backbone, resolve_checkpoint
 from reflex_core.shapes import spell_rope_theta
-from reflex_core.timing import human_bytes
 from reflex_core.spec import (
     ADAPTER_HEADS,
     ADAPTERS_FILE,
@@ -51,6 +50,7 @@ from reflex_core.spec import (
     identity_mismatch,
     reflex_config,
 )
+from reflex_core.timing import human_bytes
 
 from .checkpoint import CheckpointError, read_checkpoint
 
@@ -94,6 +94,7 @@ def convert_checkpoint(
         quantize_adapters,
         quantize_backbone,
         resident_bytes,
+        unquantized_layers,
     )
 
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr))
@@ -135,6 +136,12 @@ def convert_checkpoint(
         bconfig.pop("quantization_config", None)
         if quantization:
             bconfig["quantization"] = quantization
+            if left := unquantized_layers(model):
+                more = ", ..." if len(left) > 1 else ""
+                say(
+                    f"warning: {len(left)} backbone layers stay {recipe.backbone_dtype}: the group size "
+                    f"{recipe.group_size} does not divide their input width ({left[0]}{more})"
+                )
     if not text_head and "lm_head" in model:
         del model["lm_head"]
         bconfig["tie_word_embeddings"] = True  # so mlx-lm loads it; see "text_head" in config.json

@@ -106,6 +106,11 @@ def quantize_backbone(model: nn.Module, recipe: Recipe) -> dict:
     return quantized["quantization"]
 
 
+def unquantized_layers(model: nn.Module) -> list[str]:
+    """Matrices a quantizer left in float: those whose width the group size does not divide."""
+    return [path for path, m in model.named_modules() if type(m) in (nn.Linear, nn.Embedding)]
+
+
 ADAPTER_GROUP_SIZE = 64
 
 

@@ -157,3 +157,23 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def populate_hub_cache(cache: Path, repo: str, folder: Path) -> Path:
+    """Lay `folder` out in huggingface_hub's cache as repo's main revision (what a
+    download leaves there), so that HF_HUB_OFFLINE=1 loads it as a user's machine would."""
+    import shutil
+
+    root = cache / f"models--{repo.replace('/', '--')}"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    (root / "refs").mkdir(parents=True, exist_ok=True)
+    (root / "refs" / "main").write_text(commit)
+    shutil.copytree(folder, root / "snapshots" / commit)
+    return root / "snapshots" / commit
+
+
+@pytest.fixture
+def hub_cache(tmp_path):
+    """(cache folder, populate(repo, folder)): a huggingface_hub cache to fill."""
+    cache = tmp_path / "hub-cache"
+    return cache, lambda repo, folder: populate_hub_cache(cache, repo, folder)

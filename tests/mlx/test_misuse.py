@@ -199,6 +199,7 @@ def test_interrupted_conversion_leaves_nothing_after_the_next_run(fixture_dir, t
         "--out",
         str(out),
         "--no-quantize",
+        "--no-verify",
     ]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     partial = None
