@@ -146,5 +146,7 @@ def upload(folder: Path, repo: str) -> None:
     except Exception as err:  # the hub's many kinds: one line
         from reflex_core.hub import hub_error
 
-        raise OSError(f"cannot upload {folder} to {repo}: {hub_error(err)}") from None
+        raise OSError(
+            f"cannot upload to {repo}: {hub_error(err)} (the model is complete in {folder}; nothing was published)"
+        ) from None
     print(f"uploaded to https://huggingface.co/{repo}")
