@@ -147,6 +147,7 @@ def upload(folder: Path, repo: str) -> None:
         from reflex_core.hub import hub_error
 
         raise OSError(
-            f"cannot upload to {repo}: {hub_error(err)} (the model is complete in {folder}; nothing was published)"
+            f"cannot upload to {repo}: {hub_error(err)} "
+            f"(the model is complete in {folder}; nothing was published)"
         ) from None
     print(f"uploaded to https://huggingface.co/{repo}")

@@ -73,13 +73,16 @@ def convert_checkpoint(
     quiet: bool = False,
     verify_tasks: int | None = None,
     command: str | None = None,
+    sets_backbone: bool = True,
 ) -> Path:
     """Convert, optionally verify against the unquantized source, and write `out`.
 
     recipe: a reflex_mlx.quantize.Recipe (None: DEFAULT_RECIPE; an mlx-lm
     quantized backbone keeps its own precision). verify: None verifies when
     the unquantized source is at hand. text_head False drops an untied lm_head
-    (Reflex never reads it; the demo's text mode needs it).
+    (Reflex never reads it; the demo's text mode needs it). sets_backbone: the
+    recipe names the backbone's precision (refused for an mlx-lm quantized one);
+    False when only its adapter side was asked for.
     """
     import mlx.core as mx
     from mlx.utils import tree_flatten
@@ -119,11 +122,12 @@ def convert_checkpoint(
     except BackboneError as err:
         raise ConvertError(str(err)) from None
     if kind == MLX_QUANTIZED:
-        if recipe is not None and recipe.quantizes_backbone:
+        if recipe is not None and sets_backbone:
             q = bconfig["quantization"]
             raise ConvertError(
                 f"the backbone is already quantized by mlx-lm ({q.get('bits')}-bit, group "
-                f"{q.get('group_size')}) and is used as it is: drop --bits/--recipe"
+                f"{q.get('group_size')}) and is used as it is: drop --bits, --group-size, --recipe, "
+                "--no-quantize and --backbone-dtype"
             )
         recipe = recipe or DEFAULT_RECIPE
         say(f"backbone: {source} is already mlx-lm quantized; used as it is")
@@ -462,6 +466,12 @@ def _recipe(bits, group_size, mixed, no_quantize, dtype, backbone_dtype, adapter
     "(default: on when the source is unquantized).",
 )
 @click.option(
+    "--verify-tasks",
+    type=click.IntRange(min=1, max=41),
+    default=None,
+    help="Verify on the first N evaluation tasks only (a quicker check).",
+)
+@click.option(
     "--max-resident-gb",
     type=click.FloatRange(min=0, min_open=True),
     default=None,
@@ -485,6 +495,7 @@ def main(
     adapter_bits,
     backbone_dtype,
     verify,
+    verify_tasks,
     max_resident_gb,
     no_text_head,
     upload_repo,
@@ -506,6 +517,8 @@ def main(
             max_resident_gb=max_resident_gb,
             text_head=not no_text_head,
             upload_repo=upload_repo,
+            verify_tasks=verify_tasks,
+            sets_backbone=any((bits, group_size, mixed, no_quantize, backbone_dtype)),
             command="python -m convert " + shlex.join(sys.argv[1:]),
         )
     except (ConvertError, CheckpointError, FileNotFoundError, OSError, ValueError) as err:

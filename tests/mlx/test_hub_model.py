@@ -102,5 +102,7 @@ def test_memory_habits_of_a_mac():
     mac_8gb = {"max_recommended_working_set_size": int(5.3e9)}
     assert wire_model(WIRE_ABOVE // 2, mac_8gb) is None
     warning = wire_model(int(9.3e9), mac_8gb)
-    assert warning.startswith("the model holds 8.7 GiB, more than this Mac's recommended working set (4.9 GiB)")
+    assert warning.startswith(
+        "the model holds 8.7 GiB, more than this Mac's recommended working set (4.9 GiB)"
+    )
     assert "--bits 4 --adapter-bits 4" in warning
