@@ -16,7 +16,7 @@ TINY_MLX      := reflex_mlx/models/reflex-tiny
 TINY_CONVERT_ARGS ?= --no-quantize --backbone-dtype float16
 CONVERT_ARGS  ?=
 
-.PHONY: smol setup setup-gpu test fuzz lint format run eval bench-eval heldout tiny-mlx convert parity parity-gpu fixture clean
+.PHONY: smol setup setup-gpu test fuzz lint format run eval bench-eval heldout tiny-mlx convert convert-fast parity parity-gpu fixture clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -86,10 +86,16 @@ tiny-mlx: setup
 	rm -rf $(TINY_MLX)
 	$(PY) -m convert --checkpoint $(TINY_TORCH)/reflex.pt --out $(TINY_MLX) $(TINY_CONVERT_ARGS)
 
-# Default: download the released reflex.pt + Qwen2.5-Coder-7B-Instruct and write a
-# 4-bit MLX model to ~/.cache/reflex-mlx/reflex-coder7b-mlx. Pass options with CONVERT_ARGS.
+# Download the released reflex.pt + Qwen2.5-Coder-7B-Instruct (bf16, 15 GB) and write the
+# default recipe (8-bit backbone and adapter linears, docs/precision.md) to
+# ~/.cache/reflex-mlx/reflex-coder7b-mlx, verified against the source where MLX has a GPU.
+# Pass options with CONVERT_ARGS (README: "The released 7B on a Mac").
 convert: setup
 	$(PY) -m convert $(CONVERT_ARGS)
+
+# The fast way: mlx-community's 4-bit backbone (4.3 GB) used as it is, plus reflex.pt.
+convert-fast: setup
+	$(PY) -m convert --backbone mlx-community/Qwen2.5-Coder-7B-Instruct-4bit $(CONVERT_ARGS)
 
 parity: setup
 	$(PY) -m pytest -q -s tests/parity/test_parity_cpu.py \

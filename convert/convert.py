@@ -41,6 +41,7 @@ from reflex_core.spec import (
     BACKBONE_DIR,
     DEFAULT_RELEASE_DIR,
     FLOAT_DTYPES,
+    MLX_COMMUNITY_BACKBONE,
     MODEL_CONFIG_FILE,
     MODEL_FORMAT,
     MODEL_FORMAT_VERSION,
@@ -53,8 +54,6 @@ from reflex_core.spec import (
 from reflex_core.timing import human_bytes
 
 from .checkpoint import CheckpointError, read_checkpoint
-
-GIB = 1 << 30
 
 
 class ConvertError(Exception):
@@ -413,7 +412,7 @@ def _recipe(bits, group_size, mixed, no_quantize, dtype, backbone_dtype, adapter
     "--backbone",
     default=None,
     help="Backbone: a transformers directory (causal-LM or base model), an mlx-lm directory, "
-    "or a hub id, e.g. mlx-community/Qwen2.5-Coder-7B-Instruct-4bit (default: the checkpoint's backbone_id).",
+    f"or a hub id, e.g. {MLX_COMMUNITY_BACKBONE} (default: the checkpoint's backbone_id).",
 )
 @click.option(
     "--out",
