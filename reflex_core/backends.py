@@ -27,6 +27,8 @@ class Loaded:
     source: str  # what was loaded, for the user
     device: str
     peak_memory: Any = None  # () -> bytes at the peak so far on this backend's device, or None
+    text_writer: Any = None  # messages -> text chunks (reflex_core.textmode), where the backbone writes text
+    text_note: str = ""  # why it cannot, in one line, where it cannot
 
 
 class Backend(Protocol):

@@ -76,9 +76,15 @@ class RunResult:
 class ProgramRun:
     """One program being driven word by word: call state(), predict, then feed(word)."""
 
-    def __init__(self, max_cycles: int = spec.DEFAULT_MAX_CYCLES, machine: Machine | None = None):
+    def __init__(
+        self,
+        max_cycles: int = spec.DEFAULT_MAX_CYCLES,
+        machine: Machine | None = None,
+        keep_state: bool = False,
+    ):
+        """A given machine is reset first, unless keep_state (a refinement pass)."""
         self.machine = machine if machine is not None else Machine()
-        if machine is not None:
+        if machine is not None and not keep_state:
             self.machine.reset()
         self.max_cycles = max_cycles
         self.cycles: list[Cycle] = []

@@ -98,6 +98,15 @@ class Machine:
         self._uc.reg_write(UC_RISCV_REG_PC, spec.CODE_START)
         self._pc = spec.CODE_START
 
+    def new_pass(self) -> None:
+        """A refinement pass, as the original's demo runs them: registers and data
+        kept, the code region filled with HALT again, pc back at CODE_START."""
+        halt_fill = _WORD.pack(spec.HALT_WORD) * ((spec.CODE_END - spec.CODE_START) // 4)
+        self._uc.mem_write(spec.CODE_START, halt_fill)
+        self._uc.ctl_remove_cache(spec.CODE_START, spec.CODE_END)
+        self._uc.reg_write(UC_RISCV_REG_PC, spec.CODE_START)
+        self._pc = spec.CODE_START
+
     @property
     def pc(self) -> int:
         return self._pc

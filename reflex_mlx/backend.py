@@ -34,12 +34,13 @@ class MLXBackend:
         import mlx.core as mx
 
         from .fast import FastReflex
-        from .load import BUNDLED_MODEL, ModelError, load_model
+        from .load import BUNDLED_MODEL, ModelError, load_with_language_model
         from .model import Reference
         from .quantize import nbytes
+        from .text import TextWriter
 
         try:
-            reflex, tokenizer, config = load_model(model or BUNDLED_MODEL)
+            reflex, tokenizer, config, language_model = load_with_language_model(model or BUNDLED_MODEL)
         except ModelError as err:
             raise BackendError(str(err)) from None
         if fast:
@@ -50,7 +51,20 @@ class MLXBackend:
         if warning:
             print(f"warning: {warning}", file=sys.stderr)
         device = f"mlx {'gpu' if mx.default_device() == mx.gpu else 'cpu'}"
-        return Loaded(runner, tokenizer, config, str(model or BUNDLED_MODEL), device, mx.get_peak_memory)
+        note = text_note(config)
+        writer = None if note else TextWriter(language_model, tokenizer)
+        return Loaded(
+            runner, tokenizer, config, str(model or BUNDLED_MODEL), device, mx.get_peak_memory, writer, note
+        )
+
+
+def text_note(config: dict) -> str:
+    """Why this model's backbone cannot write text ("" when it can)."""
+    if config.get("text_mode") is False:
+        return "this backbone was trained from scratch for Reflex alone: it cannot write text"
+    if config.get("text_head") is False:
+        return "this backbone has no text head (converted from a base model, or with --no-text-head)"
+    return ""
 
 
 WIRE_ABOVE = 1 << 30  # models larger than this are wired (kept resident) on a Mac, as mlx-lm does

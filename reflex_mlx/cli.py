@@ -348,6 +348,72 @@ def bench_command(
     _peak_line(reference, candidate)
 
 
+# -------------------------------------------------------------------------- demo
+@main.command(
+    name="demo",
+    help="Reflex driving the CPU beside the same backbone writing assembly as text, full screen "
+    "(keys: s stop, q quit; between tasks type one and press Enter, Esc quits). Without a terminal, "
+    "the TASKS (or stdin's lines) are run with plain line output.",
+)
+@click.argument("tasks", nargs=-1)
+@model_option
+@backend_option
+@click.option(
+    "--passes",
+    type=click.IntRange(1, 16),
+    default=1,
+    show_default=True,
+    help="Refinement passes: each keeps registers and data, restarts at 0x1000 on a cleared code region.",
+)
+@click.option("--max-cycles", type=click.IntRange(min=1), default=DEFAULT_MAX_CYCLES, show_default=True)
+def demo_command(tasks, model, backend, passes: int, max_cycles: int) -> None:
+    from reflex_core.demo import Demo, Screen, interactive
+
+    for task in tasks:
+        _check_prompt(task)
+    loaded = _load(backend, model)
+    name = Path(loaded.source).name
+    if sys.stdin.isatty() and sys.stdout.isatty():
+        from rich.console import Console
+
+        interactive(Demo(loaded, Screen(model=name), passes, max_cycles), Console(), list(tasks))
+        return
+    show = lambda n, cycle, pass_no: click.echo(
+        (f"[pass {pass_no}] " if passes > 1 else "") + _format_cycle(n, cycle)
+    )
+    demo = Demo(loaded, Screen(model=name), passes, max_cycles, on_cycle=show)
+    for task in tasks or [line.strip() for line in sys.stdin if line.strip()]:
+        _check_prompt(task)
+        click.echo(f"task: {task}")
+        demo.run_task(task, None, lambda: None)
+        for line in _plain_sides(demo.screen):
+            click.echo(line)
+    _peak_line(loaded)
+
+
+def _plain_sides(screen) -> list[str]:
+    """The end of one demo task as lines: Reflex's outcome and memory, then the text side's."""
+    from reflex_core.demo import display_text, outcome_line
+
+    lines = [f"reflex: {screen.reflex.outcome}"]
+    for addr, words in screen.reflex.memory.items():
+        lines.append(f"reflex {addr}: {' '.join(str(w) for w in words)}")
+    text = screen.text
+    if text.note:
+        return [*lines, f"text mode: {text.note}"]
+    lines += ["text:", *("  " + line for line in text.text.splitlines())]
+    if text.outcome is None:
+        return [*lines, "text mode: stopped"]
+    if text.outcome.error:
+        return [*lines, f"text mode: does not assemble: {text.outcome.error}"]
+    result = text.outcome.result
+    lines.append(f"text mode: {len(text.outcome.words)} words; {outcome_line(result)}")
+    for addr, words in result.memory().items():
+        lines.append(f"text {addr}: {' '.join(str(w) for w in words)}")
+    lines.append(f"text display: {display_text(result.memory().get('0x6000', []))!r}")
+    return lines
+
+
 # -------------------------------------------------------------------------- info
 @main.command(name="info", help="What a converted model is: its sources, recipe, memory and fidelity report.")
 @click.argument("model")

@@ -52,6 +52,13 @@ def read_model_config(model_dir: str | Path) -> dict:
 
 def load_model(model_dir: str | Path) -> tuple[ReflexModel, object, dict]:
     """(model, tokenizer, config) from a directory written by `python -m convert`."""
+    model, tokenizer, config, _ = load_with_language_model(model_dir)
+    return model, tokenizer, config
+
+
+def load_with_language_model(model_dir: str | Path) -> tuple[ReflexModel, object, dict, object]:
+    """load_model's three, and mlx-lm's whole model (its decoder is the Reflex
+    model's, the same arrays), for writing text (reflex_mlx/text.py)."""
     from mlx_lm.utils import load as load_backbone
 
     model_dir = Path(model_dir).expanduser()
@@ -86,7 +93,7 @@ def load_model(model_dir: str | Path) -> tuple[ReflexModel, object, dict]:
     model.eval()
     mx.eval(model.parameters())
     _check_adapters(model_dir, weights)
-    return model, tokenizer, config
+    return model, tokenizer, config, backbone
 
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")

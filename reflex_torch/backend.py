@@ -70,7 +70,8 @@ class TorchBackend:
             runner = FastReflex(reflex, fuse=True)
         else:
             runner = Reference(reflex, tokenizer.pad_token_id or 0, config["max_instr_tokens"])
-        return Loaded(runner, tokenizer, config, source, f"torch {runner.device}", _peak_memory)
+        note = "the text side runs on the MLX backend (--backend mlx)"
+        return Loaded(runner, tokenizer, config, source, f"torch {runner.device}", _peak_memory, None, note)
 
 
 def _peak_memory() -> int:

@@ -106,3 +106,25 @@ def test_memory_habits_of_a_mac():
         "the model holds 8.7 GiB, more than this Mac's recommended working set (4.9 GiB)"
     )
     assert "--bits 4 --adapter-bits 4" in warning
+
+
+def test_the_release_id_falls_back_to_its_other_spelling(hub_cache, tmp_path):
+    """Only `ilbert/…` in the cache: the default checkpoint is found there, and said."""
+    from reflex_core.spec import HUB_FILE, HUB_REPOS
+
+    cache, populate = hub_cache
+    folder = tmp_path / "release"
+    folder.mkdir()
+    (folder / HUB_FILE).write_bytes((TINY / "reflex.pt").read_bytes())
+    populate(HUB_REPOS[1], folder)
+    code = "from reflex_core.hub import resolve_checkpoint; print(resolve_checkpoint(None))"
+    env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().endswith(HUB_FILE) and HUB_REPOS[1].replace("/", "--") in proc.stdout
+    assert f"{HUB_REPOS[0]} was not found; using {HUB_REPOS[1]}/{HUB_FILE}" in proc.stderr
+    empty = {**env, "HF_HUB_CACHE": str(tmp_path / "empty")}
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=empty, timeout=120
+    )
+    assert proc.returncode != 0 and f"nor under {HUB_REPOS[1]}" in proc.stderr

@@ -229,3 +229,21 @@ def test_the_defaults_are_the_precision_tables_choice():
     table = json.loads((Path(__file__).parents[2] / "docs/results/precision_reflex-smol.json").read_text())
     assert parse_recipe(choose_default(table)) == DEFAULT_RECIPE
     assert parse_recipe(choose_small(table)) == SMALL_RECIPE
+
+
+def test_layouts_that_cannot_be_converted_are_one_line_errors(fixture_dir, tmp_path):
+    import shutil
+
+    gptq = tmp_path / "gptq"
+    shutil.copytree(fixture_dir / "backbone", gptq)
+    config = json.loads((gptq / "config.json").read_text())
+    (gptq / "config.json").write_text(json.dumps({**config, "quantization_config": {"quant_method": "gptq"}}))
+    with pytest.raises(ConvertError, match="quantized with gptq"):
+        _convert(fixture_dir, gptq, tmp_path / "out")
+    empty = tmp_path / "no-weights"
+    shutil.copytree(fixture_dir / "backbone", empty)
+    for file in empty.glob("model*.safetensors"):
+        file.unlink()
+    with pytest.raises(ConvertError, match="no model.*safetensors weights"):
+        _convert(fixture_dir, empty, tmp_path / "out")
+    assert not (tmp_path / "out").exists() and list(tmp_path.glob(".out.partial-*")) == []

@@ -75,9 +75,11 @@ def test_bench_command_prints_the_ratio_last(fixture_dir, mlx_float32_dir):
         main, ["bench", "--model", str(mlx_float32_dir), "--torch", str(fixture_dir), "--cycles", "3"]
     )
     assert result.exit_code == 0, result.output
-    last = result.output.strip().splitlines()[-1]
+    last = result.stdout.strip().splitlines()[-1]
     assert last.startswith("mlx/torch per-cycle time ratio: ")
     assert float(last.rsplit(" ", 1)[1]) > 0
+    # then, on stderr, the peak memory of each side
+    assert result.stderr.strip().splitlines()[-1].startswith("peak memory: torch cpu ")
 
 
 def test_bench_without_torch_says_so(monkeypatch):
