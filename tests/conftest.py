@@ -102,7 +102,9 @@ def mlx_float32_dir(fixture_dir, tmp_path_factory):
 @pytest.fixture(scope="session")
 def mlx_4bit_dir(fixture_dir, tmp_path_factory):
     """The fixture converted as shipped for the release: 4-bit backbone, group size 64."""
-    return _convert(fixture_dir, tmp_path_factory.mktemp("mlx") / "q4", recipe=_recipe(bits=4))
+    return _convert(
+        fixture_dir, tmp_path_factory.mktemp("mlx") / "q4", recipe=_recipe(bits=4, backbone_dtype=None)
+    )
 
 
 @pytest.fixture(scope="session")
@@ -122,7 +124,11 @@ def llama_mlx_float32_dir(llama_fixture_dir, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def llama_mlx_4bit_dir(llama_fixture_dir, tmp_path_factory):
-    return _convert(llama_fixture_dir, tmp_path_factory.mktemp("mlx") / "q4-llama", recipe=_recipe(bits=4))
+    return _convert(
+        llama_fixture_dir,
+        tmp_path_factory.mktemp("mlx") / "q4-llama",
+        recipe=_recipe(bits=4, backbone_dtype=None),
+    )
 
 
 @pytest.fixture(scope="session")
