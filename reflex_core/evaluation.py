@@ -115,7 +115,43 @@ def evaluate(
     results = run_many(observed_predict, len(runs), max_cycles=max_cycles, with_indices=True)
     if bar is not None:
         bar.close()
+    return build_report(runs, results)
 
+
+def evaluate_text(
+    stream, max_cycles: int = EVAL_MAX_CYCLES, progress: bool = False, tasks: Sequence[Task] | None = None
+) -> dict:
+    """The 41 tasks with the text side (reflex_core.textmode): the backbone writes each
+    task's program as text (greedy, so once per distinct prompt), it is assembled and
+    run, and the same checks score it. The report has evaluate()'s shape; each row
+    also holds the text and, where it did not assemble, why."""
+    from .loop import RunResult
+    from .textmode import judge, write
+
+    runs = [task for task in (load_tasks() if tasks is None else tasks) for _ in range(task.repeat)]
+    prompts = list(dict.fromkeys(task.prompt for task in runs))
+    if progress:
+        from tqdm import tqdm
+
+        prompts = tqdm(prompts, desc="text mode", unit="task", leave=False)
+    outcomes = {prompt: judge("".join(write(stream, prompt)), max_cycles) for prompt in prompts}
+    results = []
+    for task in runs:
+        outcome = outcomes[task.prompt]
+        if outcome.result is None:
+            error = f"does not assemble: {outcome.error}"
+            results.append(RunResult("error", error, None, [], [], b""))
+        else:
+            results.append(outcome.result)
+    report = build_report(runs, results)
+    for section in report["sections"].values():
+        for row in section["rows"]:
+            row["text"] = outcomes[row["prompt"]].text
+    return report
+
+
+def build_report(runs: Sequence[Task], results: Sequence[RunResult]) -> dict:
+    """{"passed", "total", "sections"} from each run's task and result (§5's checks)."""
     sections: dict[str, dict] = {}
     for task, result in zip(runs, results):
         passed = check(result, task.check, task.expected)

@@ -235,20 +235,39 @@ def _evaluate(loaded: backends.Loaded, progress: bool = True) -> dict:
     default=None,
     help="Also write the report as JSON to this file.",
 )
-def eval_command(model: Path | None, backend: str | None, json_out: str | None) -> None:
-    from reflex_core.evaluation import format_report
+@click.option(
+    "--text-mode",
+    is_flag=True,
+    help="Also let the same backbone write each task's program as assembly text, assemble and run "
+    "it, and score that with the same checks (MLX backend, a backbone that writes text).",
+)
+def eval_command(model: Path | None, backend: str | None, json_out: str | None, text_mode: bool) -> None:
+    from reflex_core.evaluation import evaluate_text, format_report
 
     if json_out is not None and (why := writable_file(json_out)):  # before minutes of work
         raise click.ClickException(f"cannot write the report: {why}")
     loaded = _load(backend, model)
+    if text_mode and loaded.text_writer is None:
+        raise click.ClickException(f"no text mode with {loaded.source}: {loaded.text_note}")
     report = _evaluate(loaded)
     name = Path(model).name if model else default_model_dir()[0].name
     click.echo(format_report(report, name))
     _near_copy_line(report)
+    saved = report
+    if text_mode:
+        text = evaluate_text(loaded.text_writer, progress=True)
+        click.echo("\n# text mode: the same backbone writes each program as assembly text\n")
+        click.echo(format_report(text, f"{name} (text)"))
+        _near_copy_line(text)
+        click.echo(
+            f"reflex (driving the CPU): {report['passed']}/{report['total']}; "
+            f"text mode (same backbone, assembly text): {text['passed']}/{text['total']}"
+        )
+        saved = {"reflex": report, "text_mode": text}
     _peak_line(loaded)
     if json_out is not None:
         try:
-            write_atomically(json_out, json.dumps(report, indent=1) + "\n")
+            write_atomically(json_out, json.dumps(saved, indent=1) + "\n")
         except OSError as err:
             raise click.ClickException(f"cannot write {json_out}: {err.strerror or err}") from None
 

@@ -152,3 +152,24 @@ def test_the_demo_runs_on_a_thread_of_its_own():
     thread.start()
     thread.join(timeout=300)
     assert box == {"verdict": "done", "outcome": "halted after 6 cycles"}
+
+
+def test_eval_text_mode(mlx_float32_dir):
+    from reflex_core.evaluation import evaluate_text, load_tasks
+
+    proc = subprocess.run(
+        [*CLI, "eval", "--text-mode", "--model", "tiny", "--backend", "mlx"], capture_output=True, text=True
+    )
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].endswith("it cannot write text")
+
+    loaded = _loaded(mlx_float32_dir)
+    loaded.text_writer.max_tokens = 16
+    tasks = load_tasks()[:3]
+    report = evaluate_text(loaded.text_writer, tasks=tasks)
+    rows = [row for section in report["sections"].values() for row in section["rows"]]
+    assert report["total"] == len(rows) == 3 and report["passed"] == sum(r["pass"] for r in rows)
+    for row in rows:  # a random backbone's text: whatever it is, it was judged
+        assert row["text"] and (row["outcome"] in ("halted", "error", "limit"))
+        if row["error"] and row["error"].startswith("does not assemble"):
+            assert not row["pass"] and row["ops"] == 0
