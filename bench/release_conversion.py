@@ -44,7 +44,7 @@ def build(args) -> None:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from reflex_core.spec import backbone_identity
+    from reflex_core.spec import IDENTITY_KEY, backbone_identity
     from reflex_torch.random import TOKENIZER_TEXTS, build_random_reflex
     from reflex_torch.tokenizer import train_tokenizer
 
@@ -56,9 +56,9 @@ def build(args) -> None:
     started = time.time()
     model, config = build_random_reflex(shape, args.seed, "cuda" if torch.cuda.is_available() else "cpu")
     base = model.backbone
-    config = {**config, "backbone_identity": backbone_identity(base.config.to_dict())}
+    identity = backbone_identity(base.config.to_dict())
     state = {k: v.detach().cpu().contiguous() for k, v in model.reflex.state_dict().items()}
-    torch.save({"state": state, "config": config}, work / "reflex.pt")
+    torch.save({"state": state, "config": config, IDENTITY_KEY: identity}, work / "reflex.pt")
     del state
     tokenizer = train_tokenizer(TOKENIZER_TEXTS, 1000)
     base.save_pretrained(work / "base")

@@ -41,6 +41,7 @@ from reflex_core.spec import (
     BACKBONE_DIR,
     DEFAULT_RELEASE_DIR,
     FLOAT_DTYPES,
+    IDENTITY_KEY,
     MLX_COMMUNITY_BACKBONE,
     MODEL_CONFIG_FILE,
     MODEL_FORMAT,
@@ -376,7 +377,7 @@ def _check_fit(ckpt, config: dict, backbone: dict) -> int:
             f"the checkpoint has {stored} adapters; a {num_layers}-layer backbone with "
             f"inject_every={config['inject_every']} takes {wanted}"
         )
-    if why := identity_mismatch(config, backbone):
+    if why := identity_mismatch(config, backbone, ckpt.extra.get(IDENTITY_KEY)):
         raise ConvertError(f"this backbone is not the checkpoint's ({config['backbone_id']}): {why}")
     return num_layers
 

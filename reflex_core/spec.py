@@ -54,8 +54,10 @@ MLX_COMMUNITY_BACKBONE = "mlx-community/Qwen2.5-Coder-7B-Instruct-4bit"
 # What identifies a backbone to a checkpoint: a checkpoint trained over one
 # cannot run over another. The release's config records only backbone_id, so
 # the identities of the backbones this project knows are written here; a
-# checkpoint of our trainer records its own ("backbone_identity").
+# checkpoint of our trainer records its own beside the config (IDENTITY_KEY, a
+# top-level key: the config keeps exactly the released keys).
 IDENTITY_KEYS = ("hidden_size", "num_hidden_layers", "vocab_size")
+IDENTITY_KEY = "backbone_identity"
 KNOWN_BACKBONES = {
     DEFAULT_BACKBONE: {"hidden_size": 3584, "num_hidden_layers": 28, "vocab_size": 152064},
     "SmolLM2-135M-Instruct-Q4_1": {"hidden_size": 576, "num_hidden_layers": 30, "vocab_size": 49152},
@@ -67,11 +69,11 @@ def backbone_identity(config: dict) -> dict:
     return {key: config.get(key) for key in IDENTITY_KEYS}
 
 
-def expected_identity(reflex: dict) -> dict:
-    """What the checkpoint's backbone must be: its own record, else the known
-    identity of its backbone_id (also under a hub repo's last name), else its hidden size."""
-    if isinstance(reflex.get("backbone_identity"), dict):
-        return {k: v for k, v in reflex["backbone_identity"].items() if k in IDENTITY_KEYS}
+def expected_identity(reflex: dict, recorded: dict | None = None) -> dict:
+    """What the checkpoint's backbone must be: its own record (`recorded`), else the
+    known identity of its backbone_id (also under a hub repo's last name), else its hidden size."""
+    if isinstance(recorded, dict):
+        return {k: v for k, v in recorded.items() if k in IDENTITY_KEYS}
     name = str(reflex.get("backbone_id", ""))
     for known, identity in KNOWN_BACKBONES.items():
         # a checkpoint whose hidden size contradicts its backbone_id (a test fixture) is held to its own
@@ -80,11 +82,11 @@ def expected_identity(reflex: dict) -> dict:
     return {"hidden_size": reflex.get("hidden")}
 
 
-def identity_mismatch(reflex: dict, backbone: dict) -> str | None:
+def identity_mismatch(reflex: dict, backbone: dict, recorded: dict | None = None) -> str | None:
     """One line saying how the backbone config differs from what the checkpoint needs, or None."""
     from .errors import short_repr
 
-    want, have = expected_identity(reflex), backbone_identity(backbone)
+    want, have = expected_identity(reflex, recorded), backbone_identity(backbone)
     wrong = [
         f"{key} {short_repr(have[key])} (the checkpoint's backbone has {short_repr(value)})"
         for key, value in want.items()

@@ -35,7 +35,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 from reflex_core import rv32i
 from reflex_core.shapes import FIXTURE, FIXTURE_LLAMA, Shape, checkpoint_config, decoder_config
-from reflex_core.spec import HALT_WORD, MASK32, ReflexArgs, backbone_identity
+from reflex_core.spec import HALT_WORD, IDENTITY_KEY, MASK32, ReflexArgs, backbone_identity
 
 from .model import Reflex, ReflexModel
 from .tokenizer import train_tokenizer
@@ -116,9 +116,7 @@ def build_fixture(out: Path, seed: int = 0, shape: Shape = FIXTURE) -> Path:
 
     words = fixture_codebook()
     # backbone_id keeps the released value: tests pass --backbone
-    config = checkpoint_config(
-        shape.with_(num_instrs=len(words)), backbone_identity=backbone_identity(qwen.config.to_dict())
-    )
+    config = checkpoint_config(shape.with_(num_instrs=len(words)))
     reflex = Reflex(ReflexArgs.from_config(config, shape.layers))
     with torch.no_grad():
         for adapter in reflex.adapters:
@@ -128,7 +126,8 @@ def build_fixture(out: Path, seed: int = 0, shape: Shape = FIXTURE) -> Path:
             adapter.attn.in_proj_weight[: 2 * shape.hidden].mul_(4.0)
         reflex.instr_words.copy_(torch.tensor(words, dtype=torch.int64))
     state = {k: v.detach().clone().contiguous() for k, v in reflex.state_dict().items()}
-    torch.save({"state": state, "config": config}, out / "reflex.pt")
+    identity = backbone_identity(qwen.config.to_dict())
+    torch.save({"state": state, "config": config, IDENTITY_KEY: identity}, out / "reflex.pt")
     return out
 
 

@@ -41,7 +41,7 @@ from reflex_core.files import write_atomically
 from reflex_core.hub import named_backbone_dir, resolve_backbone
 from reflex_core.prompt import encode_prompt
 from reflex_core.shapes import TINY, checkpoint_config, decoder_config
-from reflex_core.spec import BACKBONE_DIR, SYSTEM_PROMPT, ReflexArgs, backbone_identity
+from reflex_core.spec import BACKBONE_DIR, IDENTITY_KEY, SYSTEM_PROMPT, ReflexArgs, backbone_identity
 
 from .heldout import HELDOUT_FILE, heldout_cycles, make_pairs, top1
 from .model import Reflex, ReflexModel
@@ -383,8 +383,9 @@ def atomic_save(obj, path: Path) -> None:
     write_atomically(path, lambda tmp: torch.save(obj, tmp))
 
 
-def write_release(out: Path, reflex: Reflex, config: dict, causal, tokenizer, args) -> None:
-    """OUT/reflex.pt as released (float32 unless --save-dtype, int64 instr_words) and,
+def write_release(out: Path, reflex: Reflex, config: dict, causal, tokenizer, args, identity: dict) -> None:
+    """OUT/reflex.pt as released (float32 unless --save-dtype, int64 instr_words; the
+    config holds the released keys only, the backbone's identity sits beside it) and,
     from scratch, OUT/backbone/."""
     floats = getattr(torch, args.save_dtype)
     state = {
@@ -393,7 +394,7 @@ def write_release(out: Path, reflex: Reflex, config: dict, causal, tokenizer, ar
         ).contiguous()
         for k, v in reflex.state_dict().items()
     }
-    atomic_save({"state": state, "config": dict(config)}, out / "reflex.pt")
+    atomic_save({"state": state, "config": dict(config), IDENTITY_KEY: identity}, out / "reflex.pt")
     if causal is None:
         return
     dtype = args.save_backbone_dtype
@@ -490,12 +491,8 @@ def main(argv: list[str] | None = None) -> dict:
         embed_dim=args.embed_dim,
         num_instrs=len(codebook),
     )
-    config = checkpoint_config(
-        shape,
-        backbone_id,
-        max_instr_tokens=args.max_instr_tokens,
-        backbone_identity=backbone_identity(backbone.config.to_dict()),
-    )
+    config = checkpoint_config(shape, backbone_id, max_instr_tokens=args.max_instr_tokens)
+    identity = backbone_identity(backbone.config.to_dict())
     reflex = Reflex(ReflexArgs.from_config(config, backbone.config.num_hidden_layers))
     reflex.instr_words.copy_(torch.tensor(codebook, dtype=torch.int64))
     reflex.to(device)
@@ -564,7 +561,7 @@ def main(argv: list[str] | None = None) -> dict:
         return accuracy
 
     def save() -> None:
-        write_release(out, reflex, config, causal, tokenizer, args)
+        write_release(out, reflex, config, causal, tokenizer, args, identity)
         write_state(out, step, model, optimizer, generator, args)
 
     model.train()
