@@ -74,7 +74,7 @@ heldout: setup
 # once into ~/.cache/reflex-mlx, then its MLX model converted there (docs/precision.md
 # chose the recipe). Offline after setup. `reflex-mlx run --model smol` uses them.
 SMOL_TORCH    := reflex_torch/models/reflex-smol
-SMOL_ARGS     ?=
+SMOL_ARGS     ?=  # the converter's defaults (reflex_mlx.quantize.DEFAULT_RECIPE)
 smol: setup
 	$(PY) -m reflex_torch.smol
 	@out="$$($(PY) -c 'from reflex_core.smol import smol_mlx_dir; print(smol_mlx_dir())')"; \
