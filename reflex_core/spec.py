@@ -118,6 +118,7 @@ FLOAT_DTYPES = ("float32", "float16", "bfloat16")
 
 ADAPTER_HEADS = 8
 LAYER_NORM_EPS = 1e-5
+INFONCE_TEMPERATURE = 0.07  # the training objective's: cosine similarity / 0.07
 
 # Defaults of the released config; a checkpoint's own config overrides them.
 CONFIG_DEFAULTS = {

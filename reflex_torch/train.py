@@ -41,7 +41,14 @@ from reflex_core.files import write_atomically
 from reflex_core.hub import named_backbone_dir, resolve_backbone
 from reflex_core.prompt import encode_prompt
 from reflex_core.shapes import TINY, checkpoint_config, decoder_config
-from reflex_core.spec import BACKBONE_DIR, IDENTITY_KEY, SYSTEM_PROMPT, ReflexArgs, backbone_identity
+from reflex_core.spec import (
+    BACKBONE_DIR,
+    IDENTITY_KEY,
+    INFONCE_TEMPERATURE,
+    SYSTEM_PROMPT,
+    ReflexArgs,
+    backbone_identity,
+)
 
 from .heldout import HELDOUT_FILE, heldout_cycles, make_pairs, top1
 from .model import Reflex, ReflexModel
@@ -144,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-lr", type=float, default=None, help="default lr / 100")
     p.add_argument("--warmup", type=int, default=200)
     p.add_argument("--weight-decay", type=float, default=0.01)
-    p.add_argument("--temperature", type=float, default=0.07)
+    p.add_argument("--temperature", type=float, default=INFONCE_TEMPERATURE)
     p.add_argument("--grad-clip", type=float, default=1.0)
     p.add_argument(
         "--bf16",

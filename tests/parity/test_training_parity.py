@@ -1,0 +1,76 @@
+"""Training parity (issue 15, part 2): with the same weights and the same batch, the MLX
+InfoNCE loss and the gradient of every trained tensor equal torch's, in float32."""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import numpy as np
+import torch
+from mlx.utils import tree_flatten
+
+from reflex_core.spec import INFONCE_TEMPERATURE
+from reflex_mlx.model import Reflex
+from reflex_mlx.train import loss_and_grads, trainable
+
+
+def _batch(tokenizer, random_states, num_instrs: int, size: int = 12):
+    rng = np.random.default_rng(7)
+    prompts = ["add 7 and 8 and store the result", "compute 5 factorial and store it", "say hi"]
+    ids = [tokenizer.encode(prompts[i % len(prompts)]) for i in range(size)]
+    width = max(len(x) for x in ids)
+    pad = tokenizer.pad_token_id or 0
+    input_ids = np.array([x + [pad] * (width - len(x)) for x in ids], dtype=np.int64)
+    mask = np.array([[1] * len(x) + [0] * (width - len(x)) for x in ids], dtype=np.int64)
+    states = np.array(random_states(size, seed=11), dtype=np.uint32)
+    targets = rng.integers(0, num_instrs, size)
+    return input_ids, mask, states, targets
+
+
+def test_loss_and_gradients_match_torch(fixture_dir, mlx_float32_dir, random_states):
+    from reflex_mlx.load import load_model as load_mlx
+    from reflex_torch.load import load_model as load_torch
+
+    # fresh copies: the session's shared models stay inference-only
+    torch_model, tokenizer, config = load_torch(
+        fixture_dir / "reflex.pt",
+        backbone=str(fixture_dir / "backbone"),
+        device="cpu",
+        backbone_dtype=torch.float32,
+    )
+    mlx_model = trainable(load_mlx(mlx_float32_dir)[0])
+    ids, mask, states, targets = _batch(tokenizer, random_states, config["num_instrs"])
+
+    for p in torch_model.reflex.parameters():  # the recipe trains the Reflex modules only
+        p.requires_grad_(True)
+    with torch.enable_grad():
+        pred = torch_model(torch.tensor(ids), torch.tensor(mask), torch.tensor(states.astype(np.int64)))
+        loss = torch.nn.functional.cross_entropy(
+            torch_model.reflex.scores(pred) / INFONCE_TEMPERATURE, torch.tensor(targets)
+        )
+        loss.backward()
+    torch_grads = {
+        name: mx.array(p.grad.float().numpy())
+        for name, p in torch_model.reflex.named_parameters()
+        if p.grad is not None
+    }
+    torch_grads = Reflex.sanitize(torch_grads)  # the packed in_proj split, MLX names
+
+    mlx_loss, grads = loss_and_grads(
+        mlx_model, mx.array(ids.astype(np.int32)), mx.array(mask), mx.array(states), mx.array(targets)
+    )
+    grads = {k.removeprefix("reflex."): v for k, v in tree_flatten(grads) if k.startswith("reflex.")}
+    print(f"loss torch {loss.item():.6f}, mlx {mlx_loss.item():.6f}; {len(grads)} trained tensors")
+    assert abs(mlx_loss.item() - loss.item()) <= 1e-5 * abs(loss.item())
+    assert set(grads) == set(torch_grads), set(grads) ^ set(torch_grads)
+    # The key bias's true gradient is zero (a softmax ignores a shift shared by all
+    # keys): there both sides hold rounding noise, so errors are measured against
+    # the largest gradient too, not only the tensor's own.
+    scale = max(np.linalg.norm(np.array(g)) for g in torch_grads.values())
+    worst = 0.0
+    for name, g in grads.items():
+        ref = np.array(torch_grads[name])
+        err = np.linalg.norm(np.array(g) - ref) / max(np.linalg.norm(ref), 1e-3 * scale)
+        worst = max(worst, err)
+        assert err < 1e-4, (name, err, np.linalg.norm(ref), scale)
+    print(f"largest relative gradient error: {worst:.2e} (largest gradient norm {scale:.3e})")
+    assert not any(k.startswith("backbone.") for k, _ in tree_flatten(mlx_model.trainable_parameters()))
