@@ -60,7 +60,7 @@ def weight_names(path: Path) -> set[str]:
     return names
 
 
-def layout(path: Path, config: dict | None = None) -> str:
+def layout(path: Path, config: dict | None = None, names: set[str] | None = None) -> str:
     """CAUSAL_LM, BASE_MODEL or MLX_QUANTIZED, from the config and the weight names."""
     path = Path(path)
     config = config if config is not None else read_config(path)
@@ -72,7 +72,7 @@ def layout(path: Path, config: dict | None = None) -> str:
                 "transformers directory or an mlx-lm quantized one"
             )
         return MLX_QUANTIZED
-    names = weight_names(path)
+    names = weight_names(path) if names is None else names
     if not names:
         raise BackboneError(f"no model*.safetensors weights in {path}")
     if any(name.startswith("model.") for name in names):
@@ -124,8 +124,8 @@ def load_backbone(path: str | Path, lazy: bool = True):
 
     path = Path(path)
     config = read_config(path)
-    kind = layout(path, config)
-    names = weight_names(path)
+    names = weight_names(path)  # every shard's header, read once
+    kind = layout(path, config, names)
     has_lm_head = bool(config.get("tie_word_embeddings")) or "lm_head.weight" in names
     overrides, classes = {}, _get_classes
     if kind == BASE_MODEL:
