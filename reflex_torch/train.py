@@ -61,6 +61,7 @@ MAX_FLOAT32_BACKBONE_BYTES = 16 * 2**20  # bigger from-scratch backbones are sav
 RUN_DEFINING_ARGS = (
     "corpus",
     "families",
+    "exclude_families",
     "max_programs",
     "heldout_fraction",
     "seed",
@@ -113,6 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
     # data
     p.add_argument("--corpus", default=None, help="corpus folder (default: find_corpus())")
     p.add_argument("--families", default=None, help="comma-separated families to train on (default: all)")
+    p.add_argument(
+        "--exclude-families",
+        default=None,
+        help="comma-separated families never trained on nor held out (a base for fine-tuning)",
+    )
     p.add_argument(
         "--max-programs", type=int, default=None, help="random subset of distinct programs (tests)"
     )
@@ -212,6 +218,8 @@ def split_programs(args) -> Split:
         programs = [p for p in programs if p.family in wanted]
         if not programs:
             sys.exit(f"error: no programs in families {sorted(wanted)}")
+    if args.exclude_families:
+        programs = [p for p in programs if p.family not in set(args.exclude_families.split(","))]
 
     groups: dict[tuple, dict] = {}
     for program in programs:
