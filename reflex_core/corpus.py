@@ -18,7 +18,7 @@ CORPUS_ENV_VAR = "REFLEX_CORPUS"
 # Replay runs every program to its HALT: a few corpus programs need more cycles
 # than the eval's limit (the longest, "write the decimal digits of 999", 484).
 REPLAY_MAX_CYCLES = 10_000
-_EXPECTED_KEY = re.compile(r"^mem_(0x[0-9a-fA-F]+)(_words)?$")
+EXPECTED_KEY = re.compile(r"^mem_(0x[0-9a-fA-F]+)(_words)?$")
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,7 @@ def expected_ok(result: RunResult, expected_result: dict) -> bool:
     if not result.halted:
         return False
     for key, value in expected_result.items():
-        match = _EXPECTED_KEY.match(key)
+        match = EXPECTED_KEY.match(key)
         if match is None:
             raise ValueError(f"unknown expected_result key {key!r}")
         addr = int(match.group(1), 16)

@@ -13,72 +13,15 @@ and this module's agree (exactly on CPU).
 from __future__ import annotations
 
 import argparse
-import json
-import random
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from reflex_core.batching import pad_batch
-from reflex_core.corpus import CorpusProgram, replay
 from reflex_core.prompt import encode_prompt
-
-HELDOUT_FILE = "heldout.json"
-EVAL_SEED = 0  # the fixed sample of (cycle, prompt) pairs the training eval uses
-
-
-@dataclass(frozen=True)
-class Pair:
-    """One held-out cycle under one prompt: the state, the word the program wants, the prompt."""
-
-    state: list[int]
-    word: int
-    prompt: str
-    program: int  # index into the held-out list
-
-
-def read_heldout(out_dir: Path | str) -> list[dict]:
-    data = json.loads(Path(out_dir, HELDOUT_FILE).read_text())
-    return data["programs"]
-
-
-def heldout_cycles(entries: list[dict]) -> list[list[tuple[list[int], int]]]:
-    """Replay each held-out program (words as hex strings) into its (state, word) cycles."""
-    cycles = []
-    for entry in entries:
-        program = CorpusProgram(
-            category=entry.get("category", ""),
-            family=entry.get("family", ""),
-            instruction=entry["prompts"][0],
-            variants=list(entry["prompts"]),
-            words=[int(w, 16) for w in entry["words"]],
-            expected_result={},
-            num_ops=0,
-        )
-        cycles.append(replay(program))
-    return cycles
-
-
-def make_pairs(
-    entries: list[dict],
-    cycles: list[list[tuple[list[int], int]]],
-    all_prompts: bool = False,
-    max_samples: int | None = None,
-    seed: int = EVAL_SEED,
-) -> list[Pair]:
-    """Every cycle with its program's first prompt (or with every prompt), optionally a fixed subsample."""
-    pairs = []
-    for index, (entry, program_cycles) in enumerate(zip(entries, cycles)):
-        prompts = entry["prompts"] if all_prompts else entry["prompts"][:1]
-        for prompt in prompts:
-            pairs += [Pair(state, word, prompt, index) for state, word in program_cycles]
-    if max_samples is not None and len(pairs) > max_samples:
-        chosen = sorted(random.Random(seed).sample(range(len(pairs)), max_samples))
-        pairs = [pairs[i] for i in chosen]
-    return pairs
+from reflex_core.training import HELDOUT_FILE, Pair, heldout_cycles, make_pairs, read_heldout
 
 
 @torch.no_grad()

@@ -22,24 +22,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
-import random
 import shutil
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from reflex_core.corpus import find_corpus, load_programs, replay
-from reflex_core.evaluation import EVAL_FILTERS, eval_prompts
+from reflex_core import training
+from reflex_core.corpus import find_corpus, replay
+from reflex_core.evaluation import EVAL_FILTERS
 from reflex_core.files import write_atomically
 from reflex_core.hub import named_backbone_dir, resolve_backbone
-from reflex_core.prompt import encode_prompt
 from reflex_core.shapes import TINY, checkpoint_config, decoder_config
 from reflex_core.spec import (
     BACKBONE_DIR,
@@ -49,8 +46,22 @@ from reflex_core.spec import (
     ReflexArgs,
     backbone_identity,
 )
+from reflex_core.training import (
+    HELDOUT_FILE,
+    Batch,
+    DataError,
+    SampleTable,
+    Split,
+    heldout_cycles,
+    make_pairs,
+    read_data,
+    restore_sampler,
+    sampler,
+    sampler_state,
+    split_report,
+)
 
-from .heldout import HELDOUT_FILE, heldout_cycles, make_pairs, top1
+from .heldout import top1
 from .model import Reflex, ReflexModel
 
 STATE_FILE = "train_state.pt"
@@ -198,120 +209,34 @@ def build_parser() -> argparse.ArgumentParser:
 # ----------------------------------------------------------------------------- data
 
 
-@dataclass
-class Split:
-    train: list[dict]  # distinct programs: {"program": CorpusProgram, "prompts": [...]}
-    heldout: list[dict]  # the heldout.json entries: words as hex, all prompts
-    counts: dict
-
-
 def split_programs(args) -> Split:
-    """Group programs by their words, hold out a fraction of the groups, drop eval prompts."""
+    """The corpus's programs, split as reflex_core.training splits them for both trainers."""
     root = Path(args.corpus) if args.corpus else find_corpus()
     if root is None or not (root / "programs").is_dir():
         sys.exit(
             f"error: no training corpus at {root or '(none found)'}: pass --corpus DIR or set REFLEX_CORPUS"
         )
-    programs = load_programs(root)
-    if args.families:
-        wanted = set(args.families.split(","))
-        programs = [p for p in programs if p.family in wanted]
-        if not programs:
-            sys.exit(f"error: no programs in families {sorted(wanted)}")
-    if args.exclude_families:
-        programs = [p for p in programs if p.family not in set(args.exclude_families.split(","))]
-
-    groups: dict[tuple, dict] = {}
-    for program in programs:
-        group = groups.setdefault(tuple(program.words), {"program": program, "prompts": {}})
-        group["prompts"].update(dict.fromkeys(program.variants))  # ordered union
-    distinct = list(groups.values())
-    if args.max_programs and len(distinct) > args.max_programs:
-        chosen = random.Random(args.seed).sample(range(len(distinct)), args.max_programs)
-        distinct = [distinct[i] for i in sorted(chosen)]
-
-    n_held = max(1, round(args.heldout_fraction * len(distinct))) if len(distinct) > 1 else 0
-    held = set(random.Random(args.seed + 1).sample(range(len(distinct)), n_held))
-    key = EVAL_FILTERS[args.eval_filter]
-    forbidden = eval_prompts(key)
-    train, heldout, removed, removed_distinct = [], [], 0, set()
-    for index, group in enumerate(distinct):
-        program, prompts = group["program"], list(group["prompts"])
-        if index in held:
-            heldout.append(
-                {
-                    "family": program.family,
-                    "category": program.category,
-                    "words": [f"{w:08x}" for w in program.words],
-                    "prompts": prompts,
-                }
-            )
-            continue
-        kept = [p for p in prompts if key(p) not in forbidden]
-        removed += len(prompts) - len(kept)
-        removed_distinct |= {key(p) for p in prompts} & forbidden
-        if kept:
-            train.append({"program": program, "prompts": kept})
-    counts = {
-        "corpus": str(root),
-        "programs": len(programs),
-        "distinct_programs": len(groups),
-        "used_programs": len(distinct),
-        "heldout_programs": len(heldout),
-        "train_programs": len(train),
-        "removed_eval_prompt_pairs": removed,
-        "removed_eval_prompts_distinct": len(removed_distinct),
-        "eval_prompts_distinct": len(forbidden),
-        "eval_filter": args.eval_filter,
-    }
-    return Split(train, heldout, counts)
+    families = args.families.split(",") if args.families else ()
+    exclude = args.exclude_families.split(",") if args.exclude_families else ()
+    try:
+        programs = read_data(root, families, exclude)
+    except DataError as err:
+        sys.exit(f"error: {err}")
+    return training.split_programs(
+        programs,
+        heldout_fraction=args.heldout_fraction,
+        seed=args.seed,
+        eval_filter=args.eval_filter,
+        max_programs=args.max_programs,
+        source=str(root),
+    )
 
 
-class Samples:
-    """Every training cycle and every pre-tokenized prompt, as tensors on the device."""
-
-    def __init__(self, train: list[dict], cycles: list, codebook: list[int], tokenizer, config: dict, device):
-        row_of = {word: row for row, word in enumerate(codebook)}
-        states, targets, owners = [], [], []
-        for index, program_cycles in enumerate(cycles):
-            for state, word in program_cycles:
-                states.append(state)
-                targets.append(row_of[word])
-                owners.append(index)
-        prompt_ids: dict[str, int] = {}
-        flat, start, count = [], [], []
-        for group in train:
-            start.append(len(flat))
-            count.append(len(group["prompts"]))
-            flat += [prompt_ids.setdefault(p, len(prompt_ids)) for p in group["prompts"]]
-        tokens = [encode_prompt(tokenizer, p, config) for p in prompt_ids]
-        self.truncated = sum(t.truncated for t in tokens)
-        length = max(len(t.ids) for t in tokens)
-        ids = [t.ids + [tokenizer.pad_token_id] * (length - len(t.ids)) for t in tokens]
-
-        def tensor(values, dtype=torch.int64):
-            return torch.tensor(values, dtype=dtype, device=device)
-
-        self.states, self.targets, self.owner = tensor(states), tensor(targets), tensor(owners)
-        self.prompt_ids, self.prompt_len = tensor(ids), tensor([len(t.ids) for t in tokens])
-        self.start, self.count, self.flat = tensor(start), tensor(count), tensor(flat)
-        self.num_prompts, self.max_prompt_len = len(tokens), length
-
-    def __len__(self) -> int:
-        return self.states.shape[0]
-
-    def batch(self, size: int, generator: torch.Generator):
-        """Random cycles, each under a random prompt of its program, right-padded to the longest."""
-        device = self.states.device
-        idx = torch.randint(len(self), (size,), device=device, generator=generator)
-        owner = self.owner[idx]
-        pick = (torch.rand(size, device=device, generator=generator) * self.count[owner]).long()
-        prompt = self.flat[self.start[owner] + pick]
-        lengths = self.prompt_len[prompt]
-        width = int(lengths.max())
-        ids = self.prompt_ids[prompt, :width]
-        mask = (torch.arange(width, device=device) < lengths[:, None]).long()
-        return ids, mask, self.states[idx], self.targets[idx]
+def on_device(batch: Batch, device) -> tuple[torch.Tensor, ...]:
+    return tuple(
+        torch.from_numpy(a).to(device, non_blocking=True)
+        for a in (batch.input_ids, batch.attention_mask, batch.states, batch.targets)
+    )
 
 
 # ---------------------------------------------------------------------------- model
@@ -380,11 +305,7 @@ def as_loaded(tokenizer):
 
 
 def lr_at(step: int, args) -> float:
-    """Linear warmup, then cosine from lr to min_lr over the remaining steps."""
-    if step < args.warmup:
-        return args.lr * (step + 1) / args.warmup
-    progress = min(1.0, (step - args.warmup) / max(1, args.steps - args.warmup))
-    return args.min_lr + 0.5 * (args.lr - args.min_lr) * (1 + math.cos(math.pi * progress))
+    return training.lr_at(step, lr=args.lr, min_lr=args.min_lr, warmup=args.warmup, steps=args.steps)
 
 
 def count_params(module: torch.nn.Module) -> int:
@@ -432,7 +353,7 @@ def write_release(out: Path, reflex: Reflex, config: dict, causal, tokenizer, ar
     shutil.rmtree(old, ignore_errors=True)
 
 
-def write_state(out: Path, step: int, model, optimizer, generator, args) -> None:
+def write_state(out: Path, step: int, model, optimizer, rng, args) -> None:
     trainable = (
         {k: v for k, v in model.state_dict().items()} if args.backbone is None else model.reflex.state_dict()
     )
@@ -441,7 +362,7 @@ def write_state(out: Path, step: int, model, optimizer, generator, args) -> None
             "step": step,
             "model": trainable,
             "optimizer": optimizer.state_dict(),
-            "sampler": generator.get_state(),
+            "sampler": sampler_state(rng),
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
             "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
@@ -456,6 +377,63 @@ def log(out: Path, record: dict, line: str) -> None:
         f.write(json.dumps(record) + "\n")
 
 
+# ------------------------------------------------------------------ data parallel
+
+
+class Ranks:
+    """This process's place in a torchrun job (one process, rank 0 of 1, without one).
+
+    Every rank draws the same global batch (the same seed) and trains on its
+    own contiguous shard of it (Batch.shard); DDP averages the gradients, so a
+    step equals the single-process step on the whole global batch. Rank 0
+    alone evaluates, writes and prints."""
+
+    def __init__(self, device_arg: str | None):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        cuda = torch.cuda.is_available() and (device_arg is None or device_arg.startswith("cuda"))
+        if self.world > 1 and cuda:
+            torch.cuda.set_device(local)
+            self.device = torch.device("cuda", local)
+        else:
+            self.device = torch.device(device_arg or ("cuda" if cuda else "cpu"))
+        self.group = None
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+            self.group = dist
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def wrap(self, model):
+        if self.world == 1:
+            return model
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+
+    def mean(self, value: torch.Tensor) -> torch.Tensor:
+        """The value averaged over ranks (the global batch's loss)."""
+        if self.world == 1:
+            return value
+        value = value.detach().clone()
+        self.group.all_reduce(value)
+        return value / self.world
+
+    def wait(self) -> None:
+        if self.world > 1:
+            self.group.barrier()
+
+    def close(self) -> None:
+        if self.world > 1:
+            self.group.destroy_process_group()
+
+
 # -------------------------------------------------------------------------- main
 
 
@@ -468,13 +446,20 @@ def main(argv: list[str] | None = None) -> dict:
         if not (out / STATE_FILE).exists():
             sys.exit(f"error: --resume but no {out / STATE_FILE}")
         saved = torch.load(out / STATE_FILE, map_location="cpu", weights_only=False)
+        if not isinstance(saved.get("sampler"), dict):
+            sys.exit(
+                f"error: {out / STATE_FILE} was written by an older trainer (a torch sampler); start anew"
+            )
         given = given_options(build_parser(), sys.argv[1:] if argv is None else argv)
         before = {"eval_filter": "exact"}  # runs saved before the option existed
         for key, value in {**before, **saved["args"]}.items():
             if key in RUN_DEFINING_ARGS or (key not in given and key not in NOT_RESUMED):
                 setattr(args, key, value)
+    ranks = Ranks(args.device)
+    device = ranks.device
+    if args.batch % ranks.world:
+        sys.exit(f"error: --batch {args.batch} (the global batch) does not split over {ranks.world} ranks")
     out.mkdir(parents=True, exist_ok=True)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     torch.set_float32_matmul_precision("high")  # TF32 on CUDA
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -483,16 +468,23 @@ def main(argv: list[str] | None = None) -> dict:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # no "Writing model shards" bar at every save
+    say = print if ranks.main else (lambda *a, **k: None)
 
     # Data: the split, the held-out list, the codebook over every cycle of the corpus.
     split = split_programs(args)
     c = split.counts
-    (out / HELDOUT_FILE).write_text(
-        json.dumps(
-            {"seed": args.seed, "fraction": args.heldout_fraction, "counts": c, "programs": split.heldout},
-            indent=1,
+    if ranks.main:
+        (out / HELDOUT_FILE).write_text(
+            json.dumps(
+                {
+                    "seed": args.seed,
+                    "fraction": args.heldout_fraction,
+                    "counts": c,
+                    "programs": split.heldout,
+                },
+                indent=1,
+            )
         )
-    )
     held_cycles = heldout_cycles(split.heldout)
     train_prompts = list(dict.fromkeys(p for g in split.train for p in g["prompts"]))
     train_cycles = [replay(g["program"]) for g in split.train]
@@ -512,29 +504,19 @@ def main(argv: list[str] | None = None) -> dict:
     reflex.instr_words.copy_(torch.tensor(codebook, dtype=torch.int64))
     reflex.to(device)
     model = ReflexModel(backbone, reflex)
-    samples = Samples(split.train, train_cycles, codebook, tokenizer, config, device)
+    samples = SampleTable(split.train, train_cycles, codebook, tokenizer, config)
     del train_cycles
     eval_pairs = make_pairs(split.heldout, held_cycles, all_prompts=True, max_samples=args.eval_samples)
 
-    print(
-        f"corpus {c['corpus']}: {c['programs']} programs, {c['distinct_programs']} distinct by words"
-        + (f", {c['used_programs']} used" if c["used_programs"] != c["distinct_programs"] else "")
-    )
-    print(
-        f"held out {c['heldout_programs']} programs ({sum(map(len, held_cycles))} cycles, "
-        f"{sum(len(e['prompts']) for e in split.heldout)} prompts) -> {out / HELDOUT_FILE}"
-    )
-    print(
-        f"removed {c['removed_eval_prompt_pairs']} (program, prompt) pairs matching "
-        f"{c['removed_eval_prompts_distinct']} of the {c['eval_prompts_distinct']} distinct eval prompts"
-    )
-    print(
+    for line in split_report(c, split.heldout, held_cycles):
+        say(line + (f" -> {out / HELDOUT_FILE}" if line.startswith("held out") else ""))
+    say(
         f"train: {c['train_programs']} programs, {samples.num_prompts} distinct prompts "
         f"({int(samples.count.sum())} program-prompt pairs, longest {samples.max_prompt_len} tokens, "
         f"{samples.truncated} truncated), {len(samples)} samples; codebook {len(codebook)} words"
     )
     trainable = [p for p in model.parameters() if p.requires_grad]
-    print(
+    say(
         f"backbone {count_params(backbone) / 1e6:.2f}M params "
         f"({'frozen ' + backbone_id if args.backbone else 'from scratch'}), "
         f"reflex {count_params(reflex) / 1e6:.2f}M, "
@@ -542,6 +524,9 @@ def main(argv: list[str] | None = None) -> dict:
         f"device {device}{', bf16 autocast' if use_bf16 else ''}",
         flush=True,
     )
+    if ranks.world > 1:
+        share = args.batch // ranks.world
+        say(f"data parallel: {ranks.world} ranks, each trains on its {share} rows of every global batch")
 
     # AdamW with weight decay on matrices only (not on norms, biases, gates).
     groups = [
@@ -549,19 +534,20 @@ def main(argv: list[str] | None = None) -> dict:
         {"params": [p for p in trainable if p.dim() < 2], "weight_decay": 0.0},
     ]
     optimizer = torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.95), fused=device.type == "cuda")
-    generator = torch.Generator(device=device).manual_seed(args.seed)
+    rng = sampler(args.seed)
     step = 0
     if saved is not None:
         target = model if args.backbone is None else reflex
         target.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
-        generator.set_state(saved["sampler"])
+        rng = restore_sampler(saved["sampler"])
         torch.set_rng_state(saved["torch_rng"])
         if saved["cuda_rng"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(saved["cuda_rng"])
         step = saved["step"]
-        print(f"resumed at step {step}", flush=True)
+        say(f"resumed at step {step}", flush=True)
     del saved
+    forward = ranks.wrap(model)
 
     def evaluate() -> float:
         model.eval()
@@ -577,7 +563,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     def save() -> None:
         write_release(out, reflex, config, causal, tokenizer, args, identity)
-        write_state(out, step, model, optimizer, generator, args)
+        write_state(out, step, model, optimizer, rng, args)
 
     model.train()
     window_start, window_steps, evaluated_at, stop_reason = time.time(), 0, None, "done"
@@ -591,9 +577,11 @@ def main(argv: list[str] | None = None) -> dict:
         lr = lr_at(step, args)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        ids, mask, states, targets = samples.batch(args.batch, generator)
+        ids, mask, states, targets = on_device(
+            samples.draw(args.batch, rng).shard(ranks.rank, ranks.world), device
+        )
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            pred = model(ids, mask, states)
+            pred = forward(ids, mask, states)
         loss = F.cross_entropy(reflex.scores(pred) / args.temperature, targets)  # InfoNCE, whole codebook
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -603,27 +591,34 @@ def main(argv: list[str] | None = None) -> dict:
         window_steps += 1
 
         if step % args.log_every == 0 or step == 1:
+            mean_loss = ranks.mean(loss).item()
             rate = window_steps / (time.time() - window_start)
             elapsed = time.time() - started
-            log(
-                out,
-                {"step": step, "loss": loss.item(), "lr": lr, "steps_per_s": rate, "elapsed": elapsed},
-                f"step {step}/{args.steps} | loss {loss.item():.4f} | lr {lr:.2e} | "
-                f"{rate:.2f} steps/s | {elapsed:.0f}s",
-            )
+            if ranks.main:
+                log(
+                    out,
+                    {"step": step, "loss": mean_loss, "lr": lr, "steps_per_s": rate, "elapsed": elapsed},
+                    f"step {step}/{args.steps} | loss {mean_loss:.4f} | lr {lr:.2e} | "
+                    f"{rate:.2f} steps/s | {elapsed:.0f}s",
+                )
             window_start, window_steps = time.time(), 0
         if step % args.eval_every == 0:
-            evaluate()
+            if ranks.main:
+                evaluate()
             evaluated_at = step
-        if step % args.save_every == 0:
+        if step % args.save_every == 0 and ranks.main:
             save()
         if step % args.eval_every == 0 or step % args.save_every == 0:
+            ranks.wait()
             window_start, window_steps = time.time(), 0  # steps/s counts training steps only
 
-    if evaluated_at != step:
-        evaluate()
-    save()
-    print(
+    if ranks.main:
+        if evaluated_at != step:
+            evaluate()
+        save()
+    ranks.wait()
+    ranks.close()
+    say(
         f"stopped at step {step}/{args.steps} ({stop_reason}); wrote {out}/reflex.pt"
         + (f", {out}/{BACKBONE_DIR}/" if causal is not None else "")
         + f", {STATE_FILE} ({time.time() - started:.0f}s)",
