@@ -71,6 +71,8 @@ def read_data(
         programs, where = read_jsonl(path)
     else:
         raise DataError(f"no training data at {path}")
+    if path.is_file():  # the families filters choose from a corpus; a JSONL is the user's own choice
+        families, exclude = (), ()
     chosen = [
         i
         for i, p in enumerate(programs)
@@ -510,3 +512,29 @@ def _closeness(f: dict, op: dict) -> int:
             return 4
         return 3 if f.get("rd") == op.get("rd") else 2
     return 1 if f["format"] == op["format"] else 0
+
+
+# ------------------------------------------------------------- closed loop
+
+
+def run_heldout(runner, tokenizer, config: dict, entries: list[dict], all_prompts: bool = True) -> list[dict]:
+    """Drive the machine with the model for each held-out program's prompts (in
+    lockstep, as the eval does) and check each run against the program's expected
+    result: {"program", "prompt", "passed", "words"} per run."""
+    from .predict import run_batch
+
+    runs = [
+        (i, p) for i, e in enumerate(entries) for p in (e["prompts"] if all_prompts else e["prompts"][:1])
+    ]
+    if not runs:
+        return []
+    results = run_batch(runner, tokenizer, [p for _, p in runs], config, max_cycles=spec.EVAL_MAX_CYCLES)
+    return [
+        {
+            "program": i,
+            "prompt": prompt,
+            "passed": result.halted and expected_ok(result, entries[i]["expected_result"]),
+            "words": [cycle.word for cycle in result.cycles],
+        }
+        for (i, prompt), result in zip(runs, results)
+    ]

@@ -433,6 +433,108 @@ def _plain_sides(screen) -> list[str]:
     return lines
 
 
+# ------------------------------------------------------------------------- train
+@main.command(
+    name="train",
+    help="Teach a model new programs: InfoNCE training of the Reflex side in MLX over its frozen "
+    "(possibly quantized) backbone. OUT becomes a model directory that run, eval and demo load.",
+)
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Output model directory.")
+@click.option("--resume", is_flag=True, help="Continue the run in OUT from its last checkpoint.")
+@click.option("--model", default=None, help="The model to start from: a directory, tiny, smol or a hub id.")
+@click.option(
+    "--data",
+    multiple=True,
+    help="New data: a corpus folder (released format) or a JSONL of {prompt, program, expected_result}; "
+    "repeatable.",
+)
+@click.option("--rehearse", multiple=True, help="Old data replayed beside the new, so the model keeps it.")
+@click.option(
+    "--rehearse-fraction",
+    type=float,
+    default=0.5,
+    show_default=True,
+    help="Share of each batch drawn from --rehearse.",
+)
+@click.option("--families", default="", help="Only these families of corpus folders (comma-separated).")
+@click.option("--exclude-families", default="", help="Leave these families of corpus folders out.")
+@click.option("--skip-failing", is_flag=True, help="Leave out JSONL programs that fail verification.")
+@click.option("--heldout-fraction", type=float, default=0.05, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--eval-filter", type=click.Choice(["exact", "punctuation"]), default="punctuation")
+@click.option("--max-programs", type=click.IntRange(min=1), default=None)
+@click.option("--mode", type=click.Choice(["full", "lora"]), default="full", show_default=True)
+@click.option("--lora-rank", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--lora-alpha", type=float, default=32.0, show_default=True, help="Scale alpha / rank.")
+@click.option(
+    "--lora-targets",
+    default="all",
+    show_default=True,
+    help="Linear layers: all, or some of value_proj, q_proj, k_proj, v_proj, out_proj, mlp.fc1, "
+    "mlp.fc2, head_mlp.fc1, head_mlp.fc2, embed_head.",
+)
+@click.option(
+    "--lora-output",
+    type=click.Choice(["keep", "fuse"]),
+    default="keep",
+    show_default=True,
+    help="Keep the LoRA beside the model (lora.safetensors) or merge it into the layers.",
+)
+@click.option("--steps", type=click.IntRange(min=1), default=500, show_default=True)
+@click.option("--batch", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--lr", type=float, default=1e-4, show_default=True)
+@click.option("--min-lr", type=float, default=None, help="Default: lr / 100.")
+@click.option("--warmup", type=click.IntRange(min=0), default=20, show_default=True)
+@click.option("--weight-decay", type=float, default=0.01, show_default=True)
+@click.option("--grad-clip", type=float, default=1.0, show_default=True)
+@click.option(
+    "--backbone-dtype",
+    type=click.Choice(["auto", "as-stored", "float32", "float16", "bfloat16"]),
+    default="auto",
+    show_default=True,
+    help="What an unquantized backbone computes in (auto: float32 for a half-precision one on a CPU).",
+)
+@click.option("--log-every", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--eval-every", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option("--eval-samples", type=click.IntRange(min=1), default=1000, show_default=True)
+@click.option("--save-every", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option("--time-limit", type=float, default=None, help="Stop cleanly (saving) after this many seconds.")
+@click.option("--stop-at", type=int, default=None, help="Stop cleanly (saving) after this step.")
+def train_command(out: Path, resume: bool, **options) -> None:
+    from click.core import ParameterSource
+
+    from reflex_mlx.train import TrainError, TrainOptions, train
+
+    ctx = click.get_current_context()
+    given = {n for n in options if ctx.get_parameter_source(n) == ParameterSource.COMMANDLINE}
+    split = lambda text: tuple(t for t in text.split(",") if t)
+    options["families"], options["exclude_families"] = (
+        split(options["families"]),
+        split(options["exclude_families"]),
+    )
+    options["data"], options["rehearse"] = tuple(options["data"]), tuple(options["rehearse"])
+    if resume and given - {"steps", "time_limit", "stop_at", "log_every", "eval_every", "save_every"}:
+        names = ", ".join("--" + n.replace("_", "-") for n in sorted(given))
+        raise click.ClickException(
+            f"--resume takes its settings from the saved run; only --steps, --time-limit, --stop-at "
+            f"and the --*-every options may be given again (got {names})"
+        )
+    opts = TrainOptions(out=out, extra={"resume": resume}, **options)
+    try:
+        train(opts, given)
+    except TrainError as err:
+        raise click.ClickException(str(err)) from None
+    _peak_line_mlx()
+
+
+def _peak_line_mlx() -> None:
+    import mlx.core as mx
+
+    from reflex_core.timing import human_bytes
+
+    click.echo(f"peak memory: {human_bytes(mx.get_peak_memory())} (mlx)", err=True)
+
+
 # -------------------------------------------------------------------------- info
 @main.command(name="info", help="What a converted model is: its sources, recipe, memory and fidelity report.")
 @click.argument("model")

@@ -85,6 +85,8 @@ def load_with_language_model(model_dir: str | Path) -> tuple[ReflexModel, object
                 f"{' ...' if len(unexpected) > 3 else ''}"
             )
         reflex.load_weights(list(weights.items()), strict=True)
+        if config.get("lora"):
+            weights = {**weights, **_load_lora(reflex, model_dir, config["lora"])}
         model = ReflexModel(backbone, reflex)
     except ModelError as err:
         raise ModelError(f"cannot load the adapters in {model_dir}: {err}") from None
@@ -94,6 +96,31 @@ def load_with_language_model(model_dir: str | Path) -> tuple[ReflexModel, object
     mx.eval(model.parameters())
     _check_adapters(model_dir, weights)
     return model, tokenizer, config, backbone
+
+
+def _load_lora(reflex: Reflex, model_dir: Path, lora: dict) -> dict:
+    """A LoRA kept beside the adapters (reflex-mlx train --mode lora): the same layers
+    wrapped again, then its matrices loaded, every one of them."""
+    from .lora import LORA_FILE, apply_lora
+
+    if not isinstance(lora, dict) or not isinstance(lora.get("rank"), int) or lora["rank"] < 1:
+        raise ModelError(f"the config's lora entry is malformed: {lora!r:.80}")
+    targets = lora.get("targets", "all")
+    apply_lora(
+        reflex,
+        lora["rank"],
+        float(lora.get("alpha", 2 * lora["rank"])),
+        targets if targets == "all" else str(targets).split(","),
+    )
+    path = model_dir / LORA_FILE
+    if not path.is_file():
+        raise ModelError(f"the config names a LoRA but there is no {LORA_FILE}")
+    weights = mx.load(str(path))
+    expected = {n for n, _ in tree_flatten(reflex.parameters()) if n.endswith((".lora_a", ".lora_b"))}
+    if set(weights) != expected:
+        raise ModelError(f"{LORA_FILE} does not fit the config's LoRA layers")
+    reflex.load_weights(list(weights.items()), strict=False)
+    return weights
 
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
