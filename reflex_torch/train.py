@@ -500,7 +500,13 @@ def main(argv: list[str] | None = None) -> dict:
     )
     config = checkpoint_config(shape, backbone_id, max_instr_tokens=args.max_instr_tokens)
     identity = backbone_identity(backbone.config.to_dict())
-    reflex = Reflex(ReflexArgs.from_config(config, backbone.config.num_hidden_layers))
+    reflex_args = ReflexArgs.from_config(config, backbone.config.num_hidden_layers)
+    if not reflex_args.adapter_layers:
+        sys.exit(
+            f"error: no adapter fits: --inject-every {args.inject_every} is more than the backbone's "
+            f"{backbone.config.num_hidden_layers} layers"
+        )
+    reflex = Reflex(reflex_args)
     reflex.instr_words.copy_(torch.tensor(codebook, dtype=torch.int64))
     reflex.to(device)
     model = ReflexModel(backbone, reflex)
