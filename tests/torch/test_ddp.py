@@ -25,7 +25,8 @@ from reflex_core.training import SampleTable  # noqa: E402
 if find_corpus() is None:
     pytest.skip("training corpus absent (../shared/corpus or $REFLEX_CORPUS)", allow_module_level=True)
 
-SMALL = "--max-programs 40 --hidden 64 --layers 2 --inject-every 2 --heads 4 --kv-heads 2 --intermediate 128 --vocab 400 "
+SMALL = "--max-programs 40 --hidden 64 --layers 2 --inject-every 2 --heads 4 --kv-heads 2 "
+SMALL += "--intermediate 128 --vocab 400 "
 SMALL += "--embed-dim 32 --steps 5 --batch 16 --warmup 2 --log-every 1 --eval-every 100 --eval-samples 32 "
 SMALL += "--save-every 100 --device cpu --threads 1 --seed 5"
 
