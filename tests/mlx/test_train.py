@@ -228,3 +228,64 @@ def test_bad_data_is_one_line_and_writes_nothing(mlx_float32_dir, tmp_path):
     again = cli("train", "--model", mlx_float32_dir, "--data", tmp_path / "good.jsonl", "--out", out)
     assert again.returncode == 1 and "already holds files" in again.stderr
     assert (out / "config.json").is_file()
+
+
+def test_quantized_adapters_train_full_or_under_lora(fixture_dir, data_file, tmp_path):
+    """8-bit adapters (the converter's default): full training dequantizes them and writes
+    them back at 8 bits; a kept LoRA leaves their packed weights as they were."""
+    from convert.convert import convert_checkpoint
+    from reflex_mlx.load import load_model
+    from reflex_mlx.quantize import Recipe
+
+    source = convert_checkpoint(
+        str(fixture_dir / "reflex.pt"), str(fixture_dir / "backbone"), tmp_path / "a8",
+        recipe=Recipe(backbone_dtype="float32", adapter_bits=8), verify=False, quiet=True,
+    )  # fmt: skip
+    base = mx.load(str(source / "adapters.safetensors"))
+    key = "adapters.0.mlp.fc1"
+    assert base[f"{key}.weight"].dtype == mx.uint32
+    full = train_run(source, data_file, tmp_path / "full", "steps=4")
+    lora = train_run(source, data_file, tmp_path / "lora", "steps=4", 'mode="lora"', "lora_rank=4")
+    assert full["step"] == lora["step"] == 4
+    for folder in ("full", "lora"):
+        saved = mx.load(str(tmp_path / folder / "adapters.safetensors"))
+        config = json.loads((tmp_path / folder / "config.json").read_text())
+        assert config["adapter_quantization"] == {"bits": 8, "group_size": 64}
+        assert saved[f"{key}.weight"].dtype == mx.uint32 and f"{key}.scales" in saved
+        changed = not np.array_equal(np.array(saved[f"{key}.weight"]), np.array(base[f"{key}.weight"]))
+        assert changed == (folder == "full")
+        load_model(tmp_path / folder)  # loads, strict
+
+
+def test_a_killed_run_resumes_from_its_last_checkpoint(full_run, mlx_float32_dir, data_file, tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "killed"
+    args = [
+        "train",
+        "--model",
+        mlx_float32_dir,
+        "--data",
+        data_file,
+        "--out",
+        out,
+        *COMMON,
+        "--save-every",
+        "2",
+    ]
+    process = subprocess.Popen([sys.executable, "-m", "reflex_mlx", *map(str, args)], stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while not (out / "train_state.safetensors").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    resumed = cli("train", "--out", out, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    at = int(resumed.stderr.split("resumed at step ")[1].split()[0])
+    assert at < 12  # the kill landed mid-run
+    a = mx.load(str(full_run[0] / "adapters.safetensors"))
+    b = mx.load(str(out / "adapters.safetensors"))
+    for key in a:
+        assert np.allclose(np.array(a[key]), np.array(b[key]), rtol=1e-5, atol=1e-6), key
+    assert not [p for p in out.iterdir() if ".tmp-" in p.name]  # no half-written file left
