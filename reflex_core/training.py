@@ -423,6 +423,17 @@ def lr_at(step: int, *, lr: float, min_lr: float, warmup: int, steps: int) -> fl
     return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * progress))
 
 
+def stop_reason(started: float, step: int, time_limit: float | None, stop_at: int | None) -> str | None:
+    """Why a run stops cleanly before its next step (both trainers): its time limit or --stop-at."""
+    import time
+
+    if time_limit is not None and time.time() - started > time_limit:
+        return f"time limit {time_limit:g}s"
+    if stop_at is not None and step >= stop_at:
+        return f"--stop-at {stop_at}"
+    return None
+
+
 # ------------------------------------------------------------------- held out
 
 

@@ -573,11 +573,8 @@ def train(opts: TrainOptions, given: set[str] = frozenset(), say=None) -> dict:
         last = evaluate()
     try:
         while step < opts.steps:
-            if opts.time_limit is not None and time.time() - started > opts.time_limit:
-                stop_reason = f"time limit {opts.time_limit:g}s"
-                break
-            if opts.stop_at is not None and step >= opts.stop_at:
-                stop_reason = f"--stop-at {opts.stop_at}"
+            if reason := training.stop_reason(started, step, opts.time_limit, opts.stop_at):
+                stop_reason = reason
                 break
             lr = training.lr_at(step, lr=opts.lr, min_lr=opts.min_lr, warmup=opts.warmup, steps=opts.steps)
             loss = trainer.step(s.draw(opts.batch, rng), lr).item()

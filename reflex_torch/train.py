@@ -574,11 +574,8 @@ def main(argv: list[str] | None = None) -> dict:
     model.train()
     window_start, window_steps, evaluated_at, stop_reason = time.time(), 0, None, "done"
     while step < args.steps:
-        if args.time_limit is not None and time.time() - started > args.time_limit:
-            stop_reason = f"time limit {args.time_limit:.0f}s"
-            break
-        if args.stop_at is not None and step >= args.stop_at:
-            stop_reason = f"--stop-at {args.stop_at}"
+        if reason := training.stop_reason(started, step, args.time_limit, args.stop_at):
+            stop_reason = reason
             break
         lr = lr_at(step, args)
         for group in optimizer.param_groups:

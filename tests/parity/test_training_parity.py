@@ -26,18 +26,23 @@ def _batch(tokenizer, random_states, num_instrs: int, size: int = 12):
     return input_ids, mask, states, targets
 
 
-def test_loss_and_gradients_match_torch(fixture_dir, mlx_float32_dir, random_states):
+def fresh_models(fixture_dir, mlx_float32_dir):
+    """The fixture in float32 on both sides, freshly loaded (the session's shared
+    models stay inference-only): (torch model, tokenizer, config, trainable MLX model)."""
     from reflex_mlx.load import load_model as load_mlx
     from reflex_torch.load import load_model as load_torch
 
-    # fresh copies: the session's shared models stay inference-only
     torch_model, tokenizer, config = load_torch(
         fixture_dir / "reflex.pt",
         backbone=str(fixture_dir / "backbone"),
         device="cpu",
         backbone_dtype=torch.float32,
     )
-    mlx_model = trainable(load_mlx(mlx_float32_dir)[0])
+    return torch_model, tokenizer, config, trainable(load_mlx(mlx_float32_dir)[0])
+
+
+def test_loss_and_gradients_match_torch(fixture_dir, mlx_float32_dir, random_states):
+    torch_model, tokenizer, config, mlx_model = fresh_models(fixture_dir, mlx_float32_dir)
     ids, mask, states, targets = _batch(tokenizer, random_states, config["num_instrs"])
 
     for p in torch_model.reflex.parameters():  # the recipe trains the Reflex modules only
@@ -85,17 +90,9 @@ CURVE_TOLERANCE = 1e-4
 def test_a_short_run_follows_the_same_loss_curve(fixture_dir, mlx_float32_dir, random_states):
     """Both trainers from the same weights on the same batches: the same losses step by step."""
     from reflex_core.training import Batch, lr_at
-    from reflex_mlx.load import load_model as load_mlx
     from reflex_mlx.train import Trainer, make_optimizer
-    from reflex_torch.load import load_model as load_torch
 
-    torch_model, tokenizer, config = load_torch(
-        fixture_dir / "reflex.pt",
-        backbone=str(fixture_dir / "backbone"),
-        device="cpu",
-        backbone_dtype=torch.float32,
-    )
-    mlx_model = trainable(load_mlx(mlx_float32_dir)[0])
+    torch_model, tokenizer, config, mlx_model = fresh_models(fixture_dir, mlx_float32_dir)
     batches = []
     for step in range(CURVE_STEPS):
         ids, mask, states, targets = _batch(tokenizer, random_states, config["num_instrs"], size=8)
