@@ -289,3 +289,14 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(full_run, mlx_float32_dir
     for key in a:
         assert np.allclose(np.array(a[key]), np.array(b[key]), rtol=1e-5, atol=1e-6), key
     assert not [p for p in out.iterdir() if ".tmp-" in p.name]  # no half-written file left
+
+
+def test_a_time_limit_stops_cleanly_with_a_model(mlx_float32_dir, data_file, tmp_path):
+    out = tmp_path / "limited"
+    result = cli(
+        "train", "--model", mlx_float32_dir, "--data", data_file, "--out", out, *COMMON, "--time-limit", "0"
+    )
+    assert result.returncode == 0, result.stderr
+    assert "stopped at step 0/12 (time limit 0s)" in result.stderr
+    ran = cli("run", "add 3 and 4", "--model", out, "--backend", "mlx", "--max-cycles", "5", "--json")
+    assert ran.returncode == 0, ran.stderr
