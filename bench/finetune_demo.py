@@ -9,7 +9,7 @@ then converted: docs/training.md has both commands). This script
 
 1. writes the family as a user would give it: a JSONL of prompts, assembly
    text (the project's canonical spelling of each word) and expected results
-   (data/finetune/gcd.jsonl, made from the corpus; committed);
+   (--out/<family>.jsonl, made from the corpus);
 2. runs `reflex-mlx train` on it, replaying the rest of the corpus beside it;
 3. scores the base and the trained model on the same things: the held-out
    programs of the family, driven closed-loop on the machine (every prompt of
@@ -33,8 +33,6 @@ from reflex_core.assembler import canonical
 from reflex_core.corpus import find_corpus, load_programs
 from reflex_core.evaluation import format_report
 from reflex_core.training import read_heldout, run_heldout
-
-DATA_DIR = Path("data/finetune")
 
 
 def write_family(corpus: Path, family: str, path: Path) -> int:
@@ -92,12 +90,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--corpus", type=Path, default=None)
     parser.add_argument("--exclude", default="gcd,bubble_sort_small", help="families the base never saw")
     parser.add_argument(
-        "--train-args", default="--steps 80 --batch 16 --lr 1e-3 --warmup 5", help="more training options"
+        "--train-args",
+        default="--steps 100 --batch 16 --lr 1e-3 --warmup 5 --mode lora --rehearse-fraction 0.75",
+        help="more training options",
     )
     args = parser.parse_args(argv)
 
     corpus = args.corpus or find_corpus()
-    data = DATA_DIR / f"{args.family}.jsonl"
+    data = args.out / f"{args.family}.jsonl"
     count = write_family(corpus, args.family, data)
     print(f"{data}: {count} programs of {args.family}", flush=True)
     shutil.rmtree(args.run, ignore_errors=True)
