@@ -163,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-instr-tokens", type=int, default=96)
     # optimisation
     p.add_argument("--steps", type=int, default=8000)
-    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--batch", type=int, default=64, help="the global batch (split over torchrun ranks)")
     p.add_argument("--lr", type=float, default=None, help="default 1e-3 from scratch, 1e-4 pretrained")
     p.add_argument("--min-lr", type=float, default=None, help="default lr / 100")
     p.add_argument("--warmup", type=int, default=200)
