@@ -621,6 +621,9 @@ def check_options(opts: TrainOptions) -> None:
         raise TrainError("--lora-output applies to --mode lora only")
     if not 0 <= opts.rehearse_fraction < 1:
         raise TrainError(f"--rehearse-fraction must be in [0, 1), not {opts.rehearse_fraction}")
+    for path in (*opts.data, *opts.rehearse):  # before minutes of model loading
+        if not Path(path).expanduser().exists():
+            raise TrainError(f"no training data at {path}")
 
 
 def _quantized_in_file(model_dir: Path) -> list[str]:
