@@ -24,7 +24,10 @@ from reflex_core.training import read_heldout
 ADD = "li t0, {a}\nli t1, {b}\nadd t2, t0, t1\nlui t3, 5\nsw t2, 0(t3)\nhalt:\nj halt\n"
 
 
-def write_jsonl(path: Path, pairs=((a, b) for a in (3, 5, 9, 12, 40) for b in (4, 7, 30))) -> Path:
+PAIRS = tuple((a, b) for a in (3, 5, 9, 12, 40) for b in (4, 7, 30))
+
+
+def write_jsonl(path: Path, pairs=PAIRS) -> Path:
     lines = [
         json.dumps(
             {
