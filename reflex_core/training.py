@@ -20,7 +20,7 @@ import json
 import math
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -47,9 +47,11 @@ def read_data(
     exclude: Sequence[str] = (),
     skip_failing: bool = False,
     say=print,
+    replays: dict | None = None,
 ) -> list[CorpusProgram]:
     """The programs of a corpus folder (<path>/programs/<category>/<family>.json) or a
-    JSONL file, each replayed on the machine first.
+    JSONL file, each replayed on the machine first (`replays`, when given, keeps each
+    kept program's (state, word) cycles under its words, so no one replays it again).
 
     A JSONL program must halt with its expected result: one that does not stops
     the run with one line naming its line and the reason (with skip_failing it
@@ -83,13 +85,12 @@ def read_data(
     kept, unexpected = [], 0
     for i in chosen:
         program = programs[i]
-        halts, reason = check_program(program)
-        if reason is None:
+        halts, reason, cycles = check_program(program)
+        if reason is None or (path.is_dir() and halts):
             kept.append(program)
-            continue
-        if path.is_dir() and halts:
-            kept.append(program)
-            unexpected += 1
+            unexpected += reason is not None
+            if replays is not None:
+                replays[tuple(program.words)] = cycles
             continue
         message = f"{where[i]}: {describe(program)} {reason}"
         if not skip_failing:
@@ -189,21 +190,22 @@ def describe(program: CorpusProgram) -> str:
     return f"({program.instruction!r})"
 
 
-def check_program(program: CorpusProgram) -> tuple[bool, str | None]:
-    """(whether it halts, why it fails verification or None): replayed on the machine."""
+def check_program(program: CorpusProgram) -> tuple[bool, str | None, list]:
+    """(whether it halts, why it fails verification or None, its (state, word)
+    cycles): replayed on the machine."""
     result, cycles = replay_run(program)
     if result.outcome == "error":
-        return False, f"fails on the machine: {result.error}"
+        return False, f"fails on the machine: {result.error}", cycles
     if not result.halted:
-        return False, f"does not halt within {len(cycles)} cycles"
+        return False, f"does not halt within {len(cycles)} cycles", cycles
     try:
         ok = expected_ok(result, program.expected_result)
     except (ValueError, TypeError) as err:
-        return True, f"has a bad expected_result: {err}"
+        return True, f"has a bad expected_result: {err}", cycles
     if not ok:
         got = {key: _observed(result, key) for key in program.expected_result}
-        return True, f"halts without its expected result {program.expected_result} (got {got})"
-    return True, None
+        return True, f"halts without its expected result {program.expected_result} (got {got})", cycles
+    return True, None, cycles
 
 
 def _observed(result, key: str):
@@ -221,6 +223,39 @@ class Split:
     train: list[dict]  # distinct programs: {"program": CorpusProgram, "prompts": [...]}
     heldout: list[dict]  # the heldout.json entries: words as hex, all prompts
     counts: dict
+    cycles: list = field(default_factory=list)  # train[i]'s (state, word) cycles (read_split)
+    held_cycles: list = field(default_factory=list)  # heldout[i]'s (read_split)
+
+
+def read_split(
+    paths: Sequence[str | Path],
+    *,
+    heldout_fraction: float,
+    seed: int,
+    eval_filter: str,
+    max_programs: int | None = None,
+    families: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    skip_failing: bool = False,
+    say=print,
+) -> Split:
+    """Both trainers' way in: the programs of every path (read_data), split
+    (split_programs), with each program's cycles from its one replay."""
+    replays: dict = {}
+    programs = []
+    for path in paths:
+        programs += read_data(path, families, exclude, skip_failing, say, replays)
+    split = split_programs(
+        programs,
+        heldout_fraction=heldout_fraction,
+        seed=seed,
+        eval_filter=eval_filter,
+        max_programs=max_programs,
+        source=", ".join(str(p) for p in paths),
+    )
+    split.cycles = [replays[tuple(group["program"].words)] for group in split.train]
+    split.held_cycles = [replays[tuple(int(w, 16) for w in entry["words"])] for entry in split.heldout]
+    return split
 
 
 def split_programs(

@@ -190,16 +190,16 @@ class Data:
 
 
 def read_sources(paths, opts: TrainOptions, say) -> training.Split:
-    programs = []
-    for path in paths:
-        programs += training.read_data(path, opts.families, opts.exclude_families, opts.skip_failing, say)
-    return training.split_programs(
-        programs,
+    return training.read_split(
+        paths,
         heldout_fraction=opts.heldout_fraction,
         seed=opts.seed,
         eval_filter=opts.eval_filter,
         max_programs=opts.max_programs,
-        source=", ".join(str(p) for p in paths),
+        families=opts.families,
+        exclude=opts.exclude_families,
+        skip_failing=opts.skip_failing,
+        say=say,
     )
 
 
@@ -208,19 +208,18 @@ def prepare_data(opts: TrainOptions, old_codebook: list[int], tokenizer, config:
     splits = [("data", read_sources(opts.data, opts, say))]
     if opts.rehearse:
         splits.append(("rehearse", read_sources(opts.rehearse, opts, say)))
-    groups, sources, heldout, cycles, counts = [], [], [], [], {}
+    groups, sources, heldout, cycles, held_cycles, counts = [], [], [], [], [], {}
     for index, (name, split) in enumerate(splits):
-        held_cycles = training.heldout_cycles(split.heldout)
-        for line in training.split_report(split.counts, split.heldout, held_cycles):
+        for line in training.split_report(split.counts, split.heldout, split.held_cycles):
             say(f"{name}: {line}")
         if not split.train:
             raise TrainError(f"no {name} program is left to train on after the held-out split")
         groups += split.train
         sources += [index] * len(split.train)
-        cycles += [training.replay(g["program"]) for g in split.train]
+        cycles += split.cycles
         heldout += [{**entry, "source": name} for entry in split.heldout]
+        held_cycles += split.held_cycles
         counts[name] = split.counts
-    held_cycles = training.heldout_cycles(heldout)
     words = {w for program in cycles + held_cycles for _, w in program}
     codebook, new_rows = training.grow_codebook(old_codebook, words)
     weights = [1.0 - opts.rehearse_fraction, opts.rehearse_fraction] if opts.rehearse else None

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from reflex_core import training
-from reflex_core.corpus import find_corpus, replay
+from reflex_core.corpus import find_corpus
 from reflex_core.evaluation import EVAL_FILTERS
 from reflex_core.files import write_atomically
 from reflex_core.hub import named_backbone_dir, resolve_backbone
@@ -52,9 +52,7 @@ from reflex_core.training import (
     DataError,
     SampleTable,
     Split,
-    heldout_cycles,
     make_pairs,
-    read_data,
     restore_sampler,
     sampler,
     sampler_state,
@@ -210,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def split_programs(args) -> Split:
-    """The corpus's programs, split as reflex_core.training splits them for both trainers."""
+    """The corpus's programs, read and split as reflex_core.training does for both trainers."""
     root = Path(args.corpus) if args.corpus else find_corpus()
     if root is None or not (root / "programs").is_dir():
         sys.exit(
@@ -219,17 +217,17 @@ def split_programs(args) -> Split:
     families = args.families.split(",") if args.families else ()
     exclude = args.exclude_families.split(",") if args.exclude_families else ()
     try:
-        programs = read_data(root, families, exclude)
+        return training.read_split(
+            [root],
+            heldout_fraction=args.heldout_fraction,
+            seed=args.seed,
+            eval_filter=args.eval_filter,
+            max_programs=args.max_programs,
+            families=families,
+            exclude=exclude,
+        )
     except DataError as err:
         sys.exit(f"error: {err}")
-    return training.split_programs(
-        programs,
-        heldout_fraction=args.heldout_fraction,
-        seed=args.seed,
-        eval_filter=args.eval_filter,
-        max_programs=args.max_programs,
-        source=str(root),
-    )
 
 
 def on_device(batch: Batch, device) -> tuple[torch.Tensor, ...]:
@@ -485,9 +483,9 @@ def main(argv: list[str] | None = None) -> dict:
                 indent=1,
             )
         )
-    held_cycles = heldout_cycles(split.heldout)
+    held_cycles = split.held_cycles
     train_prompts = list(dict.fromkeys(p for g in split.train for p in g["prompts"]))
-    train_cycles = [replay(g["program"]) for g in split.train]
+    train_cycles = split.cycles
     codebook = sorted({w for cycles in train_cycles + held_cycles for _, w in cycles})
 
     causal, backbone, tokenizer, backbone_id = build_backbone(args, train_prompts, device, args.resume)
@@ -512,6 +510,7 @@ def main(argv: list[str] | None = None) -> dict:
     model = ReflexModel(backbone, reflex)
     samples = SampleTable(split.train, train_cycles, codebook, tokenizer, config)
     del train_cycles
+    split.cycles.clear()  # the table holds them as arrays now
     eval_pairs = make_pairs(split.heldout, held_cycles, all_prompts=True, max_samples=args.eval_samples)
 
     for line in split_report(c, split.heldout, held_cycles):
