@@ -503,7 +503,7 @@ def _plain_sides(screen) -> list[str]:
 def train_command(out: Path, resume: bool, **options) -> None:
     from click.core import ParameterSource
 
-    from reflex_mlx.train import TrainError, TrainOptions, train
+    from reflex_mlx.train import NOT_RESUMED, RESUME_OVERRIDES, TrainError, TrainOptions, train
 
     ctx = click.get_current_context()
     given = {n for n in options if ctx.get_parameter_source(n) == ParameterSource.COMMANDLINE}
@@ -513,7 +513,7 @@ def train_command(out: Path, resume: bool, **options) -> None:
         split(options["exclude_families"]),
     )
     options["data"], options["rehearse"] = tuple(options["data"]), tuple(options["rehearse"])
-    if resume and given - {"steps", "time_limit", "stop_at", "log_every", "eval_every", "save_every"}:
+    if resume and given - {*RESUME_OVERRIDES, *NOT_RESUMED}:
         names = ", ".join("--" + n.replace("_", "-") for n in sorted(given))
         raise click.ClickException(
             f"--resume takes its settings from the saved run; only --steps, --time-limit, --stop-at "

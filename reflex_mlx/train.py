@@ -37,7 +37,6 @@ import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 
 from reflex_core import training
-from reflex_core.batching import pad_batch
 from reflex_core.files import write_atomically
 from reflex_core.prompt import encode_prompt
 from reflex_core.spec import (
@@ -48,7 +47,7 @@ from reflex_core.spec import (
 )
 from reflex_core.training import HELDOUT_FILE, DataError
 
-from .model import ReflexModel
+from .model import Reference, ReflexModel, states_array
 
 STATE_FILE = "train_state.safetensors"
 STATE_FORMAT = "reflex-mlx-train-state"
@@ -77,12 +76,17 @@ def trainable(model: ReflexModel) -> ReflexModel:
     return model
 
 
+def loss_and_grads_of(model: ReflexModel, temperature=INFONCE_TEMPERATURE):
+    """(model, ids, mask, states, targets) -> (loss, grads of every trainable
+    parameter, as a nested dict like model.trainable_parameters())."""
+    return nn.value_and_grad(model, lambda m, *batch: infonce_loss(m, *batch, temperature))
+
+
 def loss_and_grads(
     model: ReflexModel, input_ids, attention_mask, states, targets, temperature=INFONCE_TEMPERATURE
 ):
-    """(loss, grads of every trainable parameter, as a nested dict like model.trainable_parameters())."""
-    step = nn.value_and_grad(model, lambda m, *batch: infonce_loss(m, *batch, temperature))
-    return step(model, input_ids, attention_mask, states, targets)
+    """One batch's loss and gradients."""
+    return loss_and_grads_of(model, temperature)(model, input_ids, attention_mask, states, targets)
 
 
 def make_optimizer(lr: float, weight_decay: float) -> optim.Optimizer:
@@ -102,7 +106,7 @@ class Trainer:
 
     def __init__(self, model: ReflexModel, optimizer, temperature: float, grad_clip: float):
         self.model, self.optimizer, self.grad_clip = model, optimizer, grad_clip
-        self.loss_and_grads = nn.value_and_grad(model, lambda m, *b: infonce_loss(m, *b, temperature))
+        self.loss_and_grads = loss_and_grads_of(model, temperature)
 
     def step(self, batch: training.Batch, lr: float) -> mx.array:
         set_lr(self.optimizer, lr)
@@ -117,7 +121,7 @@ def as_arrays(batch: training.Batch) -> tuple[mx.array, ...]:
     return (
         mx.array(batch.input_ids.astype(np.int32)),
         mx.array(batch.attention_mask.astype(np.int32)),
-        mx.array(batch.states.astype(np.uint32)),
+        states_array(batch.states),
         mx.array(batch.targets.astype(np.int32)),
     )
 
@@ -285,6 +289,10 @@ def load_for_training(model_dir: Path, opts: TrainOptions, say) -> tuple[ReflexM
         model.backbone.apply(lambda p: p.astype(cast) if mx.issubdtype(p.dtype, mx.floating) else p)
         say(f"backbone computes in {dtype} (stored {', '.join(sorted(str(f) for f in floats))})")
     reflex = model.reflex
+    # which adapter layers the model stores quantized: full training writes them back so
+    config["_quantized_adapter_paths"] = [
+        path for path, m in reflex.named_modules() if isinstance(m, nn.QuantizedLinear)
+    ]
     if opts.mode == "full" and config.get("adapter_quantization"):
         dequantize_model(reflex)
         say("adapter side dequantized to float32 for full training")
@@ -446,17 +454,17 @@ def log(out: Path, record: dict) -> None:
 
 
 def predict_pairs(model: ReflexModel, tokenizer, config: dict, pairs, batch: int = 64) -> list[int]:
-    """Teacher-forced: the word the model picks for each held-out (state, prompt)."""
+    """Teacher-forced: the word the model picks for each held-out (state, prompt), one
+    prompt per row, right-padded to each batch's longest (the Reference runner)."""
+    runner = Reference(model, tokenizer.pad_token_id or 0)
     tokens, words = {}, []
     for start in range(0, len(pairs), batch):
         chunk = pairs[start : start + batch]
         for pair in chunk:
             if pair.prompt not in tokens:
                 tokens[pair.prompt] = encode_prompt(tokenizer, pair.prompt, config).ids
-        ids, mask = pad_batch([tokens[p.prompt] for p in chunk], tokenizer.pad_token_id or 0)
-        states = mx.array(np.asarray([p.state for p in chunk], dtype=np.uint32))
-        pred = model(mx.array(np.asarray(ids, dtype=np.int32)), mx.array(np.asarray(mask)), states)
-        words += model.reflex.decode(pred)
+        prompts = runner.prefix([tokens[p.prompt] for p in chunk])
+        words += runner.words(prompts, [p.state for p in chunk])
     return words
 
 
@@ -502,7 +510,6 @@ def train(opts: TrainOptions, given: set[str] = frozenset(), say=None) -> dict:
 
     model_dir = resolve_model(opts.model)
     model, tokenizer, config = load_for_training(model_dir, opts, say)
-    config["_quantized_adapter_paths"] = _quantized_in_file(model_dir)
     old_codebook = np.array(model.reflex.instr_words).tolist()
     try:
         data = prepare_data(opts, old_codebook, tokenizer, config, say)
@@ -623,13 +630,3 @@ def check_options(opts: TrainOptions) -> None:
     for path in (*opts.data, *opts.rehearse):  # before minutes of model loading
         if not Path(path).expanduser().exists():
             raise TrainError(f"no training data at {path}")
-
-
-def _quantized_in_file(model_dir: Path) -> list[str]:
-    """The adapter layers the model directory stores quantized (their scales are saved)."""
-    path = model_dir / ADAPTERS_FILE
-    try:
-        names = mx.load(str(path)).keys()
-    except Exception:
-        return []
-    return [n[: -len(".scales")] for n in names if n.endswith(".scales")]
