@@ -8,10 +8,10 @@ literal, a register, a label or a constant defined as a literal), reads no file
 (no include-like directive; a text that names a path is just text), and is
 bounded in text size, lines, line length, labels and words before it does any
 work proportional to them. Every refusal is an AssemblyError naming the line
-and the reason. The grammar and the bounds are in docs/design.md §9; the
-pseudo-instructions expand to the same words as the bronzebeard assembler this
-replaces (`tests/core/test_assembler.py` checks every corpus program bit for bit
-and generated programs against it).
+and the reason. Why our own parser, the grammar and the bounds: docs/design.md
+§9. The pseudo-instructions expand to the words bronzebeard gives
+(`tests/core/test_assembler.py` checks every corpus program bit for bit, and
+generated programs against bronzebeard as an oracle).
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ REGISTERS = {f"x{i}": i for i in range(32)} | dict(zip(ABI_NAMES.split(), range(
 IGNORED_DIRECTIVES = {"text", "data", "globl", "global", "section", "align", "p2align", "type"}
 IGNORED_DIRECTIVES |= {"size", "option", "file"}
 CONSTANT_DIRECTIVES = {"equ", "set"}  # `.equ NAME, 5`: the GNU spelling of `NAME = 5`
-# bronzebeard's own directives, named in their refusal: this assembler has data or files for none.
+# Other assemblers' (bronzebeard's) directives, named in their refusal: no data, files or padding here.
 FOREIGN_DIRECTIVES = {"include", "include_bytes", "align", "string", "pack", "error"}
 FOREIGN_DIRECTIVES |= {"bytes", "shorts", "ints", "longs", "longlongs", "db", "dh", "dw", "dd"}
 
