@@ -29,12 +29,14 @@ MAX_WORDS = (spec.CODE_END - spec.CODE_START) // 4
 MAX_LINES = 4 * MAX_WORDS
 # An instruction with a long comment is under 200 characters; five times that for any comment.
 MAX_LINE_CHARS = 1024
-# Checked first, in characters, before any work: every line at a typical 64 characters.
+# Checked first, before any work (in characters: the text is a str): MAX_LINES of 64 on average.
 MAX_TEXT_CHARS = MAX_LINES * 64
 # One label for each word of the code region is more than any program needs.
 MAX_LABELS = MAX_WORDS
 # A descriptive name is under 40 characters; longer is no program's need.
 MAX_LABEL_CHARS = 128
+# The longest operand form, `lw rd, %lo(NAME)(rs1)`, is 8 tokens: more is no instruction.
+MAX_OPERAND_TOKENS = 12
 # No wall-time guard: each line is at most MAX_LINE_CHARS, read by anchored regexes
 # without nested repetition, so the work is linear in the (bounded) text.
 
@@ -62,6 +64,7 @@ IS_NAME = re.compile(NAME)
 INTEGER = re.compile(r"([+-]?)(0[xX][0-9a-fA-F]+|0[bB][01]+|0[oO][0-7]+|0|[1-9][0-9]*)")
 CHAR = r"'(?:\\.|[^\\'])'"
 CHAR_LITERAL = re.compile(CHAR)
+COMMENT_OR_QUOTE = re.compile(r"[#;']|//")
 # One token: a character literal, a parenthesis, or a run of anything else but
 # separators (whitespace and commas, as in the assemblers models learned from).
 TOKEN = re.compile(rf"[ \t,]*(?:({CHAR})|([()])|([^ \t,()']+)|(\S))")
@@ -83,8 +86,8 @@ BRANCH_OPS = {"beq", "bne", "blt", "bge", "bltu", "bgeu"}
 BASE_OPS = R_OPS | I_OPS | SHIFT_OPS | LOAD_OPS | STORE_OPS | BRANCH_OPS | {"lui", "auipc", "jalr"}
 ENCODER = {name: getattr(rv32i, name + "_" if name in ("or", "and") else name) for name in BASE_OPS}
 
-# Pseudo-instructions of one register and one register: (op, rd, rs1 or rs2 from the
-# operands), as bronzebeard and the RISC-V manual expand them.
+# Pseudo-instructions of a destination and a source register, expanded as bronzebeard
+# and the RISC-V manual do.
 UNARY = {
     "mv": lambda rd, rs: rv32i.addi(rd, rs, 0),
     "not": lambda rd, rs: rv32i.xori(rd, rs, -1),
@@ -236,24 +239,27 @@ class Parser:
             self.here = statement
             statement.address = address
             if statement.op == "li":
-                _, value = self.li_operands(statement.tokens)
-                statement.size = 1 if IMM12[0] <= signed32(value) <= IMM12[1] else 2
+                try:
+                    _, value = self.li_operands(statement.tokens)
+                    statement.size = 1 if IMM12[0] <= signed32(value) <= IMM12[1] else 2
+                except AssemblyError:
+                    pass  # said when it is encoded, in line order with the other errors
             address += 4 * statement.size
-            if address > 4 * MAX_WORDS:
-                self.fail(f"the program passes the {MAX_WORDS}-word code region")
         self.here = None
         ends = [s.address for s in self.statements] + [address]
         self.labels = {name: ends[index] for name, index in self.labels.items()}
 
     def encode(self) -> list[int]:
+        """The words, statement by statement: the first error met is the first by line."""
         words: list[int] = []
         for statement in self.statements:
             self.here = statement
+            if statement.address + 4 * statement.size > 4 * MAX_WORDS:
+                self.fail(f"the program passes the {MAX_WORDS}-word code region")
             try:
                 encoded = self.encode_one(statement)
             except ValueError as err:  # the encoders' own range checks
                 self.fail(str(err))
-            assert len(encoded) == statement.size
             words += encoded
         return words
 
@@ -417,18 +423,12 @@ class Parser:
 
 def strip_comment(line: str) -> str:
     """The line before its comment (`#`, `//` or `;`), outside character literals."""
-    if not any(c in line for c in "#/;"):
-        return line
-    i = 0
-    while i < len(line):
-        c = line[i]
-        if c == "'":
-            match = CHAR_LITERAL.match(line, i)
-            i += len(match.group(0)) if match else 1
-            continue
-        if c in "#;" or line.startswith("//", i):
-            return line[:i]
-        i += 1
+    position = 0
+    while match := COMMENT_OR_QUOTE.search(line, position):
+        if match.group(0) != "'":
+            return line[: match.start()]
+        literal = CHAR_LITERAL.match(line, match.start())
+        position = literal.end() if literal else match.end()
     return line
 
 
@@ -441,6 +441,8 @@ def tokenize(text: str, number: int, raw: str) -> list[str]:
             rest = match.group(4) if match else text[position:]
             raise AssemblyError(number, raw, f"unexpected {short_repr(rest)}")
         tokens.append(match.group(1) or match.group(2) or match.group(3))
+        if len(tokens) > MAX_OPERAND_TOKENS:
+            raise AssemblyError(number, raw, f"more than {MAX_OPERAND_TOKENS} operand tokens")
         position = match.end()
     return tokens
 

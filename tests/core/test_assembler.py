@@ -251,3 +251,11 @@ def test_label_and_instruction_on_one_line_is_the_same_program():
         joined = text.replace(":\n    ", ": ").replace(":\n", ": ")
         assert joined != text or ":" not in text
         assert assemble(joined) == assemble(text)
+
+
+def test_call_and_tail_reach_past_2k():
+    """bronzebeard kept only the low 12 bits of a call's offset (a wrong jump past
+    2 KiB); here call and tail are one jal to the label, however far in the region."""
+    text = "call far\ntail far\n" + "nop\n" * 600 + "far: ret"
+    words = assemble(text)
+    assert words[:2] == [rv32i.jal(1, 4 * 602), rv32i.jal(0, 4 * 601)]
