@@ -6,8 +6,8 @@ The text is untrusted: it is what a language model wrote or what a data file
 holds. So this parser evaluates nothing (no expressions: every operand is a
 literal, a register, a label or a constant defined as a literal), reads no file
 (no include-like directive; a text that names a path is just text), and is
-bounded in text size, lines, line length, labels and words before it does any
-work proportional to them. Every refusal is an AssemblyError naming the line
+bounded in text size (checked before anything else), lines, line length,
+operands, labels and words. Every refusal is an AssemblyError naming the line
 and the reason. Why our own parser, the grammar and the bounds: docs/design.md
 §9. The pseudo-instructions expand to the words bronzebeard gives
 (`tests/core/test_assembler.py` checks every corpus program bit for bit, and
@@ -167,11 +167,10 @@ class Parser:
         self.here: Statement | None = None
 
     # ------------------------------------------------------------ errors
-    def fail(self, reason: str, line: int | None = None, text: str | None = None):
-        statement = self.here
-        if line is None and statement is not None:
-            line, text = statement.line, statement.text
-        raise AssemblyError(line, text or "", reason)
+    def fail(self, reason: str):
+        """Refuse the statement at hand, naming its line."""
+        here = self.here
+        raise AssemblyError(here.line if here else None, here.text if here else "", reason)
 
     # ------------------------------------------------------------ pass 1
     def read(self) -> None:
@@ -205,7 +204,7 @@ class Parser:
             if name in CONSTANT_DIRECTIVES:
                 parts = [p.strip() for p in rest.split(",")]
                 if len(parts) != 2 or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", parts[0]):
-                    raise AssemblyError(number, raw, f".{name} takes a name and a value")
+                    raise AssemblyError(number, raw, f"{short_repr('.' + name)} takes a name and a value")
                 return self.constant(parts[0], parts[1], number, raw)
             raise AssemblyError(number, raw, f"the directive {short_repr('.' + name)} is not supported")
         if match := CONSTANT.fullmatch(text):
