@@ -37,6 +37,7 @@ import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 
 from reflex_core import training
+from reflex_core.errors import one_line, user_path
 from reflex_core.files import write_atomically
 from reflex_core.prompt import encode_prompt
 from reflex_core.spec import (
@@ -251,17 +252,23 @@ def resolve_model(name: str | None) -> Path:
 
     if name is None or name == "tiny":
         return BUNDLED_MODEL
-    if name in MODEL_NAMES and not Path(name).is_dir():
+    try:
+        path = user_path(name, "model name")
+    except ValueError as err:
+        raise TrainError(str(err)) from None
+    if name in MODEL_NAMES and not path.is_dir():
         try:
             return BACKEND.named(name) or BUNDLED_MODEL
         except BackendError as err:
             raise TrainError(str(err)) from None
-    if hub.is_hub_id(name) and not Path(name).exists():
+    if hub.is_hub_id(name):
         try:
             return hub.fetch_model(name)
         except (FileNotFoundError, ValueError) as err:
             raise TrainError(str(err)) from None
-    return Path(name).expanduser()
+    if not path.is_dir():
+        raise TrainError(f"no model directory at '{one_line(name)}'")
+    return path
 
 
 def load_for_training(model_dir: Path, opts: TrainOptions, say) -> tuple[ReflexModel, object, dict]:
@@ -628,5 +635,9 @@ def check_options(opts: TrainOptions) -> None:
     if not 0 <= opts.rehearse_fraction < 1:
         raise TrainError(f"--rehearse-fraction must be in [0, 1), not {opts.rehearse_fraction}")
     for path in (*opts.data, *opts.rehearse):  # before minutes of model loading
-        if not Path(path).expanduser().exists():
-            raise TrainError(f"no training data at {path}")
+        try:
+            found = user_path(path, "training data path").exists()
+        except ValueError as err:
+            raise TrainError(str(err)) from None
+        if not found:
+            raise TrainError(f"no training data at '{one_line(path)}'")
