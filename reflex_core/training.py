@@ -182,7 +182,11 @@ def read_jsonl(path: Path) -> tuple[list[CorpusProgram], list[str]]:
                 if len(records) == MAX_PROGRAMS:
                     raise DataError(f"{where}: more than {MAX_PROGRAMS:,} records in one file; split it")
                 try:
-                    record = _record(parse_json(text))
+                    parsed = parse_json(text)
+                except ValueError as err:
+                    raise DataError(f"{where}: not a JSON object ({err})") from None
+                try:
+                    record = _record(parsed)
                 except ValueError as err:
                     raise DataError(f"{where}: {err}") from None
                 prompts_total += len(record[0])

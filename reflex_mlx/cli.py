@@ -60,10 +60,11 @@ def _load(backend: str | None, model: str | Path | None, fast: bool = True) -> b
     """The model, on the backend named (None: the default, said in one line)."""
     if model is None:
         path, why = default_model_dir()
-        name = str(path)
+        shown = f"'{one_line(path)}' ({why})"
         click.echo(f"model: {one_line(path)} ({why})", err=True)
     else:
         name = os.fspath(model)
+        shown = f"'{one_line(name)}'"
         path = _user_path(name, "model name")
         if name in MODEL_NAMES and not path.is_dir():
             chosen = _backend(backend)  # each backend keeps its own copy of a named model
@@ -79,7 +80,7 @@ def _load(backend: str | None, model: str | Path | None, fast: bool = True) -> b
             except (FileNotFoundError, ValueError) as err:
                 raise click.ClickException(str(err)) from None
     if not path.is_dir():
-        raise click.ClickException(f"no model directory at '{one_line(name)}'")
+        raise click.ClickException(f"no model directory at {shown}")
     backend = _backend(backend)
     # Each backend ships its own reflex-tiny: None asks for it.
     bundled = path.resolve() == BUNDLED_MODEL
