@@ -483,7 +483,7 @@ def _plain_sides(screen) -> list[str]:
 @click.option("--exclude-families", default="", help="Leave these families of corpus folders out.")
 @click.option("--skip-failing", is_flag=True, help="Leave out JSONL programs that fail verification.")
 @click.option("--heldout-fraction", type=float, default=0.05, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--eval-filter", type=click.Choice(["exact", "punctuation"]), default="punctuation")
 @click.option("--max-programs", type=click.IntRange(min=1), default=None)
 @click.option("--mode", type=click.Choice(["full", "lora"]), default="full", show_default=True)

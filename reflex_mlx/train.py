@@ -457,7 +457,8 @@ def read_state(out: Path) -> tuple[dict, dict]:
     for key in ("step", "sampler", "options"):
         if not isinstance(metadata.get(key), str):
             raise TrainError(f"{shown}: no {key} recorded")
-    if not metadata["step"].isdigit() or len(metadata["step"]) > 12:
+    step = metadata["step"]
+    if not (step.isascii() and step.isdigit() and len(step) <= 12):
         raise TrainError(f"{shown}: its step '{one_line(metadata['step'], 40)}' is not a step number")
     try:
         training.restore_sampler(parse_json(metadata["sampler"]))
@@ -470,10 +471,12 @@ def read_state(out: Path) -> tuple[dict, dict]:
     return arrays, metadata
 
 
-# The options a saved run may record, by the type their TrainOptions field has.
+# The options a saved run may record, by the type their TrainOptions field has
+# (integers within 64 bits, numbers finite: a value past them cannot be computed with).
+_is_int = lambda v: isinstance(v, int) and not isinstance(v, bool) and -(2**63) < v < 2**63
 _OPTION_TYPES = {
-    "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
-    "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v),
+    "int": _is_int,
+    "float": lambda v: _is_int(v) or (isinstance(v, float) and math.isfinite(v)),
     "bool": lambda v: isinstance(v, bool),
     "str": lambda v: isinstance(v, str),
     "Path": lambda v: isinstance(v, str),

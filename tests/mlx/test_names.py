@@ -174,6 +174,7 @@ def doctored(saved_run, tmp_path, options=None, metadata=None, arrays=None):
     [
         ({"options": {"foo": 1}}, "unknown option 'foo'"),
         ({"options": {"lr": "fast"}}, "option 'lr' must be a number"),
+        ({"options": {"lr": 10**400}}, "option 'lr' must be a number"),
         ({"options": {"data": {"a": 1}}}, "option 'data' must be a list of strings"),
         ({"options": {"mode": "mystery"}}, "option 'mode' must be one of full, lora"),
         ({"options": {"backbone_dtype": "save_safetensors"}}, "option 'backbone_dtype' must be one of"),
@@ -182,6 +183,7 @@ def doctored(saved_run, tmp_path, options=None, metadata=None, arrays=None):
         ({"metadata": {"options": "[1, 2]"}}, "its options are not a JSON object"),
         ({"metadata": {"options": "{"}}, "its options are not JSON"),
         ({"metadata": {"step": "six\nteen"}}, "is not a step number"),
+        ({"metadata": {"step": "\u00b2"}}, "is not a step number"),
         ({"metadata": {"sampler": '{"bit_generator": "nope"}'}}, "sampler state cannot be restored"),
         ({"arrays": {"evil.x": mx.zeros(2)}}, "unknown array 'evil.x'"),
     ],
