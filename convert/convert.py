@@ -32,7 +32,7 @@ from pathlib import Path
 
 import click
 
-from reflex_core.errors import first_line
+from reflex_core.errors import first_line, user_path
 from reflex_core.hub import backbone_config, resolve_backbone, resolve_checkpoint
 from reflex_core.shapes import spell_rope_theta
 from reflex_core.spec import (
@@ -417,8 +417,8 @@ def _recipe(bits, group_size, mixed, no_quantize, dtype, backbone_dtype, adapter
 )
 @click.option(
     "--out",
-    type=click.Path(path_type=Path),
-    default=Path(DEFAULT_RELEASE_DIR).expanduser(),
+    type=str,
+    default=str(Path(DEFAULT_RELEASE_DIR).expanduser()),
     show_default=True,
 )
 @click.option(
@@ -505,6 +505,13 @@ def main(
     # SIGTERM cleans up like Ctrl-C: the half-written folder is removed on the way out.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     recipe = _recipe(bits, group_size, mixed, no_quantize, dtype, backbone_dtype, adapter_bits)
+    try:  # each name in one line before any work: a newline, ~nobody, a name the system refuses
+        for value, what in ((checkpoint, "--checkpoint"), (backbone, "--backbone")):
+            if value is not None:
+                user_path(value, what)
+        out = user_path(out, "--out directory")
+    except ValueError as err:
+        raise click.ClickException(str(err)) from None
     if upload_repo is not None and upload_repo.count("/") != 1:
         raise click.UsageError(f"--upload-repo takes OWNER/NAME, not {upload_repo!r}")
     try:

@@ -5,20 +5,44 @@ The corpus is a dev and CI resource only; nothing here is needed at run time.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import spec
-from .loop import ProgramRun, RunResult, memory_holds
+from .errors import one_line, short_repr, user_path
+from .loop import SNAPSHOT_END, SNAPSHOT_START, ProgramRun, RunResult, memory_holds
 
 CORPUS_ENV_VAR = "REFLEX_CORPUS"
 # Replay runs every program to its HALT: a few corpus programs need more cycles
 # than the eval's limit (the longest, "write the decimal digits of 999", 484).
+# The limit also bounds a replay's time (about 1 s at 10,000 cycles on a slow CPU).
 REPLAY_MAX_CYCLES = 10_000
 EXPECTED_KEY = re.compile(r"^mem_(0x[0-9a-fA-F]+)(_words)?$")
+
+# Bounds on what a corpus folder (or a training file, reflex_core.training) may
+# hold, each well above the released corpus (3,406 programs in 56 family files
+# of at most 1.8 MB; at most 39 phrasings a program, the longest 53 characters;
+# at most 25 words checked) and far below what exhausts memory or time.
+MAX_CORPUS_FILES = 1_000  # family files in one corpus folder (released: 56)
+MAX_CORPUS_FILE_BYTES = 16 << 20  # one family file, read whole (released: 1.8 MB)
+MAX_PROGRAMS = 100_000  # programs in one corpus folder or JSONL: each is replayed before training
+MAX_PROMPTS = 250_000  # phrasings over all programs of one source: each is tokenized and stored padded
+MAX_PROMPTS_PER_PROGRAM = 256  # phrasings of one program (released: at most 39)
+MAX_PROMPT_CHARS = 2_000  # one phrasing; the model reads only its first max_instr_tokens tokens anyway
+MAX_EXPECTED_ENTRIES = 64  # memory checks of one program (released: 1)
+MAX_FAMILY_CHARS = 100  # a family is a name shown in reports (released: at most 19)
+MAX_CODE_WORDS = (spec.CODE_END - spec.CODE_START) // 4  # a program fills at most the code region
+# The memory a RunResult holds (loop.SNAPSHOT_START/END): a check outside it would read as 0.
+_CHECKED_MEMORY = (SNAPSHOT_START, SNAPSHOT_END)
+
+
+class CorpusError(ValueError):
+    """A one-line reason a corpus folder or a program record cannot be used."""
 
 
 @dataclass(frozen=True)
@@ -36,7 +60,10 @@ def find_corpus() -> Path | None:
     """$REFLEX_CORPUS, else a shared/corpus folder beside the checkout or any folder above it."""
     from_env = os.environ.get(CORPUS_ENV_VAR)
     if from_env:
-        path = Path(from_env).expanduser()
+        try:
+            path = user_path(from_env, f"corpus in ${CORPUS_ENV_VAR}")
+        except ValueError:
+            return None
         return path if (path / "programs").is_dir() else None
     checkout = Path(__file__).resolve().parent.parent
     for folder in (checkout, *checkout.parents):
@@ -46,7 +73,117 @@ def find_corpus() -> Path | None:
     return None
 
 
-def _words_of(program_bytes: list[int]) -> list[int]:
+def open_regular(path: Path | str, limit: int, what: str = "file"):
+    """`path` opened for reading in binary, refused in one line (CorpusError) unless
+    it is a regular file of at most `limit` bytes: a FIFO, a device or a link to one
+    is never read (the open itself does not wait on a FIFO)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as err:
+        raise CorpusError(f"cannot read {one_line(path)}: {err.strerror or type(err).__name__}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise CorpusError(f"{one_line(path)} is not a regular file")
+        if info.st_size > limit:
+            raise CorpusError(
+                f"{one_line(path)} is {info.st_size:,} bytes; a {what} may hold at most {limit:,}"
+            )
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_regular(path: Path | str, limit: int, what: str = "file") -> bytes:
+    """The bytes of a regular file of at most `limit` bytes (open_regular), read
+    with the limit held even if the file grows meanwhile."""
+    with open_regular(path, limit, what) as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise CorpusError(f"{one_line(path)} grew past {limit:,} bytes while read")
+    return data
+
+
+def parse_json(text: str | bytes):
+    """json.loads, its errors (nesting too deep included) as one-line ValueErrors."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+    except ValueError as err:
+        raise ValueError(one_line(err, 200)) from None
+
+
+def expected_address(key) -> tuple[int, bool]:
+    """(address, whether it names words) of an expected_result key: mem_0xADDR or
+    mem_0xADDR_words; ValueError in one line for anything else."""
+    match = EXPECTED_KEY.match(key) if isinstance(key, str) and len(key) <= 40 else None
+    if match is None:
+        raise ValueError(
+            f"unknown expected_result key '{one_line(key, 40)}' (mem_0xADDR or mem_0xADDR_words)"
+        )
+    addr = int(match.group(1), 16)
+    if addr > spec.MASK32:
+        raise ValueError(f"expected_result key {key}: the address is past 32 bits")
+    return addr, bool(match.group(2))
+
+
+def check_expected(expected) -> None:
+    """An expected_result as the machine can check it: 1 to MAX_EXPECTED_ENTRIES keys
+    (expected_address), each a 32-bit word or a non-empty list of them, every word
+    inside the memory a run's result holds. ValueError in one line."""
+    if not isinstance(expected, dict) or not expected:
+        raise ValueError('needs "expected_result", an object such as {"mem_0x5000": 6}')
+    if len(expected) > MAX_EXPECTED_ENTRIES:
+        raise ValueError(f"expected_result has {len(expected)} entries; at most {MAX_EXPECTED_ENTRIES}")
+    low, high = _CHECKED_MEMORY
+    for key, value in expected.items():
+        addr, _ = expected_address(key)
+        values = value if isinstance(value, list) else [value]
+        if not values or len(values) > (high - low) // 4:
+            raise ValueError(f"expected_result {key}: a word or a non-empty list of words")
+        for item in values:
+            if not isinstance(item, int) or isinstance(item, bool) or not -(2**31) <= item <= spec.MASK32:
+                raise ValueError(f"expected_result {key}: {short_repr(item, 40)} is not a 32-bit integer")
+        if not (low <= addr and addr + 4 * len(values) <= high):
+            raise ValueError(
+                f"expected_result {key}: outside the memory a run is checked in (0x{low:x} to 0x{high:x})"
+            )
+
+
+def check_prompts(prompts) -> list[str]:
+    """A program's phrasings, without duplicates; ValueError in one line unless each
+    is a non-empty string within the bounds."""
+    if not isinstance(prompts, list) or not prompts:
+        raise ValueError("the prompts must be a non-empty list of strings")
+    if len(prompts) > MAX_PROMPTS_PER_PROGRAM:
+        raise ValueError(f"{len(prompts)} prompts; at most {MAX_PROMPTS_PER_PROGRAM} a program")
+    for prompt in prompts:
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ValueError(f"a prompt must be a non-empty string, not {short_repr(prompt, 40)}")
+        if len(prompt) > MAX_PROMPT_CHARS:
+            raise ValueError(f"a prompt of {len(prompt):,} characters; at most {MAX_PROMPT_CHARS:,}")
+    return _unique(prompts)
+
+
+def check_family(family) -> str:
+    """A family name: a short one-line string."""
+    if not isinstance(family, str) or not family.strip() or len(family) > MAX_FAMILY_CHARS:
+        raise ValueError(f'"family" must be a name of 1 to {MAX_FAMILY_CHARS} characters')
+    if one_line(family, MAX_FAMILY_CHARS) != family:
+        raise ValueError(f"the family '{one_line(family, 40)}' holds a control character")
+    return family
+
+
+def _words_of(program_bytes) -> list[int]:
+    if not isinstance(program_bytes, list) or not program_bytes:
+        raise ValueError('"bytes" must be a non-empty list of byte values')
+    if len(program_bytes) > 4 * MAX_CODE_WORDS:
+        raise ValueError(f"a program of {len(program_bytes):,} bytes does not fit the code region")
+    if not all(isinstance(b, int) and not isinstance(b, bool) and 0 <= b <= 255 for b in program_bytes):
+        raise ValueError('"bytes" must hold byte values (0 to 255)')
     data = bytes(program_bytes)
     if len(data) % 4:
         raise ValueError(f"program of {len(data)} bytes is not whole words")
@@ -58,25 +195,57 @@ def _unique(items: list[str]) -> list[str]:
 
 
 def load_programs(root: Path | str) -> list[CorpusProgram]:
-    """Every program of <root>/programs/<category>/<family>.json, in sorted file order."""
-    programs = []
-    for path in sorted(Path(root, "programs").glob("*/*.json")):
-        data = json.loads(path.read_text())
-        family = data.get("family", path.stem)
-        for entry in data["programs"]:
-            instruction = entry["instruction"]
-            programs.append(
-                CorpusProgram(
-                    category=path.parent.name,
-                    family=family,
-                    instruction=instruction,
-                    variants=_unique([instruction, *entry.get("instruction_variants", [])]),
-                    words=_words_of(entry["bytes"]),
-                    expected_result=entry["expected_result"],
-                    num_ops=entry.get("num_ops", 0),
-                )
-            )
+    """Every program of <root>/programs/<category>/<family>.json, in sorted file order,
+    within the bounds above; CorpusError in one line naming the file (and the
+    program's index in it) otherwise."""
+    root = Path(root)
+    files = sorted(itertools.islice(root.glob("programs/*/*.json"), MAX_CORPUS_FILES + 1))
+    if len(files) > MAX_CORPUS_FILES:
+        raise CorpusError(f"{one_line(root)}: more than {MAX_CORPUS_FILES:,} family files")
+    programs: list[CorpusProgram] = []
+    prompts = 0
+    for path in files:
+        name = one_line(path.relative_to(root))
+        try:
+            data = parse_json(read_regular(path, MAX_CORPUS_FILE_BYTES, "corpus file"))
+        except ValueError as err:  # CorpusError names the file itself
+            raise CorpusError(str(err) if isinstance(err, CorpusError) else f"{name}: {err}") from None
+        if not isinstance(data, dict) or not isinstance(data.get("programs"), list):
+            raise CorpusError(f'{name}: not a family file (an object with a "programs" list)')
+        if len(programs) + len(data["programs"]) > MAX_PROGRAMS:
+            raise CorpusError(f"{name}: more than {MAX_PROGRAMS:,} programs in the corpus")
+        for index, entry in enumerate(data["programs"]):
+            try:
+                program = _corpus_program(entry, path, data)
+            except ValueError as err:
+                raise CorpusError(f"{name}: program {index}: {err}") from None
+            prompts += len(program.variants)
+            if prompts > MAX_PROMPTS:
+                raise CorpusError(f"{name}: more than {MAX_PROMPTS:,} prompts in the corpus")
+            programs.append(program)
     return programs
+
+
+def _corpus_program(entry, path: Path, data: dict) -> CorpusProgram:
+    if not isinstance(entry, dict):
+        raise ValueError("not an object")
+    instruction = entry.get("instruction")
+    variants = entry.get("instruction_variants", [])
+    if not isinstance(variants, list):
+        raise ValueError('"instruction_variants" must be a list of strings')
+    num_ops = entry.get("num_ops", 0)
+    if not isinstance(num_ops, int) or isinstance(num_ops, bool) or not 0 <= num_ops <= MAX_CODE_WORDS:
+        raise ValueError('"num_ops" must be a count of instructions')
+    check_expected(entry.get("expected_result"))
+    return CorpusProgram(
+        category=path.parent.name,
+        family=check_family(data.get("family", path.stem)),
+        instruction=instruction,
+        variants=check_prompts([instruction, *variants]),
+        words=_words_of(entry.get("bytes")),
+        expected_result=entry["expected_result"],
+        num_ops=num_ops,
+    )
 
 
 def expected_ok(result: RunResult, expected_result: dict) -> bool:
@@ -84,10 +253,7 @@ def expected_ok(result: RunResult, expected_result: dict) -> bool:
     if not result.halted:
         return False
     for key, value in expected_result.items():
-        match = EXPECTED_KEY.match(key)
-        if match is None:
-            raise ValueError(f"unknown expected_result key {key!r}")
-        addr = int(match.group(1), 16)
+        addr, _ = expected_address(key)
         wanted = list(value) if isinstance(value, (list, tuple)) else [value]
         if not memory_holds(result, addr, wanted):
             return False

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
+from .errors import one_line
 from .spec import HUB_FILE, HUB_REPOS, MODEL_CONFIG_FILE, MODEL_FORMAT
 
 
@@ -21,13 +23,13 @@ def resolve_checkpoint(source: str | None) -> Path:
     parts = source.split("/")
     under_local_folder = len(parts) > 1 and parts[0] not in ("", ".") and Path(parts[0]).is_dir()
     if _looks_local(source) or under_local_folder or (len(parts) == 2 and source.endswith(".pt")):
-        raise FileNotFoundError(f"no checkpoint at {source}")
+        raise FileNotFoundError(f"no checkpoint at {one_line(source)}")
     if len(parts) == 2:
         repo, filename = source, HUB_FILE
     elif len(parts) == 3:
         repo, filename = "/".join(parts[:2]), parts[2]
     else:
-        raise FileNotFoundError(f"no checkpoint at {source} (not a file, nor owner/repo[/file])")
+        raise FileNotFoundError(f"no checkpoint at {one_line(source)} (not a file, nor owner/repo[/file])")
     from huggingface_hub import hf_hub_download
 
     offline_if_unreachable()
@@ -75,7 +77,7 @@ def resolve_backbone(source: str, near: Path | None = None) -> str:
     if near is not None and not path.is_absolute() and (Path(near).parent / path).is_dir():
         return str(Path(near).parent / path)
     if _looks_local(source) or len(source.split("/")) > 2:
-        raise FileNotFoundError(f"no backbone directory at {source}")
+        raise FileNotFoundError(f"no backbone directory at {one_line(source)}")
     return source
 
 
@@ -87,10 +89,18 @@ def named_backbone_dir(source: str) -> Path | None:
     return where() if where is not None else None
 
 
+# A hub repository id as the hub spells one: OWNER/NAME of letters, digits, - _ . (96 at most each).
+_HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
+
+
 def is_hub_id(source: str) -> bool:
-    """OWNER/NAME, and not a path on this machine."""
-    parts = source.split("/")
-    return len(parts) == 2 and all(parts) and not _looks_local(source) and not Path(source).exists()
+    """OWNER/NAME as the hub spells it, and not a path on this machine."""
+    if not _HUB_ID.fullmatch(source) or _looks_local(source):
+        return False
+    try:
+        return not Path(source).exists()
+    except OSError:  # something is there that the system cannot look at: not a hub name
+        return False
 
 
 def fetch_model(repo: str, config_only: bool = False) -> Path:

@@ -17,8 +17,9 @@ from . import spec
 from .machine import Machine, MachineError
 from .spec import MASK32
 
-_SNAPSHOT_START = spec.DATA_ADDR
-_SNAPSHOT_END = spec.MEMORY_BASE + spec.MEMORY_SIZE
+# The memory a RunResult keeps: from the data region to the end of the mapping.
+SNAPSHOT_START = spec.DATA_ADDR
+SNAPSHOT_END = spec.MEMORY_BASE + spec.MEMORY_SIZE
 
 Predictor = Callable[[list[int]], int]
 BatchPredictor = Callable[[list[list[int]]], Sequence[int]]
@@ -61,7 +62,7 @@ class RunResult:
         """n words of the final memory from addr; outside the snapshot reads as 0."""
         out = []
         for i in range(n):
-            offset = addr + 4 * i - _SNAPSHOT_START
+            offset = addr + 4 * i - SNAPSHOT_START
             if 0 <= offset and offset + 4 <= len(self.memory_snapshot):
                 out.append(int.from_bytes(self.memory_snapshot[offset : offset + 4], "little"))
             else:
@@ -134,7 +135,7 @@ class ProgramRun:
             error_pc=self.error_pc,
             cycles=list(self.cycles),
             registers=self.machine.registers(),
-            memory_snapshot=self.machine.snapshot(_SNAPSHOT_START, _SNAPSHOT_END),
+            memory_snapshot=self.machine.snapshot(SNAPSHOT_START, SNAPSHOT_END),
         )
 
 

@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import random
@@ -26,7 +27,24 @@ from pathlib import Path
 import numpy as np
 
 from . import rv32i, spec
-from .corpus import EXPECTED_KEY, CorpusProgram, expected_ok, load_programs, replay, replay_run
+from .corpus import (
+    MAX_CODE_WORDS,
+    MAX_PROGRAMS,
+    MAX_PROMPTS,
+    CorpusError,
+    CorpusProgram,
+    check_expected,
+    check_family,
+    check_prompts,
+    expected_address,
+    expected_ok,
+    load_programs,
+    open_regular,
+    parse_json,
+    replay,
+    replay_run,
+)
+from .errors import one_line, short_repr, user_path
 from .evaluation import EVAL_FILTERS, eval_prompts
 from .prompt import encode_prompt
 
@@ -39,6 +57,20 @@ class DataError(ValueError):
 
 
 # ------------------------------------------------------------------------ data
+
+
+# Bounds on a training source, besides the per-program ones of reflex_core.corpus
+# (programs, prompts, prompt length, expected_result entries, family names).
+# One JSONL line: a full code region as hex words is ~50 kB, with 256 long prompts ~600 kB.
+MAX_RECORD_BYTES = 1 << 20
+# One JSONL file, streamed; its records are held until checked (the released corpus is 4.8 MB).
+MAX_DATA_BYTES = 64 << 20
+# Cycles replayed for one source, kept or rejected: each replay is at most
+# REPLAY_MAX_CYCLES, and each kept cycle is a 65-word state held for training
+# (about 1 kB each). The released corpus is about 66,000 cycles; a million
+# replay in about 90 s on a slow CPU and hold about 1 GB.
+MAX_REPLAY_CYCLES = 1_000_000
+JSONL_KEYS = ("prompt", "prompts", "program", "expected_result", "family")
 
 
 def read_data(
@@ -59,20 +91,28 @@ def read_data(
     corpus records, for 159 programs of its source-buffer families, results that
     assume source data the machine does not seed (tests/core/test_machine.py,
     SOURCE_DATA_FAMILIES): their traces are right and the release trained on
-    them, so they are kept and counted."""
-    path = Path(path).expanduser()
+    them, so they are kept and counted. The cycles replayed for one source are
+    bounded (MAX_REPLAY_CYCLES)."""
+    try:
+        path = user_path(path, "training data path")
+    except ValueError as err:
+        raise DataError(str(err)) from None
+    shown = one_line(path)
     if path.is_dir():
         if not (path / "programs").is_dir():
-            raise DataError(f"{path} is not a corpus folder (no programs/ inside)")
+            raise DataError(f"{shown} is not a corpus folder (no programs/ inside)")
         try:
             programs = load_programs(path)
+        except CorpusError as err:
+            raise DataError(f"{shown}: {err}") from None
         except (OSError, ValueError, KeyError, TypeError) as err:
-            raise DataError(f"{path}: not in the corpus format ({type(err).__name__}: {err})") from None
-        where = [f"{path.name}: {p.family}" for p in programs]
+            reason = f"{type(err).__name__}: {one_line(err)}"
+            raise DataError(f"{shown}: not in the corpus format ({reason})") from None
+        where = [f"{one_line(path.name)}: {p.family}" for p in programs]
     elif path.is_file():
         programs, where = read_jsonl(path)
     else:
-        raise DataError(f"no training data at {path}")
+        raise DataError(f"no training data at {shown}")
     if path.is_file():  # the families filters choose from a corpus; a JSONL is the user's own choice
         families, exclude = (), ()
     chosen = [
@@ -81,11 +121,17 @@ def read_data(
         if (not families or p.family in set(families)) and p.family not in set(exclude)
     ]
     if not chosen:
-        raise DataError(f"{path}: no programs" + (f" in families {sorted(families)}" if families else ""))
-    kept, unexpected = [], 0
+        raise DataError(f"{shown}: no programs" + (f" in families {sorted(families)}" if families else ""))
+    kept, unexpected, replayed = [], 0, 0
     for i in chosen:
         program = programs[i]
         halts, reason, cycles = check_program(program)
+        replayed += len(cycles)
+        if replayed > MAX_REPLAY_CYCLES:
+            raise DataError(
+                f"{where[i]}: the programs of {shown} run more than {MAX_REPLAY_CYCLES:,} cycles "
+                "in all; split the data"
+            )
         if reason is None or (path.is_dir() and halts):
             kept.append(program)
             unexpected += reason is not None
@@ -98,11 +144,11 @@ def read_data(
         say(f"rejected {message}")
     if unexpected:
         say(
-            f"{path.name}: {unexpected} programs halt without their recorded result "
+            f"{one_line(path.name)}: {unexpected} programs halt without their recorded result "
             "(source-buffer data the machine does not seed); kept, as released"
         )
     if not kept:
-        raise DataError(f"{path}: every program was rejected")
+        raise DataError(f"{shown}: every program was rejected")
     return kept
 
 
@@ -113,38 +159,53 @@ def read_jsonl(path: Path) -> tuple[list[CorpusProgram], list[str]]:
          "program": "li t0, 12\\n..." | ["0x00c00293", ...] | [12583571, ...],
          "expected_result": {"mem_0x5000": 6}, "family": "gcd"}             # family optional
 
-    expected_result uses the corpus's keys (mem_0xADDR, mem_0xADDR_words)."""
-    programs, where_of = [], []
+    expected_result uses the corpus's keys (mem_0xADDR, mem_0xADDR_words).
+
+    The file is streamed, split on "\\n" only (a U+2028 inside a string is text),
+    each line decoded as UTF-8; every bound (MAX_DATA_BYTES, MAX_RECORD_BYTES,
+    corpus.MAX_PROGRAMS, corpus.MAX_PROMPTS and the per-program ones) and every
+    schema error is one line naming the file and line. All records are checked
+    before any program is assembled, so a file too large is refused at once."""
+    name = one_line(path.name)
+    records = []
+    prompts_total = 0
     try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as err:
-        raise DataError(f"cannot read {path}: {err}") from None
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{path.name}:{number}"
-        try:
-            record = json.loads(line)
-        except ValueError as err:
-            raise DataError(f"{where}: not a JSON object ({err})") from None
-        if not isinstance(record, dict):
-            raise DataError(f"{where}: not a JSON object")
-        prompts = record.get("prompts") or ([record["prompt"]] if "prompt" in record else [])
-        if record.get("prompt") and record.get("prompts"):
-            prompts = [record["prompt"], *record["prompts"]]
-        if not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
-            raise DataError(f'{where}: needs "prompt" (a non-empty string) or "prompts" (a list of them)')
-        expected = record.get("expected_result")
-        if not isinstance(expected, dict) or not expected:
-            raise DataError(f'{where}: needs "expected_result", e.g. {{"mem_0x5000": 6}}')
-        words = program_words(record.get("program"), where)
-        family = record.get("family", path.stem)
+        with open_regular(path, MAX_DATA_BYTES, "training file") as f:
+            for number, line in enumerate(_lines(f, name), start=1):
+                where = f"{name}:{number}"
+                try:
+                    text = line.decode("utf-8-sig" if number == 1 else "utf-8")
+                except UnicodeDecodeError as err:
+                    raise DataError(f"{where}: not UTF-8 text (byte {err.start + 1} of the line)") from None
+                if not text.strip():
+                    continue
+                if len(records) == MAX_PROGRAMS:
+                    raise DataError(f"{where}: more than {MAX_PROGRAMS:,} records in one file; split it")
+                try:
+                    parsed = parse_json(text)
+                except ValueError as err:
+                    raise DataError(f"{where}: not a JSON object ({err})") from None
+                try:
+                    record = _record(parsed)
+                except ValueError as err:
+                    raise DataError(f"{where}: {err}") from None
+                prompts_total += len(record[0])
+                if prompts_total > MAX_PROMPTS:
+                    raise DataError(f"{where}: more than {MAX_PROMPTS:,} prompts in one file; split it")
+                records.append((where, record))
+    except CorpusError as err:
+        raise DataError(str(err)) from None
+    except OSError as err:
+        raise DataError(f"cannot read {one_line(path)}: {err.strerror or type(err).__name__}") from None
+    programs, where_of = [], []
+    for where, (prompts, program, expected, family) in records:
+        words = program_words(program, where)
         programs.append(
             CorpusProgram(
                 category="jsonl",
-                family=str(family),
+                family=family if family is not None else path.stem,
                 instruction=prompts[0],
-                variants=list(dict.fromkeys(prompts)),
+                variants=prompts,
                 words=words,
                 expected_result=expected,
                 num_ops=len(words),
@@ -152,8 +213,57 @@ def read_jsonl(path: Path) -> tuple[list[CorpusProgram], list[str]]:
         )
         where_of.append(where)
     if not programs:
-        raise DataError(f"{path}: no programs")
+        raise DataError(f"{one_line(path)}: no programs")
     return programs, where_of
+
+
+def _lines(f, name: str):
+    """The file's lines as bytes, split on b"\\n" only, each at most MAX_RECORD_BYTES
+    and all together at most MAX_DATA_BYTES (checked as read: the file may grow)."""
+    total = 0
+    for number in itertools.count(1):
+        line = f.readline(MAX_RECORD_BYTES + 1)
+        if not line:
+            return
+        total += len(line)
+        if total > MAX_DATA_BYTES:
+            raise DataError(f"{name}:{number}: the file grew past {MAX_DATA_BYTES:,} bytes while read")
+        body = line[:-1] if line.endswith(b"\n") else line
+        if len(body) > MAX_RECORD_BYTES:
+            raise DataError(
+                f"{name}:{number}: a record longer than {MAX_RECORD_BYTES:,} bytes; at most that a line"
+            )
+        yield body
+
+
+def _record(record) -> tuple[list[str], object, dict, str | None]:
+    """(prompts, program, expected_result, family) of one JSONL record, its schema
+    checked (ValueError in one line); the program is turned into words later."""
+    if not isinstance(record, dict):
+        raise ValueError("not a JSON object")
+    unknown = [key for key in record if key not in JSONL_KEYS]
+    if unknown:
+        raise ValueError(f"unknown key '{one_line(unknown[0], 40)}' (the keys are {', '.join(JSONL_KEYS)})")
+    prompts = []
+    if "prompt" in record:
+        if not isinstance(record["prompt"], str):
+            raise ValueError(f'"prompt" must be a string, not {short_repr(record["prompt"], 40)}')
+        prompts.append(record["prompt"])
+    if "prompts" in record:
+        if not isinstance(record["prompts"], list):
+            raise ValueError(f'"prompts" must be a list of strings, not {short_repr(record["prompts"], 40)}')
+        prompts += record["prompts"]
+    if not prompts:
+        raise ValueError('needs "prompt" (a non-empty string) or "prompts" (a list of them)')
+    prompts = check_prompts(prompts)
+    check_expected(record.get("expected_result"))
+    program = record.get("program")
+    if isinstance(program, list) and len(program) > MAX_CODE_WORDS:
+        raise ValueError(f"{len(program):,} words do not fit the {MAX_CODE_WORDS}-word code region")
+    if not (isinstance(program, str) or (isinstance(program, list) and program)):
+        raise ValueError('"program" must be assembly text or a list of instruction words')
+    family = check_family(record["family"]) if "family" in record else None
+    return prompts, program, record["expected_result"], family
 
 
 def program_words(program, where: str) -> list[int]:
@@ -164,35 +274,42 @@ def program_words(program, where: str) -> list[int]:
         try:
             words = assemble(program)
         except AssemblyError as err:
-            raise DataError(f"{where}: the program does not assemble: {err}") from None
+            raise DataError(f"{where}: the program does not assemble: {one_line(err, 200)}") from None
     elif isinstance(program, list) and program:
+        if len(program) > MAX_CODE_WORDS:
+            raise DataError(f"{where}: {len(program)} words do not fit the {MAX_CODE_WORDS}-word code region")
         words = []
         for index, word in enumerate(program):
-            try:
-                value = int(word, 16) if isinstance(word, str) else word
-            except ValueError:
-                value = None
-            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= spec.MASK32:
-                raise DataError(f"{where}: word {index} ({word!r}) is not a 32-bit instruction word")
+            value = None
+            if isinstance(word, str) and len(word) <= 10:
+                try:
+                    value = int(word, 16)
+                except ValueError:
+                    pass
+            elif isinstance(word, int) and not isinstance(word, bool):
+                value = word
+            if value is None or not 0 <= value <= spec.MASK32:
+                raise DataError(
+                    f"{where}: word {index} ({short_repr(word, 40)}) is not a 32-bit instruction word"
+                )
             words.append(value)
     else:
         raise DataError(f'{where}: "program" must be assembly text or a list of instruction words')
     for index, word in enumerate(words):
         if rv32i.decode(word)["op"] == "illegal":
             raise DataError(f"{where}: word {index} (0x{word:08x}) is not an RV32I instruction")
-    max_words = (spec.CODE_END - spec.CODE_START) // 4
-    if len(words) > max_words:
-        raise DataError(f"{where}: {len(words)} words do not fit the {max_words}-word code region")
+    if len(words) > MAX_CODE_WORDS:
+        raise DataError(f"{where}: {len(words)} words do not fit the {MAX_CODE_WORDS}-word code region")
     return words
 
 
 def describe(program: CorpusProgram) -> str:
-    return f"({program.instruction!r})"
+    return f"('{one_line(program.instruction, 80)}')"
 
 
 def check_program(program: CorpusProgram) -> tuple[bool, str | None, list]:
     """(whether it halts, why it fails verification or None, its (state, word)
-    cycles): replayed on the machine."""
+    cycles): replayed on the machine, for at most REPLAY_MAX_CYCLES cycles."""
     result, cycles = replay_run(program)
     if result.outcome == "error":
         return False, f"fails on the machine: {result.error}", cycles
@@ -201,18 +318,24 @@ def check_program(program: CorpusProgram) -> tuple[bool, str | None, list]:
     try:
         ok = expected_ok(result, program.expected_result)
     except (ValueError, TypeError) as err:
-        return True, f"has a bad expected_result: {err}", cycles
+        return True, f"has a bad expected_result: {one_line(err)}", cycles
     if not ok:
-        got = {key: _observed(result, key) for key in program.expected_result}
-        return True, f"halts without its expected result {program.expected_result} (got {got})", cycles
+        got = {key: _observed(result, key, value) for key, value in program.expected_result.items()}
+        return (
+            True,
+            f"halts without its expected result {short_repr(program.expected_result, 200)} "
+            f"(got {short_repr(got, 200)})",
+            cycles,
+        )
     return True, None, cycles
 
 
-def _observed(result, key: str):
-    match = EXPECTED_KEY.match(key)
-    if match is None:
+def _observed(result, key: str, value):
+    try:
+        addr, _ = expected_address(key)
+    except ValueError:
         return None
-    return result.words(int(match.group(1), 16), 8 if match.group(2) else 1)
+    return result.words(addr, len(value) if isinstance(value, list) else 1)
 
 
 # ----------------------------------------------------------------------- split

@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 
 from reflex_core import backends, hub, rv32i
-from reflex_core.errors import first_line
+from reflex_core.errors import MESSAGE_LIMIT, first_line, one_line, user_path
 from reflex_core.files import writable_file, write_atomically
 from reflex_core.loop import Cycle, RunResult, run
 from reflex_core.prompt import truncation_notice
@@ -31,11 +31,19 @@ BACKEND_CHOICE = click.Choice(["mlx", "torch"])
 def default_model_dir() -> tuple[Path, str]:
     """(directory, why): $REFLEX_MLX_MODEL, else the converted release if present."""
     if os.environ.get(MODEL_ENV):
-        return Path(os.environ[MODEL_ENV]).expanduser(), f"${MODEL_ENV}"
+        return _user_path(os.environ[MODEL_ENV], f"model in ${MODEL_ENV}"), f"${MODEL_ENV}"
     release = Path(DEFAULT_RELEASE_DIR).expanduser()
     if release.is_dir():
         return release, "the converted release"
     return BUNDLED_MODEL, "the bundled reflex-tiny"
+
+
+def _user_path(name, what: str) -> Path:
+    """A path the user named, or click's one-line error saying why it names none."""
+    try:
+        return user_path(name, what)
+    except ValueError as err:
+        raise click.ClickException(str(err)) from None
 
 
 def _backend(name: str | None) -> backends.Backend:
@@ -48,31 +56,36 @@ def _backend(name: str | None) -> backends.Backend:
         raise click.ClickException(str(err)) from None
 
 
-def _load(backend: str | None, model: Path | None, fast: bool = True) -> backends.Loaded:
+def _load(backend: str | None, model: str | Path | None, fast: bool = True) -> backends.Loaded:
     """The model, on the backend named (None: the default, said in one line)."""
-    if model is not None and str(model) in MODEL_NAMES and not Path(model).is_dir():
-        chosen = _backend(backend)  # each backend keeps its own copy of a named model
-        try:
-            return chosen.load(chosen.named(str(model)), fast=fast)
-        except backends.BackendError as err:
-            raise click.ClickException(str(err)) from None
-    if model is not None and hub.is_hub_id(str(model)):
-        if backend == "torch":
-            raise click.ClickException(f"{model} is a hub model converted for MLX: use --backend mlx")
-        try:
-            model, backend = hub.fetch_model(str(model)), "mlx"
-        except (FileNotFoundError, ValueError) as err:
-            raise click.ClickException(str(err)) from None
     if model is None:
-        model, why = default_model_dir()
-        click.echo(f"model: {model} ({why})", err=True)
-    if not Path(model).expanduser().is_dir():
-        raise click.ClickException(f"no model directory at {model}")
+        path, why = default_model_dir()
+        shown = f"'{one_line(path)}' ({why})"
+        click.echo(f"model: {one_line(path)} ({why})", err=True)
+    else:
+        name = os.fspath(model)
+        shown = f"'{one_line(name)}'"
+        path = _user_path(name, "model name")
+        if name in MODEL_NAMES and not path.is_dir():
+            chosen = _backend(backend)  # each backend keeps its own copy of a named model
+            try:
+                return chosen.load(chosen.named(name), fast=fast)
+            except backends.BackendError as err:
+                raise click.ClickException(str(err)) from None
+        if hub.is_hub_id(name):
+            if backend == "torch":
+                raise click.ClickException(f"{name} is a hub model converted for MLX: use --backend mlx")
+            try:
+                path, backend = hub.fetch_model(name), "mlx"
+            except (FileNotFoundError, ValueError) as err:
+                raise click.ClickException(str(err)) from None
+    if not path.is_dir():
+        raise click.ClickException(f"no model directory at {shown}")
     backend = _backend(backend)
     # Each backend ships its own reflex-tiny: None asks for it.
-    bundled = Path(model).expanduser().resolve() == BUNDLED_MODEL
+    bundled = path.resolve() == BUNDLED_MODEL
     try:
-        return backend.load(None if bundled else Path(model), fast=fast)
+        return backend.load(None if bundled else path, fast=fast)
     except backends.BackendError as err:
         raise click.ClickException(str(err)) from None
 
@@ -91,7 +104,7 @@ def _outcome_line(result: RunResult) -> str:
 
 model_option = click.option(
     "--model",
-    type=click.Path(path_type=Path),
+    type=str,
     default=None,
     help="A converted model directory (torch also reads a reflex.pt directory), or a name: "
     "tiny (bundled) or smol (reflex-smol, after `make smol`); default: "
@@ -117,7 +130,10 @@ class _OneLineErrors(click.Group):
             result = super().invoke(ctx)
             sys.stdout.flush()  # a full device or a closed pipe shows here, not at exit
             return result
-        except (click.ClickException, click.exceptions.Exit, click.Abort, KeyboardInterrupt):
+        except click.ClickException as err:
+            err.message = one_line(err.message, MESSAGE_LIMIT)  # whatever it echoes, one line
+            raise
+        except (click.exceptions.Exit, click.Abort, KeyboardInterrupt):
             raise
         except BrokenPipeError:
             _silence_stdout()
@@ -125,6 +141,10 @@ class _OneLineErrors(click.Group):
         except OSError as err:
             if debug:
                 raise
+            if err.filename is not None:  # a file named by the user or the model, not the output
+                raise click.ClickException(
+                    f"{one_line(err.filename)}: {err.strerror or first_line(err)}"
+                ) from None
             _silence_stdout()
             raise click.ClickException(
                 f"cannot write the output: {err.strerror or first_line(err)}"
@@ -133,7 +153,7 @@ class _OneLineErrors(click.Group):
             if debug:
                 raise
             raise click.ClickException(
-                f"internal error: {type(err).__name__}: {first_line(err)[:200]}; {ISSUES_HINT}"
+                f"internal error: {type(err).__name__}: {one_line(first_line(err), 200)}; {ISSUES_HINT}"
             ) from None
 
 
@@ -244,6 +264,8 @@ def _evaluate(loaded: backends.Loaded, progress: bool = True) -> dict:
 def eval_command(model: Path | None, backend: str | None, json_out: str | None, text_mode: bool) -> None:
     from reflex_core.evaluation import evaluate_text, format_report
 
+    if json_out is not None:
+        _user_path(json_out, "report path")
     if json_out is not None and (why := writable_file(json_out)):  # before minutes of work
         raise click.ClickException(f"cannot write the report: {why}")
     loaded = _load(backend, model)
@@ -301,7 +323,7 @@ BENCH_PROMPT = "compute 5 factorial and store it"
 @click.option(
     "--torch",
     "torch_dir",
-    type=click.Path(path_type=Path),
+    type=str,
     default=None,
     help="The reference's directory (reflex.pt + backbone/); default: the model's source.",
 )
@@ -320,14 +342,15 @@ BENCH_PROMPT = "compute 5 factorial and store it"
     help="Time the 41-task evaluation with each backend's fast path instead.",
 )
 def bench_command(
-    model: Path | None, torch_dir: Path | None, cycles: int, prompt: str, whole_eval: bool
+    model: str | None, torch_dir: str | None, cycles: int, prompt: str, whole_eval: bool
 ) -> None:
     from reflex_core.loop import ProgramRun
     from reflex_core.predict import Predictor
     from reflex_core.timing import median_ms
     from reflex_core.timing import seconds as timed_run
 
-    reference = _load("torch", torch_dir or model or default_model_dir()[0], fast=whole_eval)
+    given = torch_dir if torch_dir is not None else model
+    reference = _load("torch", given if given is not None else default_model_dir()[0], fast=whole_eval)
     candidate = _load("mlx", model)
     click.echo(f"model: {candidate.source}; reference: {reference.source}")
     if whole_eval:
@@ -439,7 +462,7 @@ def _plain_sides(screen) -> list[str]:
     help="Teach a model new programs: InfoNCE training of the Reflex side in MLX over its frozen "
     "(possibly quantized) backbone. OUT becomes a model directory that run, eval and demo load.",
 )
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="Output model directory.")
+@click.option("--out", type=str, required=True, help="Output model directory.")
 @click.option("--resume", is_flag=True, help="Continue the run in OUT from its last checkpoint.")
 @click.option("--model", default=None, help="The model to start from: a directory, tiny, smol or a hub id.")
 @click.option(
@@ -460,7 +483,7 @@ def _plain_sides(screen) -> list[str]:
 @click.option("--exclude-families", default="", help="Leave these families of corpus folders out.")
 @click.option("--skip-failing", is_flag=True, help="Leave out JSONL programs that fail verification.")
 @click.option("--heldout-fraction", type=float, default=0.05, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--eval-filter", type=click.Choice(["exact", "punctuation"]), default="punctuation")
 @click.option("--max-programs", type=click.IntRange(min=1), default=None)
 @click.option("--mode", type=click.Choice(["full", "lora"]), default="full", show_default=True)
@@ -500,7 +523,7 @@ def _plain_sides(screen) -> list[str]:
 @click.option("--save-every", type=click.IntRange(min=1), default=100, show_default=True)
 @click.option("--time-limit", type=float, default=None, help="Stop cleanly (saving) after this many seconds.")
 @click.option("--stop-at", type=int, default=None, help="Stop cleanly (saving) after this step.")
-def train_command(out: Path, resume: bool, **options) -> None:
+def train_command(out: str, resume: bool, **options) -> None:
     from click.core import ParameterSource
 
     from reflex_mlx.train import NOT_RESUMED, RESUME_OVERRIDES, TrainError, TrainOptions, train
@@ -519,7 +542,9 @@ def train_command(out: Path, resume: bool, **options) -> None:
             f"--resume takes its settings from the saved run; only --steps, --time-limit, --stop-at "
             f"and the --*-every options may be given again (got {names})"
         )
-    opts = TrainOptions(out=out, extra={"resume": resume}, **options)
+    for path in (*options["data"], *options["rehearse"]):  # the names, before the model loads
+        _user_path(path, "training data path")
+    opts = TrainOptions(out=_user_path(out, "output directory"), extra={"resume": resume}, **options)
     try:
         train(opts, given)
     except TrainError as err:

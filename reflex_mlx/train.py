@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import shutil
 import sys
@@ -37,6 +38,8 @@ import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 
 from reflex_core import training
+from reflex_core.corpus import parse_json
+from reflex_core.errors import first_line, one_line, user_path
 from reflex_core.files import write_atomically
 from reflex_core.prompt import encode_prompt
 from reflex_core.spec import (
@@ -251,17 +254,23 @@ def resolve_model(name: str | None) -> Path:
 
     if name is None or name == "tiny":
         return BUNDLED_MODEL
-    if name in MODEL_NAMES and not Path(name).is_dir():
+    try:
+        path = user_path(name, "model name")
+    except ValueError as err:
+        raise TrainError(str(err)) from None
+    if name in MODEL_NAMES and not path.is_dir():
         try:
             return BACKEND.named(name) or BUNDLED_MODEL
         except BackendError as err:
             raise TrainError(str(err)) from None
-    if hub.is_hub_id(name) and not Path(name).exists():
+    if hub.is_hub_id(name):
         try:
             return hub.fetch_model(name)
         except (FileNotFoundError, ValueError) as err:
             raise TrainError(str(err)) from None
-    return Path(name).expanduser()
+    if not path.is_dir():
+        raise TrainError(f"no model directory at '{one_line(name)}'")
+    return path
 
 
 def load_for_training(model_dir: Path, opts: TrainOptions, say) -> tuple[ReflexModel, object, dict]:
@@ -432,17 +441,117 @@ def write_state(out: Path, step: int, model: ReflexModel, optimizer, rng, opts: 
 
 
 def read_state(out: Path) -> tuple[dict, dict]:
-    """(arrays, metadata) of OUT/train_state.safetensors, checked."""
+    """(arrays, metadata) of OUT/train_state.safetensors, checked: its format, step,
+    sampler and options (saved_options), and arrays only under param. and opt.;
+    anything else is one line naming the file."""
     path = out / STATE_FILE
+    shown = one_line(path)
     if not path.is_file():
-        raise TrainError(f"--resume but no {path}")
+        raise TrainError(f"--resume but no {shown}")
     try:
         arrays, metadata = mx.load(str(path), return_metadata=True)
     except Exception as err:  # a truncated or foreign file: one line
-        raise TrainError(f"cannot read {path}: {str(err).splitlines()[0] if str(err) else err}") from None
-    if metadata.get("format") != STATE_FORMAT:
-        raise TrainError(f"{path} is not a reflex-mlx training state")
+        raise TrainError(f"cannot read {shown}: {one_line(first_line(err), 200)}") from None
+    if not isinstance(metadata, dict) or metadata.get("format") != STATE_FORMAT:
+        raise TrainError(f"{shown} is not a reflex-mlx training state")
+    for key in ("step", "sampler", "options"):
+        if not isinstance(metadata.get(key), str):
+            raise TrainError(f"{shown}: no {key} recorded")
+    step = metadata["step"]
+    if not (step.isascii() and step.isdigit() and len(step) <= 12):
+        raise TrainError(f"{shown}: its step '{one_line(metadata['step'], 40)}' is not a step number")
+    try:
+        training.restore_sampler(parse_json(metadata["sampler"]))
+    except (ValueError, TypeError, KeyError, OverflowError):
+        raise TrainError(f"{shown}: its sampler state cannot be restored") from None
+    saved_options(metadata, path)
+    stray = next((k for k in arrays if not k.startswith(("param.", "opt."))), None)
+    if stray is not None:
+        raise TrainError(f"{shown}: unknown array '{one_line(stray, 60)}'")
     return arrays, metadata
+
+
+# The options a saved run may record, by the type their TrainOptions field has
+# (integers within 64 bits, numbers finite: a value past them cannot be computed with).
+_is_int = lambda v: isinstance(v, int) and not isinstance(v, bool) and -(2**63) < v < 2**63
+_OPTION_TYPES = {
+    "int": _is_int,
+    "float": lambda v: _is_int(v) or (isinstance(v, float) and math.isfinite(v)),
+    "bool": lambda v: isinstance(v, bool),
+    "str": lambda v: isinstance(v, str),
+    "Path": lambda v: isinstance(v, str),
+    "dict": lambda v: isinstance(v, dict),
+    "tuple[str, ...]": lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
+}
+_TYPE_WORDS = {"int": "an integer", "float": "a number", "bool": "true or false", "dict": "an object"}
+_TYPE_WORDS.update({"str": "a string", "Path": "a string", "tuple[str, ...]": "a list of strings"})
+# Options with a fixed set of values (the CLI's choices).
+BACKBONE_DTYPES = ("auto", "as-stored", "float32", "float16", "bfloat16")
+_OPTION_CHOICES = {
+    "mode": ("full", "lora"),
+    "lora_output": ("keep", "fuse"),
+    "eval_filter": tuple(training.EVAL_FILTERS),
+    "backbone_dtype": BACKBONE_DTYPES,
+}
+# Counts that must be at least 1 (or 0), as the CLI's ranges have them.
+_AT_LEAST = {"steps": 1, "batch": 1, "lora_rank": 1, "warmup": 0, "log_every": 1, "eval_every": 1}
+_AT_LEAST.update({"eval_samples": 1, "eval_batch": 1, "save_every": 1, "max_programs": 1, "seed": 0})
+
+
+def saved_options(metadata: dict, path: Path) -> dict:
+    """The options a saved run recorded, each a TrainOptions field of its type and
+    range; TrainError in one line naming the file and the option otherwise."""
+    shown = one_line(path)
+    try:
+        saved = parse_json(metadata["options"])
+    except ValueError as err:
+        raise TrainError(f"{shown}: its options are not JSON ({err})") from None
+    if not isinstance(saved, dict):
+        raise TrainError(f"{shown}: its options are not a JSON object")
+    fields = {f.name: f.type for f in dataclasses.fields(TrainOptions)}
+    for name, value in saved.items():
+        if name not in fields:
+            raise TrainError(f"{shown}: unknown option '{one_line(name, 60)}'")
+        kind = fields[name]
+        optional = kind.endswith(" | None")
+        kind = kind.removesuffix(" | None")
+        if value is None and optional:
+            continue
+        if not _OPTION_TYPES[kind](value):
+            raise TrainError(f"{shown}: option '{name}' must be {_TYPE_WORDS[kind]}")
+        if name in _OPTION_CHOICES and value not in _OPTION_CHOICES[name]:
+            raise TrainError(f"{shown}: option '{name}' must be one of {', '.join(_OPTION_CHOICES[name])}")
+        if name in _AT_LEAST and value < _AT_LEAST[name]:
+            raise TrainError(f"{shown}: option '{name}' must be at least {_AT_LEAST[name]}")
+    return saved
+
+
+def _kind(value) -> str:
+    """An array's dtype and shape as a message says them: float32[64]."""
+    dtype = str(getattr(value, "dtype", type(value).__name__)).rsplit(".", 1)[-1]
+    return f"{dtype}{list(getattr(value, 'shape', ()))}"
+
+
+def restore_state(model: ReflexModel, optimizer, arrays: dict, path: Path) -> None:
+    """The saved weights and optimizer state, each array where the fresh run has one
+    of the same shape and dtype (a state from another model is refused in one line)."""
+    shown = one_line(path)
+    for prefix, tree in (("param.", model.reflex.trainable_parameters()), ("opt.", optimizer.state)):
+        want = dict(tree_flatten(tree))
+        have = {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
+        for key in sorted(set(want) ^ set(have)):
+            side = "lacks" if key in want else "has an array the model has no place for:"
+            raise TrainError(f"{shown} {side} '{one_line(prefix + key, 80)}'")
+        for key, value in have.items():
+            if _kind(value) != _kind(want[key]):
+                name = one_line(prefix + key, 80)
+                raise TrainError(f"{shown}: '{name}' is {_kind(value)}, the model's {_kind(want[key])}")
+    model.reflex.update(
+        tree_unflatten([(k[len("param.") :], v) for k, v in arrays.items() if k.startswith("param.")])
+    )
+    optimizer.state = tree_unflatten(
+        [(k[len("opt.") :], v) for k, v in arrays.items() if k.startswith("opt.")]
+    )
 
 
 def log(out: Path, record: dict) -> None:
@@ -487,7 +596,7 @@ def train(opts: TrainOptions, given: set[str] = frozenset(), say=None) -> dict:
     saved_arrays, step, rng = None, 0, None
     if resume:
         saved_arrays, metadata = read_state(out)
-        saved = json.loads(metadata["options"])
+        saved = saved_options(metadata, out / STATE_FILE)
         fresh = opts
         opts = TrainOptions(**{**saved, "out": out, "extra": {"resume": True}})
         for name in RESUME_OVERRIDES:
@@ -498,7 +607,7 @@ def train(opts: TrainOptions, given: set[str] = frozenset(), say=None) -> dict:
         opts.data, opts.rehearse = tuple(opts.data), tuple(opts.rehearse)
         opts.families, opts.exclude_families = tuple(opts.families), tuple(opts.exclude_families)
         step = int(metadata["step"])
-        rng = training.restore_sampler(json.loads(metadata["sampler"]))
+        rng = training.restore_sampler(parse_json(metadata["sampler"]))
     else:
         if out.exists() and any(out.iterdir()):
             raise TrainError(f"{out} already holds files: --resume to continue that run, or another --out")
@@ -538,10 +647,7 @@ def train(opts: TrainOptions, given: set[str] = frozenset(), say=None) -> dict:
     optimizer = make_optimizer(opts.lr, opts.weight_decay)
     optimizer.init(model.trainable_parameters())
     if saved_arrays is not None:
-        params = [(k[len("param.") :], v) for k, v in saved_arrays.items() if k.startswith("param.")]
-        model.reflex.update(tree_unflatten(params))
-        opt_state = [(k[len("opt.") :], v) for k, v in saved_arrays.items() if k.startswith("opt.")]
-        optimizer.state = tree_unflatten(opt_state)
+        restore_state(model, optimizer, saved_arrays, out / STATE_FILE)
         say(f"resumed at step {step}")
     rng = rng or training.sampler(opts.seed)
     trainer = Trainer(model, optimizer, opts.temperature, opts.grad_clip)
@@ -628,5 +734,9 @@ def check_options(opts: TrainOptions) -> None:
     if not 0 <= opts.rehearse_fraction < 1:
         raise TrainError(f"--rehearse-fraction must be in [0, 1), not {opts.rehearse_fraction}")
     for path in (*opts.data, *opts.rehearse):  # before minutes of model loading
-        if not Path(path).expanduser().exists():
-            raise TrainError(f"no training data at {path}")
+        try:
+            found = user_path(path, "training data path").exists()
+        except ValueError as err:
+            raise TrainError(str(err)) from None
+        if not found:
+            raise TrainError(f"no training data at '{one_line(path)}'")

@@ -56,10 +56,16 @@ def test_a_program_as_assembly_or_as_words_is_the_same(tmp_path):
 @pytest.mark.parametrize(
     "record, message",
     [
-        ({"prompt": "", "program": "jal x0, 0", "expected_result": {"mem_0x5000": 0}}, 'needs "prompt"'),
+        (
+            {"prompt": "", "program": "jal x0, 0", "expected_result": {"mem_0x5000": 0}},
+            "a prompt must be a non-empty string",
+        ),
         ({"prompt": "x", "program": [2**32], "expected_result": {"mem_0x5000": 0}}, "not a 32-bit"),
         ({"prompt": "x", "program": 7, "expected_result": {"mem_0x5000": 0}}, "must be assembly text"),
-        ({"prompt": "x", "program": "jal x0, 0", "expected_result": {"bogus": 0}}, "bad expected_result"),
+        (
+            {"prompt": "x", "program": "jal x0, 0", "expected_result": {"bogus": 0}},
+            "unknown expected_result key",
+        ),
         (
             {"prompt": "x", "program": "jal x0, 0", "expected_result": {"mem_0x5000": 5}},
             "got {'mem_0x5000': [0]}",
