@@ -276,7 +276,10 @@ def read_header(path: Path) -> dict:
     tensors, spans = {}, []
     for name, entry in header.items():
         if name == "__metadata__":
-            if not isinstance(entry, dict) or not all(isinstance(v, str) for v in entry.values()):
+            ok = entry is None or (
+                isinstance(entry, dict) and all(isinstance(v, str) for v in entry.values())
+            )
+            if not ok:  # mlx writes null when there is none
                 raise FolderError(f"{path}: __metadata__ is not a mapping of strings")
             continue
         tensors[name] = _tensor_entry(path, name, entry, data_size)
