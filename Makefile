@@ -33,10 +33,11 @@ setup: $(VENV)/.installed
 test: setup
 	$(PY) -m pytest -q
 
-# The hostile-checkpoint tests with a larger fuzz count than `make test`'s 120 (FUZZ_CASES).
+# The hostile-checkpoint, model-folder and assembly-text tests with a larger fuzz count than `make test` (FUZZ_CASES).
 FUZZ_CASES    ?= 3000
 fuzz: setup
-	REFLEX_FUZZ_CASES=$(FUZZ_CASES) $(PY) -m pytest -q -s tests/mlx/test_checkpoint_hostile.py tests/core/test_assembler_hostile.py --durations=5
+	REFLEX_FUZZ_CASES=$(FUZZ_CASES) $(PY) -m pytest -q -s tests/mlx/test_checkpoint_hostile.py \
+		tests/mlx/test_folder_hostile.py tests/core/test_assembler_hostile.py --durations=5
 
 # ruff: lint and formatting (configured in pyproject.toml); `make format` applies both.
 lint: setup

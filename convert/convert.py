@@ -33,6 +33,7 @@ from pathlib import Path
 import click
 
 from reflex_core.errors import first_line, user_path
+from reflex_core.folder import FolderError, check_finite, write_manifest
 from reflex_core.hub import backbone_config, resolve_backbone, resolve_checkpoint
 from reflex_core.shapes import spell_rope_theta
 from reflex_core.spec import (
@@ -245,6 +246,7 @@ def convert_checkpoint(
             "command": command,
         }
         _write_config(tmp, model_config)
+        _seal(tmp)  # before verify loads it: the folder it checks is the one written
         if verify:
             from .verify import VerifyError, verify_conversion
 
@@ -258,6 +260,7 @@ def convert_checkpoint(
         from .card import write_card
 
         write_card(tmp, model_config, out.name, repo=upload_repo)
+        write_manifest(tmp)  # again: verify rewrote config.json (the weights are not hashed twice)
         tmp.rename(out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -272,6 +275,17 @@ def convert_checkpoint(
 
         upload(out, upload_repo)
     return out
+
+
+def _seal(folder: Path) -> None:
+    """Every tensor written (backbone and adapters) finite, then the manifest that
+    lets a loader trust the weights' sizes and digests without reading them again."""
+    try:
+        for path in sorted(folder.rglob("*.safetensors")):
+            check_finite(path)
+    except FolderError as err:
+        raise ConvertError(f"the converted weights are not usable: {err}") from None
+    write_manifest(folder)
 
 
 def _write_config(folder: Path, config: dict) -> None:

@@ -108,9 +108,9 @@ def fetch_model(repo: str, config_only: bool = False) -> Path:
     config.json alone first, so a repository that is not a Reflex model is refused
     before any weights are downloaded; then the whole folder (huggingface_hub's
     progress bars), unless only the config is asked for."""
-    import json
-
     from huggingface_hub import hf_hub_download, snapshot_download
+
+    from .folder import FolderError, read_config, read_json
 
     offline_if_unreachable()
     try:
@@ -118,14 +118,18 @@ def fetch_model(repo: str, config_only: bool = False) -> Path:
     except Exception as err:  # the hub's many error kinds: one line for the user
         raise FileNotFoundError(f"cannot fetch the model {repo} from the hub: {hub_error(err)}") from None
     try:
-        config = json.loads(config_path.read_text())
-    except (OSError, ValueError):
+        config = read_json(config_path)
+    except FolderError:
         config = None
     if not isinstance(config, dict) or config.get("format") != MODEL_FORMAT:
         raise ValueError(
             f"{repo} is not a {MODEL_FORMAT} model "
             f"(its {MODEL_CONFIG_FILE} is not one `python -m convert` writes)"
         )
+    try:  # the schema too, before gigabytes of weights are fetched
+        read_config(config_path)
+    except FolderError as err:
+        raise ValueError(f"{repo}: {err}") from None
     if config_only:
         return config_path.parent
     try:

@@ -219,11 +219,180 @@ class ReflexArgs:
 
 # ------------------------------------------------- converted model directory
 MODEL_FORMAT = "reflex-mlx"
-MODEL_FORMAT_VERSION = 1
+MODEL_FORMAT_VERSION = 1  # the version `python -m convert` writes
+KNOWN_FORMAT_VERSIONS = (1,)  # the versions a loader reads; any other is refused
 MODEL_CONFIG_FILE = "config.json"
 ADAPTERS_FILE = "adapters.safetensors"
+LORA_FILE = "lora.safetensors"  # reflex-mlx train --mode lora keeps its matrices here
 BACKBONE_DIR = "backbone"
 QUANT_GROUP_SIZE = 64
 # Where `make convert` / `python -m convert` put the released model by default,
 # and where `reflex-mlx run` looks for it before falling back to its own model.
 DEFAULT_RELEASE_DIR = "~/.cache/reflex-mlx/reflex-coder7b-mlx"
+
+# What MLX's affine quantizer (mx.quantize, which mlx-lm calls) accepts: any other
+# bits or group size fails deep inside a matmul, or silently misreads the packed weights.
+QUANT_BITS = (2, 3, 4, 5, 6, 8)
+QUANT_GROUP_SIZES = (32, 64, 128)
+# mlx-lm's other quantization modes, each with its one (bits, group size) pair.
+QUANT_MODES = {"affine": None, "mxfp4": (4, 32), "nvfp4": (4, 16), "mxfp8": (8, 32)}
+
+# Bounds of a backbone config: far above any decoder Reflex runs over (Qwen2.5-7B:
+# 3584 wide, 28 layers, 152064 tokens), low enough that a hostile config cannot make
+# mlx-lm build a million layers or ask for absurd embeddings.
+_BACKBONE_LIMITS = {
+    "hidden_size": 1 << 16,
+    "num_hidden_layers": _INT_LIMITS["num_layers"],
+    "vocab_size": 1 << 22,
+    "num_attention_heads": 1 << 10,
+    "num_key_value_heads": 1 << 10,
+    "intermediate_size": 1 << 20,
+    "head_dim": 1 << 12,
+    "max_position_embeddings": 1 << 24,
+}
+_BACKBONE_REQUIRED = ("hidden_size", "num_hidden_layers", "vocab_size", "num_attention_heads")
+
+
+def _positive_int(where: str, key: str, value, limit: int) -> int:
+    from .errors import short_repr
+
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{where} key {key!r} must be a positive integer, not {short_repr(value)}")
+    if value > limit:
+        raise ValueError(f"{where} key {key!r} is {value}, more than the {limit} any model could use")
+    return value
+
+
+def quantization_params(value, what: str) -> None:
+    """{"bits", "group_size"[, "mode"]} as MLX can quantize with; else ValueError in one line."""
+    from .errors import short_repr
+
+    if not isinstance(value, dict):
+        raise ValueError(f"{what} must be a mapping of bits and group_size, not {short_repr(value)}")
+    bits, group, mode = value.get("bits"), value.get("group_size"), value.get("mode", "affine")
+    if mode not in QUANT_MODES:
+        raise ValueError(f"{what} mode {short_repr(mode)} is not one of {', '.join(QUANT_MODES)}")
+    pair = QUANT_MODES[mode]
+    if pair is not None:
+        if (bits, group) != pair:
+            raise ValueError(f"{what}: {mode} takes bits {pair[0]} and group_size {pair[1]}")
+        return
+    if isinstance(bits, bool) or bits not in QUANT_BITS:
+        raise ValueError(f"{what} bits {short_repr(bits)} is not one MLX quantizes with ({QUANT_BITS})")
+    if isinstance(group, bool) or group not in QUANT_GROUP_SIZES:
+        raise ValueError(
+            f"{what} group_size {short_repr(group)} is not one MLX quantizes with ({QUANT_GROUP_SIZES})"
+        )
+
+
+def model_config(raw: dict) -> dict:
+    """A converted model's config.json, checked: reflex_config's keys, then the keys
+    `python -m convert` and `reflex-mlx train` add (format version, layer count,
+    adapter layers inside the backbone, backbone folder, precisions, LoRA).
+    ValueError in one line."""
+    from .errors import short_repr
+
+    if not isinstance(raw, dict):
+        raise ValueError("the model config is not a mapping")
+    if raw.get("format") != MODEL_FORMAT:
+        raise ValueError(f"format {short_repr(raw.get('format'))} is not {MODEL_FORMAT!r}")
+    version = raw.get("format_version")
+    if isinstance(version, bool) or version not in KNOWN_FORMAT_VERSIONS:
+        raise ValueError(
+            f"format_version {short_repr(version)} is not one this reflex-mlx reads "
+            f"({', '.join(map(str, KNOWN_FORMAT_VERSIONS))})"
+        )
+    if "num_layers" not in raw:
+        raise ValueError("config key 'num_layers' is missing")
+    cfg = reflex_config(raw)
+    layers, count = cfg.get("adapter_layers"), cfg["num_layers"]
+    if not isinstance(layers, list) or not 0 < len(layers) <= count:
+        size = len(layers) if isinstance(layers, list) else short_repr(layers)
+        raise ValueError(f"adapter_layers must list 1 to {count} layers (num_layers), not {size}")
+    for before, layer in zip([-1, *layers], layers, strict=False):
+        if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < count:
+            raise ValueError(
+                f"adapter_layers holds {short_repr(layer)}: each must be a backbone layer 0..{count - 1}"
+            )
+        if layer <= before:
+            raise ValueError(f"adapter_layers must be distinct and increasing: {short_repr(layers)}")
+    backbone = cfg.get("backbone", BACKBONE_DIR)
+    if (
+        not isinstance(backbone, str)
+        or not backbone
+        or backbone in (".", "..")
+        or any(c in backbone for c in "/\\\0")
+    ):
+        raise ValueError(f"config key 'backbone' must name a folder in the model, not {short_repr(backbone)}")
+    if cfg.get("adapter_quantization") is not None:
+        quantization_params(cfg["adapter_quantization"], "adapter_quantization")
+    if cfg.get("adapter_dtype", "float32") not in FLOAT_DTYPES:
+        raise ValueError(f"adapter_dtype {short_repr(cfg.get('adapter_dtype'))} is not one of {FLOAT_DTYPES}")
+    for key in ("text_head", "text_mode"):
+        if key in cfg and not isinstance(cfg[key], bool):
+            raise ValueError(f"config key {key!r} must be true or false, not {short_repr(cfg[key])}")
+    memory = cfg.get("memory")
+    if memory is not None and (
+        not isinstance(memory, dict)
+        or not all(
+            isinstance(memory.get(k), (int, float)) and not isinstance(memory.get(k), bool)
+            for k in ("resident_bytes", "bytes_per_cycle", "bits_per_weight")
+        )
+    ):
+        raise ValueError(f"the config's memory entry is malformed: {short_repr(memory)}")
+    lora = cfg.get("lora")
+    if lora is not None:
+        rank, alpha = (lora.get("rank"), lora.get("alpha", 1.0)) if isinstance(lora, dict) else (None, None)
+        targets = lora.get("targets", "all") if isinstance(lora, dict) else None
+        if (
+            isinstance(rank, bool)
+            or not isinstance(rank, int)
+            or not 0 < rank <= cfg["hidden"]
+            or isinstance(alpha, bool)
+            or not isinstance(alpha, (int, float))
+            or alpha != alpha
+            or abs(alpha) > 1e6
+            or not isinstance(targets, str)
+            or len(targets) > 1000
+        ):
+            raise ValueError(f"the config's lora entry is malformed: {short_repr(lora)}")
+    return cfg
+
+
+def backbone_schema(raw: dict, model: dict) -> dict:
+    """The backbone's config.json, checked: a supported family, sizes bounded, heads
+    consistent, its identity the model config's (hidden size, layer count), its
+    quantization one MLX can run. ValueError in one line."""
+    from .errors import short_repr
+
+    if not isinstance(raw, dict):
+        raise ValueError("the backbone config is not a mapping")
+    backbone_family(raw)
+    for key, limit in _BACKBONE_LIMITS.items():
+        if key in raw or key in _BACKBONE_REQUIRED:
+            if key == "head_dim" and raw.get(key) is None:
+                continue
+            _positive_int("backbone config", key, raw.get(key), limit)
+    heads, kv = raw["num_attention_heads"], raw.get("num_key_value_heads", raw["num_attention_heads"])
+    if heads % kv:
+        raise ValueError(f"backbone num_key_value_heads {kv} does not divide num_attention_heads {heads}")
+    if raw.get("head_dim") is None and raw["hidden_size"] % heads:
+        raise ValueError(f"backbone num_attention_heads {heads} does not divide its hidden_size")
+    if raw["hidden_size"] != model["hidden"]:
+        raise ValueError(f"backbone hidden_size {raw['hidden_size']} is not the model's {model['hidden']}")
+    if raw["num_hidden_layers"] != model["num_layers"]:
+        raise ValueError(
+            f"backbone num_hidden_layers {raw['num_hidden_layers']} is not the model's num_layers "
+            f"{model['num_layers']}"
+        )
+    if "tie_word_embeddings" in raw and not isinstance(raw["tie_word_embeddings"], bool):
+        tie = short_repr(raw["tie_word_embeddings"])
+        raise ValueError(f"backbone tie_word_embeddings must be true or false, not {tie}")
+    quantization = raw.get("quantization")
+    if quantization is not None:
+        quantization_params(quantization, "backbone quantization")
+        for path, layer in quantization.items():
+            if path in ("bits", "group_size", "mode") or isinstance(layer, bool):
+                continue
+            quantization_params(layer, f"backbone quantization of {short_repr(path, 60)}")
+    return raw

@@ -564,28 +564,35 @@ def _peak_line_mlx() -> None:
 @main.command(name="info", help="What a converted model is: its sources, recipe, memory and fidelity report.")
 @click.argument("model")
 @click.option("--tasks", is_flag=True, help="Also print the fidelity report task by task.")
-def info_command(model: str, tasks: bool) -> None:
+@click.option(
+    "--check",
+    is_flag=True,
+    help="Also re-hash every file against manifest.json and scan every weight for NaN and infinity.",
+)
+def info_command(model: str, tasks: bool, check: bool) -> None:
+    from reflex_core.folder import MANIFEST_FILE, FolderError, read_config, validate_folder
     from reflex_core.smol import smol_mlx_dir
-    from reflex_core.spec import MODEL_CONFIG_FILE, MODEL_FORMAT
+    from reflex_core.spec import MODEL_CONFIG_FILE
 
-    where = {"tiny": BUNDLED_MODEL, "smol": smol_mlx_dir()}.get(model)
+    where, config_only = {"tiny": BUNDLED_MODEL, "smol": smol_mlx_dir()}.get(model), False
     if where is None and Path(model).expanduser().is_dir():
         where = Path(model).expanduser()
     if where is None and hub.is_hub_id(model):
+        config_only = not check  # --check needs the weights; otherwise the config alone is fetched
         try:
-            where = hub.fetch_model(model, config_only=True)
+            where = hub.fetch_model(model, config_only=config_only)
         except (FileNotFoundError, ValueError) as err:
             raise click.ClickException(str(err)) from None
     if where is None:
         raise click.ClickException(f"no model directory at {model}, and it is not a hub id (OWNER/NAME)")
-    try:
-        config = json.loads((where / MODEL_CONFIG_FILE).read_text())
-    except (OSError, ValueError):
-        config = None
-    if not isinstance(config, dict) or config.get("format") != MODEL_FORMAT:
-        raise click.ClickException(
-            f"{model} is not a converted {MODEL_FORMAT} model (no such {MODEL_CONFIG_FILE})"
-        )
+    try:  # the same validator every loader runs: a broken folder is reported as broken
+        if config_only:
+            config, manifest = read_config(where / MODEL_CONFIG_FILE), None
+        else:
+            folder = validate_folder(where, check=check)
+            config, manifest = folder.config, folder.manifest
+    except FolderError as err:
+        raise click.ClickException(f"{model} is broken: {err}") from None
     for line in describe_model(config):
         click.echo(line)
     fidelity = config.get("fidelity")
@@ -594,6 +601,14 @@ def info_command(model: str, tasks: bool) -> None:
 
         for line in task_table(fidelity):
             click.echo(line)
+    if config_only:
+        click.echo("files: not fetched (the config alone was checked; --check fetches and checks them)")
+    elif manifest is None:
+        click.echo(f"files: checked; no {MANIFEST_FILE} (an older conversion): every weight scanned, finite")
+    elif check:
+        click.echo(f"files: {len(manifest)} match {MANIFEST_FILE} byte for byte; every weight finite")
+    else:
+        click.echo(f"files: {len(manifest)} checked against {MANIFEST_FILE} (sizes; --check re-hashes)")
 
 
 def describe_model(config: dict) -> list[str]:

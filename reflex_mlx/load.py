@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import mlx.core as mx
 from mlx.utils import tree_flatten
 
 from reflex_core.errors import first_line
-from reflex_core.spec import (
-    ADAPTERS_FILE,
-    BACKBONE_DIR,
-    MODEL_CONFIG_FILE,
-    MODEL_FORMAT,
-    ReflexArgs,
-    backbone_family,
-    reflex_config,
-)
+from reflex_core.folder import FolderError, read_config, validate_folder
+from reflex_core.spec import ADAPTERS_FILE, MODEL_CONFIG_FILE, ReflexArgs
 
 from .model import Reflex, ReflexModel
 from .quantize import quantize_like
@@ -31,23 +23,16 @@ class ModelError(Exception):
 
 
 def read_model_config(model_dir: str | Path) -> dict:
-    """The checked config.json of a directory written by `python -m convert`."""
+    """The checked config.json of a directory written by `python -m convert` (bounded read, schema)."""
     model_dir = Path(model_dir).expanduser()
     if not model_dir.is_dir():
         raise ModelError(f"no model directory at {model_dir}")
-    config_path = model_dir / MODEL_CONFIG_FILE
+    if not (model_dir / MODEL_CONFIG_FILE).exists():
+        raise ModelError(f"{model_dir} is not a converted Reflex model (no {MODEL_CONFIG_FILE})")
     try:
-        config = json.loads(config_path.read_text())
-    except FileNotFoundError:
-        raise ModelError(f"{model_dir} is not a converted Reflex model (no {MODEL_CONFIG_FILE})") from None
-    except (OSError, ValueError) as err:
-        raise ModelError(f"cannot read {config_path}: {first_line(err)}") from None
-    if not isinstance(config, dict) or config.get("format") != MODEL_FORMAT:
-        raise ModelError(f"{config_path} is not a {MODEL_FORMAT} model config")
-    try:
-        return reflex_config(config)
-    except ValueError as err:
-        raise ModelError(f"{config_path}: {err}") from None
+        return read_config(model_dir / MODEL_CONFIG_FILE)
+    except FolderError as err:
+        raise ModelError(str(err)) from None
 
 
 def load_model(model_dir: str | Path) -> tuple[ReflexModel, object, dict]:
@@ -62,12 +47,11 @@ def load_with_language_model(model_dir: str | Path) -> tuple[ReflexModel, object
     from mlx_lm.utils import load as load_backbone
 
     model_dir = Path(model_dir).expanduser()
-    config = read_model_config(model_dir)
-    backbone_dir = model_dir / config.get("backbone", BACKBONE_DIR)
-    if not backbone_dir.is_dir():
-        raise ModelError(f"{model_dir} has no backbone folder ({backbone_dir.name}/)")
-    _check_tokenizer(backbone_dir)
-    _check_family(backbone_dir)
+    try:  # every file, header, codebook word and token id, before mlx reads a weight
+        folder = validate_folder(model_dir)
+    except FolderError as err:
+        raise ModelError(str(err)) from None
+    config, backbone_dir = folder.config, folder.backbone_dir
     try:
         backbone, tokenizer = load_backbone(str(backbone_dir))
     except Exception as err:  # mlx-lm raises many kinds; the user needs one line
@@ -121,25 +105,6 @@ def _load_lora(reflex: Reflex, model_dir: Path, lora: dict) -> dict:
         raise ModelError(f"{LORA_FILE} does not fit the config's LoRA layers")
     reflex.load_weights(list(weights.items()), strict=False)
     return weights
-
-
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
-
-
-def _check_tokenizer(backbone_dir: Path) -> None:
-    """Without its files a tokenizer silently falls back to something that is not the model's."""
-    if not any((backbone_dir / name).is_file() for name in TOKENIZER_FILES):
-        raise ModelError(
-            f"the backbone in {backbone_dir} has no tokenizer files ({', '.join(TOKENIZER_FILES)})"
-        )
-
-
-def _check_family(backbone_dir: Path) -> None:
-    """A decoder family Reflex does not run over is refused in one line, before mlx-lm builds it."""
-    try:
-        backbone_family(json.loads((backbone_dir / "config.json").read_text()))
-    except (OSError, ValueError) as err:
-        raise ModelError(f"the backbone in {backbone_dir}: {first_line(err)}") from None
 
 
 def _check_adapters(model_dir: Path, weights: dict) -> None:

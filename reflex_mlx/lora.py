@@ -13,7 +13,8 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_unflatten
 from mlx_lm.tuner.lora import LoRALinear
 
-LORA_FILE = "lora.safetensors"
+from reflex_core.spec import LORA_FILE  # noqa: F401  (re-exported: where it was defined)
+
 # The Reflex modules' linear layers, by the last part(s) of their path.
 LORA_TARGETS = (
     "value_proj",

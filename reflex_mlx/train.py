@@ -419,6 +419,9 @@ def write_model(out: Path, model: ReflexModel, config: dict, opts: TrainOptions,
     else:
         (out / LORA_FILE).unlink(missing_ok=True)
     write_atomically(out / MODEL_CONFIG_FILE, json.dumps(new_config, indent=2) + "\n")
+    from reflex_core.folder import write_manifest
+
+    write_manifest(out)  # the linked backbone is hashed once per run (same inode), then remembered
 
 
 def _save(path: Path, arrays: dict, metadata: dict | None = None) -> None:
