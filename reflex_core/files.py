@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import stat
 import sys
@@ -82,6 +83,44 @@ def write_atomically(path: str | Path, data: str | bytes | Callable[[Path], None
             pass
         raise
     return path
+
+
+def remove_temporaries(folder: Path) -> None:
+    """The half-written files that killed writers left in `folder` (write_atomically's
+    .NAME.tmp-PID, with any suffix): call it holding the folder's lock, when no live
+    process owns one."""
+    folder = Path(folder)
+    if folder.is_dir():
+        for entry in folder.iterdir():
+            if is_temporary_name(entry.name) and entry.is_file() and not entry.is_symlink():
+                entry.unlink(missing_ok=True)
+
+
+MAX_RECORD_LINE = 1 << 16  # bytes: a log record (curve.jsonl) is about a hundred
+
+
+def keep_records(path: Path, keep: Callable[[dict], bool]) -> None:
+    """Rewrite a JSON-lines log (atomically) with the records `keep` accepts; lines that
+    are not a whole record (a write cut short by a kill, an overlong line) go too."""
+    path = Path(path)
+    if not path.is_file() or path.is_symlink():
+        return
+
+    def write(tmp: Path) -> None:
+        with open(path, "rb") as src, open(tmp, "wb") as dst:
+            while line := src.readline(MAX_RECORD_LINE + 1):
+                if len(line) > MAX_RECORD_LINE:  # skip the rest of an overlong line
+                    while (more := src.readline(MAX_RECORD_LINE + 1)) and not more.endswith(b"\n"):
+                        pass
+                    continue
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
+                if line.endswith(b"\n") and isinstance(record, dict) and keep(record):
+                    dst.write(line)
+
+    write_atomically(path, write)
 
 
 # ------------------------------------------------------------------- reports
