@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
 
-from reflex_core.files import write_atomically
+from reflex_core import files
 
 REPO = Path(__file__).resolve().parent.parent
 PROMPT_LEN = 60
@@ -102,9 +103,18 @@ def add_torch_compile_option(parser, what: str) -> None:
 
 
 def write_report(out: Path, stem: str, report: dict, markdown: str) -> None:
-    """OUT/STEM.json and OUT/STEM.md, each written atomically; the markdown printed."""
+    """OUT/STEM.json and OUT/STEM.md, by the project's report policy; the markdown printed."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    write_atomically(out / f"{stem}.json", json.dumps(report, indent=2, default=str) + "\n")
-    write_atomically(out / f"{stem}.md", markdown)
+    write_file(out / f"{stem}.json", json.dumps(report, indent=2, default=str) + "\n")
+    write_file(out / f"{stem}.md", markdown)
     print(markdown)
+
+
+def write_file(path: Path, text: str) -> None:
+    """One report file by reflex_core.files' policy (atomic over a file, through to a device,
+    refused over a read-only file or a folder), or one line and exit 1."""
+    try:
+        files.write_report(path, text)
+    except files.OutputError as err:
+        sys.exit(f"error: {err}")

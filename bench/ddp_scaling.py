@@ -21,6 +21,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from .common import write_file
+
 SHAPES = {  # name: (model options, global batch)
     "tiny": ("--hidden 192 --layers 8 --heads 4 --kv-heads 2 --intermediate 512", 1024),
     "wide": ("--hidden 768 --layers 12 --heads 12 --kv-heads 4 --intermediate 2048", 512),
@@ -97,8 +99,8 @@ def main(argv=None) -> dict:
         )
     table = "\n".join(lines)
     print(table)
-    (args.out / "ddp_scaling.json").write_text(json.dumps(rows, indent=1) + "\n")
-    (args.out / "ddp_scaling.md").write_text(table + "\n")
+    write_file(args.out / "ddp_scaling.json", json.dumps(rows, indent=1) + "\n")
+    write_file(args.out / "ddp_scaling.md", table + "\n")
     return {"rows": rows}
 
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .common import write_file
+
 
 def main(argv=None) -> None:
     from rich.console import Console
@@ -32,8 +34,9 @@ def main(argv=None) -> None:
     demo.run_task(args.task, None, lambda: None)
     console = Console(record=True, width=args.width, height=args.height)
     console.print(demo.screen.render())
-    args.out.write_text(console.export_text())
-    print(args.out.read_text())
+    text = console.export_text()
+    write_file(args.out, text)
+    print(text)
 
 
 if __name__ == "__main__":

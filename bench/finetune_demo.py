@@ -34,6 +34,8 @@ from reflex_core.corpus import find_corpus, load_programs
 from reflex_core.evaluation import format_report
 from reflex_core.training import read_heldout, run_heldout
 
+from .common import write_file
+
 
 def write_family(corpus: Path, family: str, path: Path) -> int:
     """The family's programs as JSONL: prompts, assembly text, expected result."""
@@ -138,7 +140,7 @@ def main(argv: list[str] | None = None) -> dict:
         "before": before,
         "after": after,
     }
-    (args.out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+    write_file(args.out / "report.json", json.dumps(report, indent=1) + "\n")
     lines = [
         f"# Fine-tuning on {args.family}: before and after",
         "",
@@ -173,7 +175,7 @@ def main(argv: list[str] | None = None) -> dict:
         format_report(after["eval"], "trained"),
         "```",
     ]
-    (args.out / "report.md").write_text("\n".join(lines) + "\n")
+    write_file(args.out / "report.md", "\n".join(lines) + "\n")
     print("\n".join(lines[:16]))
     return report
 

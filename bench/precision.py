@@ -40,7 +40,7 @@ from reflex_core.predict import Predictor
 from reflex_core.spec import EVAL_MAX_CYCLES
 
 from .agreement import batched, lockstep_agreement, outcome_agreement, recorded_eval
-from .common import write_report
+from .common import write_file, write_report
 
 BACKBONES = ("float16", "bfloat16", "8bit-g64", "6bit-g64", "4bit-g64", "4bit-g32", "mixed_4_6-g64")
 ADAPTERS = ("float32", "bfloat16", "float16", "8bit", "4bit")
@@ -269,9 +269,7 @@ def _write(args, torch_dir, reference, ref_report, near, ref_top1, pairs, rows, 
     if final:
         write_report(args.out, stem, report, markdown(report))
     else:
-        from reflex_core.files import write_atomically
-
-        write_atomically(Path(args.out) / f"{stem}.json", json.dumps(report, indent=2, default=str) + "\n")
+        write_file(Path(args.out) / f"{stem}.json", json.dumps(report, indent=2, default=str) + "\n")
     return report
 
 

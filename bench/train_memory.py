@@ -29,6 +29,8 @@ from reflex_core.spec import ADAPTER_HEADS, ReflexArgs, adapter_layers
 from reflex_core.timing import human_bytes
 from reflex_core.training import Batch
 
+from .common import write_file
+
 PROMPT_TOKENS = 80
 STEPS = 3
 MAC_SIZES_GB = (16, 24, 32, 64)
@@ -163,8 +165,8 @@ def main(argv=None) -> dict:
         "steps": STEPS,
         "rows": rows,
     }
-    (args.out / "train_memory.json").write_text(json.dumps(result, indent=1) + "\n")
-    (args.out / "train_memory.md").write_text(f"device: {device}\n\n{table}\n")
+    write_file(args.out / "train_memory.json", json.dumps(result, indent=1) + "\n")
+    write_file(args.out / "train_memory.md", f"device: {device}\n\n{table}\n")
     return result
 
 

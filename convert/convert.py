@@ -33,6 +33,7 @@ from pathlib import Path
 import click
 
 from reflex_core.errors import first_line, user_path
+from reflex_core.files import OutputError, locks_output
 from reflex_core.folder import FolderError, check_finite, write_manifest
 from reflex_core.hub import backbone_config, resolve_backbone, resolve_checkpoint
 from reflex_core.shapes import spell_rope_theta
@@ -62,6 +63,7 @@ class ConvertError(Exception):
     """A one-line reason the conversion cannot proceed."""
 
 
+@locks_output("out", "convert")  # one conversion per --out at a time
 def convert_checkpoint(
     checkpoint: str | None,
     backbone: str | None,
@@ -542,7 +544,7 @@ def main(
             sets_backbone=any((bits, group_size, mixed, no_quantize, backbone_dtype)),
             command="python -m convert " + shlex.join(sys.argv[1:]),
         )
-    except (ConvertError, CheckpointError, FileNotFoundError, OSError, ValueError) as err:
+    except (ConvertError, CheckpointError, OutputError, FileNotFoundError, OSError, ValueError) as err:
         raise click.ClickException(first_line(err)) from None
     except MemoryError:
         raise click.ClickException(

@@ -15,7 +15,7 @@ import click
 
 from reflex_core import backends, hub, rv32i
 from reflex_core.errors import MESSAGE_LIMIT, first_line, one_line, user_path
-from reflex_core.files import writable_file, write_atomically
+from reflex_core.files import OutputError, writable_file, write_report
 from reflex_core.loop import Cycle, RunResult, run
 from reflex_core.prompt import truncation_notice
 from reflex_core.smol import MODEL_NAMES
@@ -253,7 +253,8 @@ def _evaluate(loaded: backends.Loaded, progress: bool = True) -> dict:
     "json_out",
     type=str,
     default=None,
-    help="Also write the report as JSON to this file.",
+    help="Also write the report as JSON to this file (- for stdout; a device such as /dev/null "
+    "is written through; a read-only file is refused).",
 )
 @click.option(
     "--text-mode",
@@ -267,7 +268,7 @@ def eval_command(model: Path | None, backend: str | None, json_out: str | None, 
     if json_out is not None:
         _user_path(json_out, "report path")
     if json_out is not None and (why := writable_file(json_out)):  # before minutes of work
-        raise click.ClickException(f"cannot write the report: {why}")
+        raise click.ClickException(why)
     loaded = _load(backend, model)
     if text_mode and loaded.text_writer is None:
         raise click.ClickException(f"no text mode with {loaded.source}: {loaded.text_note}")
@@ -289,9 +290,9 @@ def eval_command(model: Path | None, backend: str | None, json_out: str | None, 
     _peak_line(loaded)
     if json_out is not None:
         try:
-            write_atomically(json_out, json.dumps(saved, indent=1) + "\n")
-        except OSError as err:
-            raise click.ClickException(f"cannot write {json_out}: {err.strerror or err}") from None
+            write_report(json_out, json.dumps(saved, indent=1) + "\n")
+        except OutputError as err:
+            raise click.ClickException(str(err)) from None
 
 
 def _near_copy_line(report: dict) -> None:

