@@ -6,15 +6,14 @@ The corpus is a dev and CI resource only; nothing here is needed at run time.
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import re
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import spec
 from .errors import one_line, short_repr, user_path
+from .files import parse_json, read_regular
 from .loop import SNAPSHOT_END, SNAPSHOT_START, ProgramRun, RunResult, memory_holds
 
 CORPUS_ENV_VAR = "REFLEX_CORPUS"
@@ -71,49 +70,6 @@ def find_corpus() -> Path | None:
         if (candidate / "programs").is_dir():
             return candidate
     return None
-
-
-def open_regular(path: Path | str, limit: int, what: str = "file"):
-    """`path` opened for reading in binary, refused in one line (CorpusError) unless
-    it is a regular file of at most `limit` bytes: a FIFO, a device or a link to one
-    is never read (the open itself does not wait on a FIFO)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    except OSError as err:
-        raise CorpusError(f"cannot read {one_line(path)}: {err.strerror or type(err).__name__}") from None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise CorpusError(f"{one_line(path)} is not a regular file")
-        if info.st_size > limit:
-            raise CorpusError(
-                f"{one_line(path)} is {info.st_size:,} bytes; a {what} may hold at most {limit:,}"
-            )
-        os.set_blocking(fd, True)
-        return os.fdopen(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
-
-
-def read_regular(path: Path | str, limit: int, what: str = "file") -> bytes:
-    """The bytes of a regular file of at most `limit` bytes (open_regular), read
-    with the limit held even if the file grows meanwhile."""
-    with open_regular(path, limit, what) as f:
-        data = f.read(limit + 1)
-    if len(data) > limit:
-        raise CorpusError(f"{one_line(path)} grew past {limit:,} bytes while read")
-    return data
-
-
-def parse_json(text: str | bytes):
-    """json.loads, its errors (nesting too deep included) as one-line ValueErrors."""
-    try:
-        return json.loads(text)
-    except RecursionError:
-        raise ValueError("JSON nested too deeply") from None
-    except ValueError as err:
-        raise ValueError(one_line(err, 200)) from None
 
 
 def expected_address(key) -> tuple[int, bool]:
@@ -207,7 +163,7 @@ def load_programs(root: Path | str) -> list[CorpusProgram]:
     for path in files:
         name = one_line(path.relative_to(root))
         try:
-            data = parse_json(read_regular(path, MAX_CORPUS_FILE_BYTES, "corpus file"))
+            data = parse_json(read_regular(path, MAX_CORPUS_FILE_BYTES, "corpus file", CorpusError))
         except ValueError as err:  # CorpusError names the file itself
             raise CorpusError(str(err) if isinstance(err, CorpusError) else f"{name}: {err}") from None
         if not isinstance(data, dict) or not isinstance(data.get("programs"), list):

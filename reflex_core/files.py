@@ -1,4 +1,9 @@
-"""Where the project writes: atomic files, reports, and one process per output folder.
+"""Where the project reads and writes files it did not make, and how.
+
+An input file a user names (a model folder's configs, training data, a corpus)
+is read only if it is a regular file (a link is followed only to one) of
+bounded size: stat-ed before it is opened and opened without blocking, so a
+FIFO or a device never hangs or floods a read.
 
 A report path (`eval --json FILE`, a bench's OUT/STEM.json) follows one policy:
 `-` is stdout; a character device (/dev/null, a tty) is written through, never
@@ -20,6 +25,8 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from .errors import one_line
+
 STDOUT = "-"
 MAX_SHOWN_PATH = 200  # characters of a path echoed in a message
 TMP_MARK = ".tmp-"  # write_atomically's temporary files: .NAME.tmp-PID
@@ -30,11 +37,83 @@ class OutputError(Exception):
 
 
 def shown(path: str | Path) -> str:
-    """A path as a message shows it: one line (control characters escaped), and cut short."""
-    text = str(path)
-    if len(text) > MAX_SHOWN_PATH:
-        text = text[: MAX_SHOWN_PATH - 3] + "..."
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    """A path as a message shows it: one line, and cut short."""
+    return one_line(path, MAX_SHOWN_PATH)
+
+
+def file_kind(mode: int) -> str:
+    """What a stat's mode says the path is, in words for a message."""
+    for test, name in (
+        (stat.S_ISREG, "file"),
+        (stat.S_ISDIR, "directory"),
+        (stat.S_ISFIFO, "FIFO"),
+        (stat.S_ISCHR, "character device"),
+        (stat.S_ISSOCK, "socket"),
+        (stat.S_ISBLK, "block device"),
+    ):
+        if test(mode):
+            return name
+    return "special file"
+
+
+def open_regular(path: str | Path, limit: int | None, what: str = "file", error=ValueError):
+    """(binary file, size) of a regular file of at most `limit` bytes, else `error`
+    in one line. The stat comes first and the open never waits on a FIFO swapped in
+    after it; the open descriptor is checked again."""
+    regular_stat(path, limit, what, error)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as err:
+        raise error(f"cannot read {shown(path)}: {err.strerror or type(err).__name__}") from None
+    try:
+        info = os.fstat(fd)
+        _check_regular(path, info, limit, what, error)
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb"), info.st_size
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def regular_stat(path: str | Path, limit: int | None, what: str = "file", error=ValueError) -> os.stat_result:
+    """The stat of a regular file (a link followed only to one) of at most `limit`
+    bytes, else `error` in one line; the file is not opened."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise error(f"{shown(path)}: no such file") from None
+    except OSError as err:
+        raise error(f"cannot read {shown(path)}: {err.strerror or type(err).__name__}") from None
+    _check_regular(path, info, limit, what, error)
+    return info
+
+
+def _check_regular(path, info: os.stat_result, limit: int | None, what: str, error) -> None:
+    if not stat.S_ISREG(info.st_mode):
+        raise error(f"{shown(path)} is not a regular file (a {file_kind(info.st_mode)})")
+    if limit is not None and info.st_size > limit:
+        raise error(f"{shown(path)} is {info.st_size:,} bytes; a {what} may hold at most {limit:,}")
+
+
+def read_regular(path: str | Path, limit: int, what: str = "file", error=ValueError) -> bytes:
+    """The bytes of a regular file of at most `limit` bytes (open_regular), the
+    limit held even if the file grows while it is read."""
+    f, _ = open_regular(path, limit, what, error)
+    with f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise error(f"{shown(path)} grew past {limit:,} bytes while it was read")
+    return data
+
+
+def parse_json(text: str | bytes):
+    """json.loads, its errors (bad UTF-8 and nesting too deep included) as one-line ValueErrors."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+    except ValueError as err:  # UnicodeDecodeError is one
+        raise ValueError(one_line(err, 200)) from None
 
 
 def expand(path: str | Path) -> Path:
@@ -149,7 +228,7 @@ def _target(path: str | Path) -> tuple[str, Path]:
         return "device", path
     real = Path(os.path.realpath(path))
     if info is not None:
-        kind = _kind(info.st_mode)
+        kind = file_kind(info.st_mode)
         if kind != "file":
             raise OutputError(f"cannot write {shown(path)}: it is a {kind}, not a file (give - for stdout)")
         # the mode bits, not os.access alone: root may write anything, and must not replace this
@@ -161,19 +240,6 @@ def _target(path: str | Path) -> tuple[str, Path]:
     if not os.access(parent, os.W_OK | os.X_OK):
         raise OutputError(f"cannot write {shown(path)}: the directory {shown(parent)} is not writable")
     return "file", real
-
-
-def _kind(mode: int) -> str:
-    for test, name in (
-        (stat.S_ISREG, "file"),
-        (stat.S_ISDIR, "directory"),
-        (stat.S_ISFIFO, "FIFO"),
-        (stat.S_ISSOCK, "socket"),
-        (stat.S_ISBLK, "block device"),
-    ):
-        if test(mode):
-            return name
-    return "special file"
 
 
 def writable_file(path: str | Path) -> str | None:

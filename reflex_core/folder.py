@@ -20,13 +20,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import stat
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from . import files
 from .errors import first_line, short_repr
 from .spec import ADAPTERS_FILE, BACKBONE_DIR, LORA_FILE, MODEL_CONFIG_FILE, backbone_schema, model_config
 
@@ -87,68 +87,28 @@ class Folder:
 
 
 def regular_stat(path: Path, limit: int | None = None) -> os.stat_result:
-    """The stat of a regular file (a symlink is followed only to one), its size
-    within `limit`; never opens it, so a FIFO cannot block."""
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise FolderError(f"{path}: no such file") from None
-    except OSError as err:
-        raise FolderError(f"{path}: cannot read it: {first_line(err)}") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise FolderError(f"{path}: not a regular file ({_kind(st.st_mode)})")
-    if limit is not None and st.st_size > limit:
-        raise FolderError(f"{path}: {st.st_size} bytes, more than the {limit} such a file may hold")
-    return st
-
-
-def _kind(mode: int) -> str:
-    for test, name in (
-        (stat.S_ISFIFO, "a FIFO"),
-        (stat.S_ISCHR, "a character device"),
-        (stat.S_ISBLK, "a block device"),
-        (stat.S_ISSOCK, "a socket"),
-        (stat.S_ISDIR, "a directory"),
-    ):
-        if test(mode):
-            return name
-    return "not a file"
+    """The stat of a regular file of at most `limit` bytes; never opens it."""
+    return files.regular_stat(path, limit, "model file", FolderError)
 
 
 def _open(path: Path, limit: int | None = None):
-    """A regular file opened for reading without blocking on a FIFO swapped in
-    after the stat, checked again on the open descriptor."""
-    regular_stat(path, limit)
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
-    except OSError as err:
-        raise FolderError(f"{path}: cannot read it: {first_line(err)}") from None
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode) or (limit is not None and st.st_size > limit):
-        os.close(fd)
-        raise FolderError(f"{path}: changed while it was read (not a regular file of bounded size)")
-    return os.fdopen(fd, "rb"), st.st_size
+    """(file, size) of a regular file, opened without blocking on a FIFO."""
+    return files.open_regular(path, limit, "model file", FolderError)
 
 
 def read_bounded(path: Path, limit: int) -> bytes:
     """A regular file's bytes, at most `limit` of them."""
-    f, size = _open(path, limit)
-    with f:
-        data = f.read(limit + 1)
-    if len(data) > limit:
-        raise FolderError(f"{path}: grew past {limit} bytes while it was read")
-    return data
+    return files.read_regular(path, limit, "model file", FolderError)
 
 
 def read_json(path: Path, limit: int = MAX_CONFIG_BYTES):
     """A bounded JSON file; too deep a nesting, bad UTF-8 or bad JSON in one line."""
-    data = read_bounded(path, limit)
     try:
-        return json.loads(data)
-    except RecursionError:
-        raise FolderError(f"{path}: JSON nested too deeply") from None
-    except (ValueError, UnicodeDecodeError) as err:
-        raise FolderError(f"{path}: not valid JSON: {first_line(err)[:120]}") from None
+        return files.parse_json(read_bounded(path, limit))
+    except FolderError:
+        raise
+    except ValueError as err:
+        raise FolderError(f"{path}: not valid JSON: {err}") from None
 
 
 # -------------------------------------------------------------------- configs
@@ -265,11 +225,9 @@ def read_header(path: Path) -> dict:
             )
         raw = f.read(length)
     try:
-        header = json.loads(raw)
-    except RecursionError:
-        raise FolderError(f"{path}: header nested too deeply") from None
-    except (ValueError, UnicodeDecodeError) as err:
-        raise FolderError(f"{path}: header is not valid JSON: {first_line(err)[:120]}") from None
+        header = files.parse_json(raw)
+    except ValueError as err:
+        raise FolderError(f"{path}: header is not valid JSON: {err}") from None
     if not isinstance(header, dict):
         raise FolderError(f"{path}: header is not a mapping")
     data_size = size - 8 - length

@@ -39,13 +39,12 @@ from .corpus import (
     expected_address,
     expected_ok,
     load_programs,
-    open_regular,
-    parse_json,
     replay,
     replay_run,
 )
 from .errors import one_line, short_repr, user_path
 from .evaluation import EVAL_FILTERS, eval_prompts
+from .files import open_regular, parse_json
 from .prompt import encode_prompt
 
 HELDOUT_FILE = "heldout.json"
@@ -170,7 +169,8 @@ def read_jsonl(path: Path) -> tuple[list[CorpusProgram], list[str]]:
     records = []
     prompts_total = 0
     try:
-        with open_regular(path, MAX_DATA_BYTES, "training file") as f:
+        f, _ = open_regular(path, MAX_DATA_BYTES, "training file", DataError)
+        with f:
             for number, line in enumerate(_lines(f, name), start=1):
                 where = f"{name}:{number}"
                 try:

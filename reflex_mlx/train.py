@@ -41,12 +41,12 @@ import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 
 from reflex_core import training
-from reflex_core.corpus import parse_json
 from reflex_core.errors import first_line, one_line, user_path
 from reflex_core.files import (
     OutputError,
     keep_records,
     output_lock,
+    parse_json,
     remove_temporaries,
     write_atomically,
 )

@@ -15,7 +15,7 @@ import tracemalloc
 
 import pytest
 
-from reflex_core import corpus, training
+from reflex_core import corpus, files, training
 from reflex_core.training import DataError, read_data
 
 OK = {"prompt": "store zero", "program": ["0x0000006f"], "expected_result": {"mem_0x5000": 0}}
@@ -148,8 +148,8 @@ def test_a_fifo_is_never_read(tmp_path):
     fifo = tmp_path / "data.jsonl"
     os.mkfifo(fifo)
     assert "no training data at" in refused(fifo, within=1.0)
-    with pytest.raises(corpus.CorpusError, match="is not a regular file"):
-        corpus.read_regular(fifo, 100)  # even asked directly: no wait for a writer
+    with pytest.raises(ValueError, match="is not a regular file"):
+        files.read_regular(fifo, 100)  # even asked directly: no wait for a writer
 
 
 def corpus_folder(root, family: dict) -> None:

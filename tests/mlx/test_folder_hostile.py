@@ -135,7 +135,7 @@ def test_a_symlink_to_a_regular_file_is_followed(model, tmp_path):
 
 def test_an_oversized_config_is_refused_before_it_is_read(model):
     _replace(model / "config.json", "{" + " " * (2 << 20) + "}")
-    _refused(model, "config.json", "more than")
+    _refused(model, "config.json", "may hold at most")
 
 
 # --------------------------------------------------------------------- config schema
