@@ -303,7 +303,11 @@ def _near_copy_line(report: dict) -> None:
     corpus = find_corpus()
     if corpus is None:
         return
-    tags = corpus_near_copy_tags(corpus)
+    try:
+        tags = corpus_near_copy_tags(corpus)
+    except ValueError as err:  # a damaged corpus costs this line, not the report
+        click.echo(f"warning: no score without near-copies: {one_line(err, MESSAGE_LIMIT)}", err=True)
+        return
     passed, total = score_without(report, tags)
     click.echo(
         f"without the {len(tags)} tasks whose prompt the corpus holds up to case and punctuation "
@@ -576,8 +580,8 @@ def info_command(model: str, tasks: bool, check: bool) -> None:
     from reflex_core.spec import MODEL_CONFIG_FILE
 
     where, config_only = {"tiny": BUNDLED_MODEL, "smol": smol_mlx_dir()}.get(model), False
-    if where is None and Path(model).expanduser().is_dir():
-        where = Path(model).expanduser()
+    if where is None and (path := _user_path(model, "model")).is_dir():
+        where = path
     if where is None and hub.is_hub_id(model):
         config_only = not check  # --check needs the weights; otherwise the config alone is fetched
         try:

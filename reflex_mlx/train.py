@@ -466,7 +466,7 @@ def read_state(out: Path) -> tuple[dict, dict]:
     path = out / STATE_FILE
     shown = one_line(path)
     if not path.is_file():
-        raise TrainError(f"--resume but no {shown}")
+        raise TrainError(f"--resume but no {shown}: no checkpoint was saved; without --resume it starts anew")
     try:
         arrays, metadata = mx.load(str(path), return_metadata=True)
     except Exception as err:  # a truncated or foreign file: one line
@@ -792,13 +792,35 @@ def _train(opts: TrainOptions, given: set[str], say) -> dict:
     return {"step": step, "out": out, "new_rows": added, "last_eval": last, "model": model}
 
 
+# The numeric options' ranges: a value outside them cannot train (a NaN rate, no
+# programs left to train on) and would otherwise fail deep inside the run.
+_RULES = {
+    "above 0": lambda v: v > 0,
+    "of at least 0": lambda v: v >= 0,
+    "in [0, 1)": lambda v: 0 <= v < 1,
+}
+_NUMBER_RANGES = {
+    "rehearse_fraction": "in [0, 1)",
+    "heldout_fraction": "in [0, 1)",
+    "lora_alpha": "above 0",
+    "lr": "above 0",
+    "min_lr": "of at least 0",
+    "weight_decay": "of at least 0",
+    "grad_clip": "above 0",
+    "temperature": "above 0",
+    "time_limit": "above 0",
+}
+
+
 def check_options(opts: TrainOptions) -> None:
     if opts.mode not in ("full", "lora"):
         raise TrainError(f"--mode must be full or lora, not {opts.mode!r}")
     if opts.mode == "full" and opts.lora_output != "keep":
         raise TrainError("--lora-output applies to --mode lora only")
-    if not 0 <= opts.rehearse_fraction < 1:
-        raise TrainError(f"--rehearse-fraction must be in [0, 1), not {opts.rehearse_fraction}")
+    for name, rule in _NUMBER_RANGES.items():
+        value = getattr(opts, name)
+        if value is not None and not (math.isfinite(value) and _RULES[rule](value)):
+            raise TrainError(f"--{name.replace('_', '-')} must be a finite number {rule}, not {value}")
     for path in (*opts.data, *opts.rehearse):  # before minutes of model loading
         try:
             found = user_path(path, "training data path").exists()

@@ -83,6 +83,11 @@ def test_messages_say_what_is_wrong_with_the_name():
         ["train", "--out", "", "--data", "d.jsonl"],
         ["train", "--out", "out", "--data", "d.jsonl", "--model", "~nosuchuser-reflex/m"],
         ["bench", "--torch", "b" * 5000],
+        ["info", "~nosuchuser-reflex/x"],
+        ["info", "no\nmodel"],
+        ["train", "--out", "out", "--data", ".", "--lr", "nan"],
+        ["train", "--out", "out", "--data", ".", "--heldout-fraction", "5"],
+        ["train", "--out", "out", "--data", ".", "--grad-clip", "0"],
     ],
 )
 def test_every_path_option_refuses_a_hostile_name_in_one_line(args, tmp_path, monkeypatch):
@@ -219,3 +224,16 @@ def test_a_doctored_state_through_the_cli_is_one_error_line(saved_run, tmp_path)
     proc = cli("train", "--out", str(out), "--resume")
     assert proc.returncode == 1
     assert "unknown option 'foo\\nbar'" in one_error_line(proc.stderr)
+
+
+def test_a_broken_corpus_costs_the_eval_one_warning_not_its_report(tmp_path, monkeypatch, capsys):
+    """eval adds a score without near-copies where it finds the corpus; a damaged one is said in one line."""
+    from reflex_mlx.cli import _near_copy_line
+
+    family = tmp_path / "programs" / "cat"
+    family.mkdir(parents=True)
+    (family / "fam.json").write_text('{"programs": [' * 50_000)
+    monkeypatch.setenv("REFLEX_CORPUS", str(tmp_path))
+    _near_copy_line({"sections": {}})
+    err = capsys.readouterr().err
+    assert err.startswith("warning: no score without near-copies: ") and err.count("\n") == 1, err
