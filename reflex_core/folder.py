@@ -161,10 +161,7 @@ def validate_folder(model_dir: str | Path, check: bool = False) -> Folder:
         model_files.append(root / LORA_FILE)
     model_files += [backbone_dir / name for name in sorted(backbone_files)]
     for path in model_files:
-        limit = None if path.suffix == ".safetensors" else MAX_SIDE_FILE_BYTES
-        if path.name == "tokenizer.json":
-            limit = MAX_TOKENIZER_BYTES
-        regular_stat(path, limit)
+        regular_stat(path, _size_limit(path))
 
     manifest_path = root / MANIFEST_FILE
     if os.path.lexists(manifest_path):
@@ -199,6 +196,21 @@ def _backbone_files(backbone_dir: Path) -> set[str]:
         raise FolderError(f"{backbone_dir}: cannot list it: {first_line(err)}") from None
     # a subfolder is left out: neither mlx-lm nor the tokenizer reads one
     return {name for name in names if not (backbone_dir / name).is_dir()}
+
+
+def _size_limit(path: Path) -> int | None:
+    """The most bytes a model file may hold before it is read (weights: no bound, they are mapped)."""
+    if path.suffix == ".safetensors":
+        return None
+    return MAX_TOKENIZER_BYTES if path.name == "tokenizer.json" else MAX_SIDE_FILE_BYTES
+
+
+def check_backbone_files(backbone_dir: str | Path) -> None:
+    """Every file a loader may open in a backbone folder is a regular file of bounded
+    size: what the torch backend checks before transformers reads the folder."""
+    backbone_dir = Path(backbone_dir)
+    for name in sorted(_backbone_files(backbone_dir)):
+        regular_stat(backbone_dir / name, _size_limit(backbone_dir / name))
 
 
 def _rel(root: Path, path: Path) -> str:

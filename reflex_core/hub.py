@@ -146,20 +146,21 @@ def _looks_local(source: str) -> bool:
 def backbone_config(source: str) -> dict:
     """The backbone's transformers config.json: read locally, or fetched alone from
     the hub (a few kB), so a mismatch is found before gigabytes are converted."""
-    import json
+    from .folder import read_json
 
     path = Path(source)
     if path.is_dir():
-        return json.loads((path / "config.json").read_text())
+        return read_json(path / "config.json")
     from huggingface_hub import hf_hub_download
 
     offline_if_unreachable()
     try:
-        return json.loads(Path(hf_hub_download(repo_id=source, filename="config.json")).read_text())
+        fetched = Path(hf_hub_download(repo_id=source, filename="config.json"))
     except Exception as err:
         raise FileNotFoundError(
             f"cannot fetch the backbone {source} from the hub: {hub_error(err)}"
         ) from None
+    return read_json(fetched)
 
 
 def offline_if_unreachable() -> None:

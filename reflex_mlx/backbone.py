@@ -18,10 +18,11 @@ are downloaded.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import mlx.core as mx
+
+from reflex_core.folder import read_json
 
 CAUSAL_LM = "causal-lm"
 BASE_MODEL = "base-model"
@@ -84,8 +85,8 @@ def layout(path: Path, config: dict | None = None, names: set[str] | None = None
 
 def read_config(path: Path) -> dict:
     try:
-        config = json.loads((Path(path) / "config.json").read_text())
-    except (OSError, ValueError) as err:
+        config = read_json(Path(path) / "config.json")
+    except ValueError as err:
         raise BackboneError(f"cannot read the backbone config in {path}: {err}") from None
     if not isinstance(config, dict):
         raise BackboneError(f"the backbone config in {path} is not a mapping")

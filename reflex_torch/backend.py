@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import json
+import os
 from pathlib import Path
 
 from reflex_core.backends import BackendError, Loaded
+from reflex_core.folder import FolderError, check_backbone_files, read_config
 from reflex_core.spec import MODEL_CONFIG_FILE
 
 
@@ -21,13 +22,17 @@ def _sources(model: Path | None) -> tuple[str | None, str | None, str]:
     if model is None:
         return str(BUNDLED_MODEL / "reflex.pt"), None, str(BUNDLED_MODEL)
     model = Path(model).expanduser()
-    if (model / "reflex.pt").is_file():
-        backbone = model / "backbone"  # else the checkpoint's backbone_id
-        return str(model / "reflex.pt"), str(backbone) if backbone.is_dir() else None, str(model)
     try:
-        config = json.loads((model / MODEL_CONFIG_FILE).read_text())
-    except (OSError, ValueError):
-        raise BackendError(f"{model} holds no reflex.pt and no converted model config") from None
+        if (model / "reflex.pt").is_file():
+            backbone = model / "backbone"  # else the checkpoint's backbone_id
+            if backbone.is_dir():
+                check_backbone_files(backbone)
+            return str(model / "reflex.pt"), str(backbone) if backbone.is_dir() else None, str(model)
+        if not os.path.lexists(model / MODEL_CONFIG_FILE):
+            raise BackendError(f"{model} holds no reflex.pt and no converted model config")
+        config = read_config(model / MODEL_CONFIG_FILE)
+    except FolderError as err:
+        raise BackendError(str(err)) from None
     checkpoint = config.get("source_checkpoint")
     return checkpoint, config.get("source_backbone"), checkpoint or "the release"
 
