@@ -19,6 +19,9 @@ def resolve_checkpoint(source: str | None) -> Path:
         return _release_checkpoint()
     path = Path(source).expanduser()
     if path.exists():
+        from .files import regular_stat
+
+        regular_stat(path, None, "checkpoint", FileNotFoundError)  # a FIFO or a device never opened
         return path
     parts = source.split("/")
     under_local_folder = len(parts) > 1 and parts[0] not in ("", ".") and Path(parts[0]).is_dir()

@@ -40,3 +40,15 @@ def test_a_converted_folder_whose_config_is_a_fifo_or_a_device_is_refused(tmp_pa
     (tmp_path / "config.json").unlink()
     (tmp_path / "config.json").symlink_to("/dev/zero")
     assert "character device" in _refused(tmp_path)
+
+
+def test_a_checkpoint_that_is_a_fifo_or_a_device_is_never_opened(tmp_path):
+    """A converted folder names its source checkpoint; that path must still be a regular file."""
+    from reflex_core.hub import resolve_checkpoint
+
+    os.mkfifo(tmp_path / "reflex.pt.fifo")
+    for path in (tmp_path / "reflex.pt.fifo", "/dev/zero"):
+        started = time.perf_counter()
+        with pytest.raises(FileNotFoundError, match="not a regular file"):
+            resolve_checkpoint(str(path))
+        assert time.perf_counter() - started < 5
