@@ -202,6 +202,24 @@ def keep_records(path: Path, keep: Callable[[dict], bool]) -> None:
     write_atomically(path, write)
 
 
+def append_record(path: Path, record: dict) -> None:
+    """One JSON line appended to a log in an output folder (a training curve), which
+    must be a regular file or absent: a link or a FIFO planted there is refused, not
+    followed or waited on."""
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, 0o644)
+    except OSError as err:
+        raise OutputError(f"cannot write {shown(path)}: {err.strerror or type(err).__name__}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise OutputError(f"cannot write {shown(path)}: it is a {file_kind(info.st_mode)}, not a file")
+        os.write(fd, (json.dumps(record) + "\n").encode())
+    finally:
+        os.close(fd)
+
+
 # ------------------------------------------------------------------- reports
 
 

@@ -44,6 +44,7 @@ from reflex_core import training
 from reflex_core.errors import first_line, one_line, user_path
 from reflex_core.files import (
     OutputError,
+    append_record,
     keep_records,
     output_lock,
     parse_json,
@@ -574,8 +575,7 @@ def restore_state(model: ReflexModel, optimizer, arrays: dict, path: Path) -> No
 
 
 def log(out: Path, record: dict) -> None:
-    with open(out / CURVE_FILE, "a") as f:
-        f.write(json.dumps(record) + "\n")
+    append_record(out / CURVE_FILE, record)
 
 
 # ------------------------------------------------------------- taking over OUT

@@ -40,6 +40,7 @@ from reflex_core.corpus import find_corpus
 from reflex_core.evaluation import EVAL_FILTERS
 from reflex_core.files import (
     OutputError,
+    append_record,
     keep_records,
     output_lock,
     remove_temporaries,
@@ -381,8 +382,7 @@ def write_state(out: Path, step: int, model, optimizer, rng, args) -> None:
 
 def log(out: Path, record: dict, line: str) -> None:
     print(line, flush=True)
-    with open(out / CURVE_FILE, "a") as f:
-        f.write(json.dumps(record) + "\n")
+    append_record(out / CURVE_FILE, record)
 
 
 # ------------------------------------------------------------------ data parallel

@@ -21,6 +21,7 @@ import pytest
 
 from reflex_core.files import (
     OutputError,
+    append_record,
     keep_records,
     lock_path,
     output_lock,
@@ -180,3 +181,21 @@ def test_temporaries_and_cut_records_are_cleaned(tmp_path):
     curve.write_text("\n".join(lines) + "\n" + '{"step": 1')  # the last line cut by a kill
     keep_records(curve, lambda r: r.get("step", 99) <= 2)
     assert curve.read_text() == '{"step": 1}\n{"step": 2}\n{"step": 2}\n'
+
+
+def test_a_log_is_appended_only_to_a_regular_file(tmp_path):
+    """A training curve in an output folder: a link or a FIFO planted in its place is refused."""
+    log = tmp_path / "curve.jsonl"
+    append_record(log, {"step": 1})
+    append_record(log, {"step": 2})
+    assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [1, 2]
+    target = tmp_path / "elsewhere"
+    target.write_text("kept")
+    link = tmp_path / "linked.jsonl"
+    link.symlink_to(target)
+    fifo = tmp_path / "fifo.jsonl"
+    os.mkfifo(fifo)
+    for path in (link, fifo):
+        with pytest.raises(OutputError, match="cannot write"):
+            append_record(path, {"step": 3})
+    assert target.read_text() == "kept"
