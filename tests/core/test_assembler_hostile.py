@@ -33,7 +33,8 @@ from reflex_core.assembler import (
 from reflex_core.textmode import judge
 from reflex_core.training import DataError, program_words, read_data
 
-QUICK_S = 3.0  # every refusal here is a linear scan of at most MAX_TEXT_CHARS
+# A refusal is a linear scan of at most MAX_TEXT_CHARS (milliseconds); the margin is for a busy machine.
+QUICK_S = 30.0
 
 
 def escape(marker) -> str:

@@ -44,7 +44,7 @@ def _edit_config(model: Path, name: str = "config.json", **changes) -> None:
     _replace(path, json.dumps(config))
 
 
-def _refused(model: Path, *needles: str, check: bool = False, seconds: float = 5.0) -> str:
+def _refused(model: Path, *needles: str, check: bool = False, seconds: float = 30.0) -> str:
     """validate_folder refuses `model` in one line, within `seconds`, the line naming each needle."""
     started = time.perf_counter()
     with pytest.raises(FolderError) as err:
@@ -111,7 +111,7 @@ def test_a_fifo_never_blocks_the_loader(model, where):
     started = time.perf_counter()
     with pytest.raises(ModelError, match="FIFO") as err:
         load_model(model)  # the load path itself: refused before anything is opened
-    assert time.perf_counter() - started < 5 and "\n" not in str(err.value)
+    assert time.perf_counter() - started < 30 and "\n" not in str(err.value)
     assert where.split("/")[-1] in str(err.value)
 
 

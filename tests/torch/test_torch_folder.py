@@ -17,7 +17,7 @@ def _refused(model) -> str:
     started = time.perf_counter()
     with pytest.raises(BackendError) as err:
         _sources(model)
-    assert time.perf_counter() - started < 5, "it waited on the file"
+    assert time.perf_counter() - started < 30, "it waited on the file"
     assert "\n" not in str(err.value)
     return str(err.value)
 
@@ -51,4 +51,4 @@ def test_a_checkpoint_that_is_a_fifo_or_a_device_is_never_opened(tmp_path):
         started = time.perf_counter()
         with pytest.raises(FileNotFoundError, match="not a regular file"):
             resolve_checkpoint(str(path))
-        assert time.perf_counter() - started < 5
+        assert time.perf_counter() - started < 30
