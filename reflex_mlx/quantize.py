@@ -24,6 +24,8 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
+from reflex_core.spec import QUANT_GROUP_SIZES
+
 
 @dataclass(frozen=True)
 class Recipe:
@@ -78,7 +80,7 @@ SMALL_RECIPE = Recipe(bits=4, group_size=64, adapter_bits=4)
 # mlx-lm's mixed-precision recipes (mlx_lm.convert.QUANT_RECIPES).
 MIXED_RECIPES = ("mixed_2_6", "mixed_3_4", "mixed_3_6", "mixed_4_6")
 BACKBONE_BITS = (3, 4, 5, 6, 8)
-GROUP_SIZES = (32, 64, 128)
+GROUP_SIZES = QUANT_GROUP_SIZES  # every group size MLX quantizes with
 ADAPTER_BITS = (8, 4)
 
 

@@ -479,7 +479,7 @@ def test_fuzzed_folders_validate_or_refuse_in_one_line(mlx_float32_dir, tmp_path
                 load_model(model)
             except ModelError as err:
                 assert "\n" not in str(err), (case, str(err))
-        assert time.perf_counter() - started < 10, case
+        assert time.perf_counter() - started < 60, case
         shutil.rmtree(model)
     print(f"{count} damaged folders: {outcomes}")
     assert outcomes["refused"] > 0

@@ -260,5 +260,5 @@ def test_a_hub_id_that_cannot_be_fetched_fails_fast(tmp_path):
         env={**os.environ, "HF_HOME": str(tmp_path / "hf")},
     )
     _one_error_line(proc)
-    assert time.time() - started < 20
+    assert time.time() - started < 60  # the hub client retries for minutes; one refusal is seconds
     assert not (tmp_path / "out").exists()
