@@ -30,8 +30,10 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
+# Two workers (pytest-xdist), a test file each at a time: the suite is one core's work otherwise.
+TEST_WORKERS  ?= 2
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 # The hostile-checkpoint, model-folder and assembly-text tests with a larger fuzz count than `make test` (FUZZ_CASES).
 FUZZ_CASES    ?= 3000

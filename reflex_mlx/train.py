@@ -808,7 +808,7 @@ _NUMBER_RANGES = {
     "weight_decay": "of at least 0",
     "grad_clip": "above 0",
     "temperature": "above 0",
-    "time_limit": "above 0",
+    "time_limit": "of at least 0",  # 0: stop at once, saving what the model is
 }
 
 

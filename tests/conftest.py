@@ -19,6 +19,10 @@ TINY_MLX = ROOT / "reflex_mlx" / "models" / "reflex-tiny"
 
 
 def pytest_collection_modifyitems(config, items):
+    # The files holding slow tests go first: with `make test`'s two workers (one file
+    # each at a time), the longest file starts at once instead of running alone at the end.
+    slow_files = {item.path for item in items if "slow" in item.keywords}
+    items.sort(key=lambda item: item.path not in slow_files)
     gpu = [item for item in items if "gpu" in item.keywords]
     if not gpu:
         return
