@@ -75,10 +75,16 @@ def resolve_backbone(source: str, near: Path | None = None) -> str:
             raise FileNotFoundError(f"the backbone {source} is not built on this machine: run {BUILD_HINT}")
         return str(built)
     path = Path(source).expanduser()
+    beside = Path(near).parent / path if near is not None and not path.is_absolute() else None
+    if not path.exists() and beside is not None and beside.is_dir():
+        path = beside
+    if path.is_dir():
+        from .folder import check_backbone_files
+
+        check_backbone_files(path)  # a FIFO or a device in it would hang or flood the loader
+        return str(path)
     if path.exists():
         return str(path)
-    if near is not None and not path.is_absolute() and (Path(near).parent / path).is_dir():
-        return str(Path(near).parent / path)
     if _looks_local(source) or len(source.split("/")) > 2:
         raise FileNotFoundError(f"no backbone directory at {one_line(source)}")
     return source

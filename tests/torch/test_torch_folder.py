@@ -52,3 +52,22 @@ def test_a_checkpoint_that_is_a_fifo_or_a_device_is_never_opened(tmp_path):
         with pytest.raises(FileNotFoundError, match="not a regular file"):
             resolve_checkpoint(str(path))
         assert time.perf_counter() - started < 30
+
+
+def test_a_backbone_folder_holding_a_fifo_is_refused_before_it_is_loaded(tmp_path):
+    """The converter and the torch loader resolve a local backbone through hub.resolve_backbone."""
+    from reflex_core.folder import FolderError
+    from reflex_core.hub import resolve_backbone
+
+    backbone = tmp_path / "backbone"
+    backbone.mkdir()
+    for entry in (TINY_TORCH / "backbone").iterdir():
+        os.link(entry, backbone / entry.name)
+    assert resolve_backbone(str(backbone)) == str(backbone)
+    assert resolve_backbone("backbone", near=tmp_path / "reflex.pt") == str(backbone)
+    (backbone / "model.safetensors").unlink()
+    os.mkfifo(backbone / "model.safetensors")
+    started = time.perf_counter()
+    with pytest.raises(FolderError, match="FIFO"):
+        resolve_backbone(str(backbone))
+    assert time.perf_counter() - started < 30
