@@ -5,6 +5,8 @@ model of the released shape (no download), against the torch bf16 reference.
     python -m bench.release_conversion mlx4    --work W
     python -m bench.release_conversion convert --work W --name N --backbone {causal,base,mlx4} [-- ARGS]
     python -m bench.release_conversion report  --work W --out DIR
+    python -m bench.release_conversion build   --work W --shape release --no-reference
+    python -m bench.release_conversion compare --work W --out DIR [--stem S] [-- ARGS]
 
 build draws the model on the GPU (reflex_torch.random) and writes W/reflex.pt
 (float32 adapters, as released), W/base (the backbone as `Qwen2Model.save_pretrained`
@@ -18,6 +20,13 @@ result and records resident memory after load, ms per cycle (compiled fast
 path, one state per call) and, against the reference, the relative error of
 the final embedding and same-word agreement; then deletes the output (disk).
 report gathers W/rows.jsonl into DIR/release_conversion.{json,md}.
+
+build --no-reference writes only W/reflex.pt and W/causal, on the CPU a shard at
+a time (the released shape fits a 16 GB machine), without the reference captures.
+compare converts W/causal with `python -m convert ARGS` (default --no-verify) and
+with `python -m mlx_lm convert -q` at the same bits and group size, each in its own
+process, and writes both peaks (process peak RSS), times and their ratios to
+DIR/S.{json,md}.
 """
 
 from __future__ import annotations
@@ -82,6 +91,79 @@ def build(args) -> None:
         json.dumps({"shape": args.shape, "seed": args.seed, "build_and_write_s": round(written, 1)})
     )
     print(f"built and wrote {work} in {written:.0f} s; reference on {len(states)} states")
+
+
+# A Qwen2.5-1.5B-sized shape with the release's Reflex around it: a quick stand-in
+# for the released one when measuring where conversion memory goes.
+BENCH_SHAPES = {
+    **SHAPES,
+    "mid": SHAPES["release"].with_(
+        hidden=1536, layers=28, heads=12, kv_heads=2, intermediate=8960, vocab=151936
+    ),
+}
+BUILD_SHARD_BYTES = 2 << 30
+
+
+def build_streamed(work: Path, shape, seed: int = 0, shard_bytes: int = BUILD_SHARD_BYTES) -> float:
+    """W/reflex.pt and W/causal on the CPU, a shard at a time (the released shape's
+    15 GB backbone is never whole in memory), without the torch reference captures;
+    returns the seconds it took."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from reflex_core.shapes import checkpoint_config, decoder_config
+    from reflex_core.spec import IDENTITY_KEY, ReflexArgs, backbone_identity
+    from reflex_torch.model import Reflex
+    from reflex_torch.random import TOKENIZER_TEXTS, _fill, codebook_words
+    from reflex_torch.tokenizer import train_tokenizer
+
+    causal_dir = Path(work) / "causal"
+    causal_dir.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    config = checkpoint_config(shape)
+    bconfig = AutoConfig.for_model(**decoder_config(shape))
+    with torch.device("meta"):
+        causal = AutoModelForCausalLM.from_config(bconfig, dtype=torch.bfloat16)
+        reflex = Reflex(ReflexArgs.from_config(config, shape.layers))
+    gen = torch.Generator().manual_seed(seed)
+
+    params = list(causal.named_parameters())
+    groups, size = [[]], 0
+    for name, p in params:  # shard boundaries from shapes alone
+        if groups[-1] and size + p.numel() * 2 > shard_bytes:
+            groups.append([])
+            size = 0
+        groups[-1].append((name, p))
+        size += p.numel() * 2
+    weight_map, total = {}, 0
+    for i, group in enumerate(groups):
+        file = f"model-{i + 1:05d}-of-{len(groups):05d}.safetensors"
+        shard = {}
+        for name, p in group:
+            t = torch.empty(p.shape, dtype=torch.bfloat16)
+            _fill(name, t, gen, shape.layers)
+            shard[name] = t
+            weight_map[name] = file
+            total += t.numel() * 2
+        save_file(shard, str(causal_dir / file), metadata={"format": "pt"})
+        del shard
+        print(f"wrote {file}", file=sys.stderr)
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (causal_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+    bconfig.tie_word_embeddings = shape.tie_embeddings
+    bconfig.save_pretrained(causal_dir)
+    train_tokenizer(TOKENIZER_TEXTS, 1000).save_pretrained(causal_dir)
+
+    reflex.to_empty(device="cpu")
+    with torch.no_grad():
+        for name, p in reflex.named_parameters():
+            _fill(name, p, gen, shape.layers)
+        reflex.instr_words.copy_(torch.tensor(codebook_words(shape.num_instrs), dtype=torch.int64))
+    state = {k: v.detach().contiguous() for k, v in reflex.state_dict().items()}
+    identity = backbone_identity(bconfig.to_dict())
+    torch.save({"state": state, "config": config, IDENTITY_KEY: identity}, Path(work) / "reflex.pt")
+    return time.time() - started
 
 
 def mlx4(args) -> None:
@@ -189,6 +271,99 @@ def convert(args, rest: list[str]) -> None:
     shutil.rmtree(out, ignore_errors=True)
 
 
+def _timed_child(argv: list[str]) -> dict:
+    """Run one conversion in its own process: its wall time and peak resident set
+    (the kernel's own count for that child, from wait4)."""
+    import os
+
+    started = time.time()
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    stderr = proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.time() - started
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        sys.stderr.write(stderr[-3000:])
+        raise SystemExit(f"failed ({proc.returncode}): {' '.join(argv)}")
+    peak = usage.ru_maxrss if sys.platform == "darwin" else usage.ru_maxrss * 1024
+    return {"command": argv, "seconds": round(seconds, 1), "peak_rss_bytes": int(peak)}
+
+
+def compare(args, rest: list[str]) -> None:
+    """Our converter and mlx-lm's on the same backbone (W/causal) at the same bits and
+    group size, one after the other, each in its own process: peaks, times, ratios."""
+    import shlex
+
+    work = Path(args.work)
+    rest = rest or ["--no-verify"]
+    bits = rest[rest.index("--bits") + 1] if "--bits" in rest else "8"
+    group = rest[rest.index("--group-size") + 1] if "--group-size" in rest else "64"
+    ours_out, theirs_out = work / "out-compare-reflex", work / "out-compare-mlx-lm"
+    ours_cmd = [sys.executable, "-m", "convert", "--checkpoint", str(work / "reflex.pt"),
+                "--backbone", str(work / "causal"), "--out", str(ours_out), *rest]  # fmt: skip
+    theirs_cmd = [sys.executable, "-m", "mlx_lm", "convert", "--hf-path", str(work / "causal"), "-q",
+                  "--q-bits", bits, "--q-group-size", group, "--mlx-path", str(theirs_out)]  # fmt: skip
+    rows = {}
+    for name, argv, out in (("reflex-mlx", ours_cmd, ours_out), ("mlx-lm", theirs_cmd, theirs_out)):
+        shutil.rmtree(out, ignore_errors=True)
+        print(f"converting with {name} ...", file=sys.stderr)
+        rows[name] = _timed_child(argv)
+        rows[name]["output_bytes"] = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+        rows[name]["command"] = shlex.join(["python", *argv[1:]])
+        shutil.rmtree(out, ignore_errors=True)
+    ours, theirs = rows["reflex-mlx"], rows["mlx-lm"]
+    source = sum(f.stat().st_size for f in (work / "causal").glob("*.safetensors"))
+    result = {
+        "build": json.loads((work / "build.json").read_text()),
+        "source_backbone_bytes": source,
+        "checkpoint_bytes": (work / "reflex.pt").stat().st_size,
+        "rows": rows,
+        "peak_ratio": round(ours["peak_rss_bytes"] / theirs["peak_rss_bytes"], 3),
+        "peak_excess_gib": round((ours["peak_rss_bytes"] - theirs["peak_rss_bytes"]) / 2**30, 2),
+        "time_ratio": round(ours["seconds"] / theirs["seconds"], 3),
+        "machine": _machine(),
+        "bench_command": "python -m bench.release_conversion " + shlex.join(sys.argv[1:]),
+    }
+    lines = [
+        f"## Conversion memory and time: reflex-mlx against mlx-lm ({result['build']['shape']} shape)",
+        "",
+        f"Random weights (seed {result['build']['seed']}): a bf16 causal-LM backbone of "
+        f"{_gib(source)} GiB and a float32 reflex.pt of {_gib(result['checkpoint_bytes'])} GiB. "
+        "Each conversion ran in its own process, one after the other; peak is the process's "
+        "peak resident set (wait4's ru_maxrss).",
+        "",
+        "| conversion | time s | peak process GiB | output GiB |",
+        "|---|---|---|---|",
+    ]
+    for name, r in rows.items():
+        lines.append(
+            f"| {name}: `{r['command']}` | {r['seconds']:.0f} | {_gib(r['peak_rss_bytes'])} "
+            f"| {_gib(r['output_bytes'])} |"
+        )
+    lines += [
+        "",
+        f"Peak: reflex-mlx / mlx-lm = {result['peak_ratio']:.2f} "
+        f"({result['peak_excess_gib']:+.2f} GiB); time: reflex-mlx / mlx-lm = {result['time_ratio']:.2f}.",
+        "",
+        f"Machine: {result['machine']}.",
+        "",
+        f"Command: `{result['bench_command']}`",
+    ]
+    write_report(Path(args.out), args.stem, result, "\n".join(lines) + "\n")
+
+
+def _machine() -> str:
+    import os
+    import platform
+
+    import mlx.core as mx
+
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    load = f", load average {os.getloadavg()[0]:.1f} at the end" if hasattr(os, "getloadavg") else ""
+    cores, gib = os.cpu_count(), memory / 2**30
+    return f"{platform.machine()}, {cores} cores, {gib:.0f} GiB, MLX on {mx.default_device()}{load}"
+
+
 def _gib(n) -> str:
     return f"{n / 2**30:.2f}"
 
@@ -243,15 +418,30 @@ def main(argv=None) -> None:
         rest = argv[argv.index("--") + 1 :]
         argv = argv[: argv.index("--")]
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("phase", choices=["build", "mlx4", "convert", "report"])
+    p.add_argument("phase", choices=["build", "mlx4", "convert", "compare", "report"])
     p.add_argument("--work", required=True)
-    p.add_argument("--shape", default="release", choices=sorted(SHAPES))
+    p.add_argument("--shape", default="release", choices=sorted(BENCH_SHAPES))
+    p.add_argument(
+        "--no-reference",
+        action="store_true",
+        help="build: on the CPU a shard at a time, causal layout only, no torch reference captures",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--corpus", default=None)
     p.add_argument("--name", default=None)
     p.add_argument("--backbone", choices=["causal", "base", "mlx4"], default="causal")
     p.add_argument("--out", default=None)
+    p.add_argument("--stem", default="conversion_memory", help="compare: the report's file name")
     args = p.parse_args(argv)
+    if args.phase == "build" and args.no_reference:
+        written = build_streamed(Path(args.work), BENCH_SHAPES[args.shape], args.seed)
+        (Path(args.work) / "build.json").write_text(
+            json.dumps({"shape": args.shape, "seed": args.seed, "build_and_write_s": round(written, 1),
+                        "built": "on the CPU a shard at a time, causal layout only, no reference captures"})
+        )  # fmt: skip
+        return print(f"built and wrote {args.work} in {written:.0f} s (no reference captures)")
+    if args.phase == "compare":
+        return compare(args, rest)
     {"build": build, "mlx4": mlx4, "report": report}.get(args.phase, lambda a: convert(a, rest))(args)
 
 

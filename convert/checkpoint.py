@@ -198,6 +198,12 @@ class _Archive:
             ) from None
         return memoryview(bytes(kept))
 
+    def release_pages(self) -> None:
+        """Drop the mapped pages this process has touched from its resident set; the
+        file stays mapped and a later read faults them back in from the page cache."""
+        if self._mm is not None and hasattr(self._mm, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+            self._mm.madvise(mmap.MADV_DONTNEED)
+
     def close(self) -> None:
         if self._mm is not None:
             try:
@@ -559,6 +565,12 @@ class Checkpoint:
                 tensor.raw()
             except CheckpointError as err:
                 raise CheckpointError(f"tensor {name}: {err}") from None
+            self.release_pages()  # a multi-GB checkpoint is read through, not held
+
+    def release_pages(self) -> None:
+        """Drop the file's mapped pages from this process's resident set (see _Archive)."""
+        if self._archive is not None:
+            self._archive.release_pages()
 
     def close(self) -> None:
         """Unmap the file if no arrays handed out still view it."""

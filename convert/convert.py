@@ -89,9 +89,9 @@ def convert_checkpoint(
     """
     import mlx.core as mx
     from mlx.utils import tree_flatten
-    from mlx_lm.utils import load_tokenizer, save_config, save_model
+    from mlx_lm.utils import load_tokenizer, save_config
 
-    from reflex_mlx.backbone import MLX_QUANTIZED, BackboneError, fetch_backbone, load_backbone
+    from reflex_mlx.backbone import MLX_QUANTIZED, BackboneError, fetch_backbone, load_backbone, save_backbone
     from reflex_mlx.model import Reflex
     from reflex_mlx.quantize import (
         DEFAULT_RECIPE,
@@ -124,6 +124,9 @@ def convert_checkpoint(
         model, bconfig, kind, has_lm_head = load_backbone(source_dir, lazy=True)
     except BackboneError as err:
         raise ConvertError(str(err)) from None
+    # Here the float model is at hand, nothing yet evaluated: the backbone `model`
+    # (lazy, as stored) and the checkpoint `ckpt` (the Reflex weights, readable a
+    # tensor at a time). A step that needs both before quantization goes here.
     if kind == MLX_QUANTIZED:
         if recipe is not None and sets_backbone:
             q = bconfig["quantization"]
@@ -160,23 +163,20 @@ def convert_checkpoint(
             f"backbone's {bconfig.get('vocab_size')} embedding rows: not this backbone's tokenizer"
         )
 
-    reflex = Reflex(args)
-    weights = Reflex.sanitize({n: mx.array(t.numpy()) for n, t in ckpt.state.items()})
-    ckpt.close()
-    try:  # every name and shape the MLX model loads, checked before anything is saved
-        reflex.load_weights(list(weights.items()), strict=True)
-    except ValueError as err:
-        raise ConvertError(f"the checkpoint does not fit the Reflex modules: {first_line(err)}") from None
-    del weights
+    # The Reflex modules' shapes under the recipe, counted before any weight is read
+    # (an MLX module's initial arrays are lazy: nothing is allocated); the weights
+    # themselves are streamed into the output below (_stream_reflex).
+    shaped = Reflex(args)
     try:
-        adapter_quantization = quantize_adapters(reflex, recipe)
+        adapter_quantization = quantize_adapters(shaped, recipe)
     except ValueError as err:
         raise ConvertError(f"the recipe does not fit the adapters: {first_line(err)}") from None
 
-    resident = resident_bytes(model, reflex)
+    resident = resident_bytes(model, shaped)
     from reflex_mlx.model import ReflexModel
 
-    per_cycle = bytes_per_cycle(ReflexModel(model, reflex))
+    per_cycle = bytes_per_cycle(ReflexModel(model, shaped))
+    del shaped
     bits = bits_per_weight(model)
     backbone_name = recipe.backbone_name if kind != MLX_QUANTIZED else "mlx-lm's own"
     memory_line = (
@@ -204,20 +204,25 @@ def convert_checkpoint(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        with contextlib.redirect_stdout(io.StringIO()):  # mlx-lm prints as it saves
-            save_model(tmp / BACKBONE_DIR, model, donate_model=True)
-            save_config(dict(bconfig), config_path=tmp / BACKBONE_DIR / "config.json")
-            tokenizer.save_pretrained(str(tmp / BACKBONE_DIR))
-        if (source_dir / "generation_config.json").is_file():
-            shutil.copy(source_dir / "generation_config.json", tmp / BACKBONE_DIR)
-        spell_rope_theta(tmp / BACKBONE_DIR / "config.json")
-        del model
+        # The adapter side first, a part at a time, written and freed; then the
+        # backbone a tensor at a time, a shard written and freed at a time.
+        reflex = _stream_reflex(ckpt, args, recipe)
+        ckpt.close()
         mx.save_safetensors(
             str(tmp / ADAPTERS_FILE),
             dict(tree_flatten(reflex.parameters())),
             metadata={"format": MODEL_FORMAT},
         )
         del reflex
+        mx.clear_cache()
+        save_backbone(tmp / BACKBONE_DIR, model)
+        del model
+        with contextlib.redirect_stdout(io.StringIO()):  # mlx-lm prints as it saves
+            save_config(dict(bconfig), config_path=tmp / BACKBONE_DIR / "config.json")
+            tokenizer.save_pretrained(str(tmp / BACKBONE_DIR))
+        if (source_dir / "generation_config.json").is_file():
+            shutil.copy(source_dir / "generation_config.json", tmp / BACKBONE_DIR)
+        spell_rope_theta(tmp / BACKBONE_DIR / "config.json")
         model_config = {
             **config,
             "format": MODEL_FORMAT,
@@ -277,6 +282,37 @@ def convert_checkpoint(
 
         upload(out, upload_repo)
     return out
+
+
+def _stream_reflex(ckpt, args: ReflexArgs, recipe):
+    """The Reflex modules read from the checkpoint a part at a time (each adapter,
+    then the state encoder, head and codebook), each part cast, quantized and
+    evaluated before the next is read: resident are one part's float weights and
+    the finished parts (names and shapes were checked by _check_geometry)."""
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+
+    from reflex_mlx.model import Reflex
+    from reflex_mlx.quantize import quantize_adapters
+
+    reflex = Reflex(args)
+    parts: dict[str, list[str]] = {}
+    for name in ckpt.state:
+        part = ".".join(name.split(".")[:2]) if name.startswith("adapters.") else ""
+        parts.setdefault(part, []).append(name)
+    for part, names in sorted(parts.items(), key=lambda item: item[0] == ""):  # the rest last
+
+        def within(path: str, part=part) -> bool:
+            return path.startswith(part + ".") if part else not path.startswith("adapters.")
+
+        weights = Reflex.sanitize({n: mx.array(ckpt.state[n].numpy()) for n in names})
+        reflex.load_weights(list(weights.items()), strict=False)
+        del weights
+        quantize_adapters(reflex, recipe, within=within)
+        mx.eval([value for path, value in tree_flatten(reflex.parameters()) if within(path)])
+        ckpt.release_pages()
+        mx.clear_cache()
+    return reflex
 
 
 def _seal(folder: Path) -> None:

@@ -156,3 +156,57 @@ def fetch_backbone(source: str) -> Path:
         return Path(snapshot_download(repo_id=source, allow_patterns=list(BACKBONE_FILES)))
     except Exception as err:  # the hub's many error kinds: one line for the user
         raise BackboneError(f"cannot fetch the backbone {source} from the hub: {hub_error(err)}") from None
+
+
+# mlx-lm's own shard limit is 5 GB (mlx_lm.utils.MAX_FILE_SIZE_GB), and its
+# save_model evaluates a whole shard at once: the shard's outputs and the sources
+# still being read are resident together. Smaller shards bound that.
+SHARD_BYTES = 1 << 30
+
+
+def save_backbone(path: str | Path, model, shard_bytes: int | None = None) -> None:
+    """mlx-lm's layout (model-0000i-of-0000N.safetensors, or model.safetensors, and
+    the index mlx-lm writes) from a lazily loaded, cast or quantized model, one
+    tensor evaluated at a time and each shard written and freed before the next
+    is read: what is resident is one shard's outputs and one tensor's sources.
+    The model's parameters are emptied as they are taken (it is not usable after)."""
+    import json
+
+    from mlx.utils import tree_flatten, tree_map
+    from mlx_lm.utils import get_total_parameters
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    shard_bytes = shard_bytes or SHARD_BYTES
+    weights = dict(tree_flatten(model.parameters()))
+    total_parameters = get_total_parameters(model)
+    model.update(tree_map(lambda _: mx.array([]), model.parameters()))  # only `weights` holds them
+    shards: list[list[str]] = [[]]
+    size = 0
+    for name, value in weights.items():  # boundaries from shapes alone
+        if shards[-1] and size + value.nbytes > shard_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(name)
+        size += value.nbytes
+    pattern = "model-{:05d}-of-{:05d}.safetensors" if len(shards) > 1 else "model.safetensors"
+    index = {
+        "metadata": {
+            "total_size": sum(v.nbytes for v in weights.values()),
+            "total_parameters": total_parameters,
+        },
+        "weight_map": {},
+    }
+    for i, names in enumerate(shards):
+        file = pattern.format(i + 1, len(shards))
+        shard = {}
+        for name in names:
+            shard[name] = weights.pop(name)
+            mx.eval(shard[name])  # its sources are freed once read; a quantized layer's scales come too
+            mx.clear_cache()
+        mx.save_safetensors(str(path / file), shard, metadata={"format": "mlx"})
+        index["weight_map"].update(dict.fromkeys(names, file))
+        del shard
+        mx.clear_cache()
+    index["weight_map"] = dict(sorted(index["weight_map"].items()))
+    (path / "model.safetensors.index.json").write_text(json.dumps(index, indent=4))

@@ -123,17 +123,29 @@ def _adapter_linear(group_size: int):
     return lambda path, module: isinstance(module, nn.Linear) and module.weight.shape[-1] % group_size == 0
 
 
-def quantize_adapters(reflex: nn.Module, recipe: Recipe, group_size: int = ADAPTER_GROUP_SIZE) -> dict | None:
+def quantize_adapters(
+    reflex: nn.Module, recipe: Recipe, group_size: int = ADAPTER_GROUP_SIZE, within=None
+) -> dict | None:
     """The Reflex modules in the recipe's dtype, their linear layers quantized if
-    asked; returns what the loader needs to rebuild them (None when float)."""
+    asked; returns what the loader needs to rebuild them (None when float).
+    within(path) -> bool limits it to a part of the modules (a converter streams
+    them a part at a time); the refusal when no layer fits looks at them all."""
+    within = within or (lambda path: True)
     dtype = getattr(mx, recipe.adapter_dtype)
-    reflex.apply(lambda p: p.astype(dtype) if mx.issubdtype(p.dtype, mx.floating) else p)
+    cast = [
+        (name, p.astype(dtype))
+        for name, p in tree_flatten(reflex.parameters())
+        if within(name) and mx.issubdtype(p.dtype, mx.floating) and p.dtype != dtype
+    ]
+    if cast:
+        reflex.load_weights(cast, strict=False)
     if not recipe.adapter_bits:
         return None
     fits = _adapter_linear(group_size)
-    if not any(fits(path, m) for path, m in reflex.named_modules()):
+    if not any(fits(path, m) or isinstance(m, nn.QuantizedLinear) for path, m in reflex.named_modules()):
         raise ValueError(f"no adapter layer's input width is a multiple of the group size {group_size}")
-    nn.quantize(reflex, group_size=group_size, bits=recipe.adapter_bits, class_predicate=fits)
+    predicate = lambda path, module: within(path) and fits(path, module)  # noqa: E731
+    nn.quantize(reflex, group_size=group_size, bits=recipe.adapter_bits, class_predicate=predicate)
     return {"bits": recipe.adapter_bits, "group_size": group_size}
 
 
