@@ -272,8 +272,9 @@ def convert(args, rest: list[str]) -> None:
 
 
 def _timed_child(argv: list[str]) -> dict:
-    """Run one conversion in its own process: its wall time and peak resident set
-    (the kernel's own count for that child, from wait4)."""
+    """Run one conversion in its own process: its wall time, CPU time (user + system:
+    what a busy machine's other work does not inflate) and peak resident set (the
+    kernel's own counts for that child, from wait4)."""
     import os
 
     started = time.time()
@@ -286,7 +287,13 @@ def _timed_child(argv: list[str]) -> dict:
         sys.stderr.write(stderr[-3000:])
         raise SystemExit(f"failed ({proc.returncode}): {' '.join(argv)}")
     peak = usage.ru_maxrss if sys.platform == "darwin" else usage.ru_maxrss * 1024
-    return {"command": argv, "seconds": round(seconds, 1), "peak_rss_bytes": int(peak)}
+    cpu = usage.ru_utime + usage.ru_stime
+    return {
+        "command": argv,
+        "seconds": round(seconds, 1),
+        "cpu_seconds": round(cpu, 1),
+        "peak_rss_bytes": int(peak),
+    }
 
 
 def compare(args, rest: list[str]) -> None:
@@ -321,6 +328,7 @@ def compare(args, rest: list[str]) -> None:
         "peak_ratio": round(ours["peak_rss_bytes"] / theirs["peak_rss_bytes"], 3),
         "peak_excess_gib": round((ours["peak_rss_bytes"] - theirs["peak_rss_bytes"]) / 2**30, 2),
         "time_ratio": round(ours["seconds"] / theirs["seconds"], 3),
+        "cpu_time_ratio": round(ours["cpu_seconds"] / theirs["cpu_seconds"], 3),
         "machine": _machine(),
         "bench_command": "python -m bench.release_conversion " + shlex.join(sys.argv[1:]),
     }
@@ -332,18 +340,21 @@ def compare(args, rest: list[str]) -> None:
         "Each conversion ran in its own process, one after the other; peak is the process's "
         "peak resident set (wait4's ru_maxrss).",
         "",
-        "| conversion | time s | peak process GiB | output GiB |",
-        "|---|---|---|---|",
+        "| conversion | wall time s | CPU time s | peak process GiB | output GiB |",
+        "|---|---|---|---|---|",
     ]
     for name, r in rows.items():
         lines.append(
-            f"| {name}: `{r['command']}` | {r['seconds']:.0f} | {_gib(r['peak_rss_bytes'])} "
+            f"| {name}: `{r['command']}` | {r['seconds']:.0f} | {r['cpu_seconds']:.0f} "
+            f"| {_gib(r['peak_rss_bytes'])} "
             f"| {_gib(r['output_bytes'])} |"
         )
     lines += [
         "",
         f"Peak: reflex-mlx / mlx-lm = {result['peak_ratio']:.2f} "
-        f"({result['peak_excess_gib']:+.2f} GiB); time: reflex-mlx / mlx-lm = {result['time_ratio']:.2f}.",
+        f"({result['peak_excess_gib']:+.2f} GiB); "
+        f"wall time: reflex-mlx / mlx-lm = {result['time_ratio']:.2f}; "
+        f"CPU time: {result['cpu_time_ratio']:.2f}.",
         "",
         f"Machine: {result['machine']}.",
         "",
