@@ -77,6 +77,8 @@ def convert_checkpoint(
     verify_tasks: int | None = None,
     command: str | None = None,
     sets_backbone: bool = True,
+    fit: int | None = None,
+    calibration_data: Path | None = None,
 ) -> Path:
     """Convert, optionally verify against the unquantized source, and write `out`.
 
@@ -85,7 +87,9 @@ def convert_checkpoint(
     the unquantized source is at hand. text_head False drops an untied lm_head
     (Reflex never reads it; the demo's text mode needs it). sets_backbone: the
     recipe names the backbone's precision (refused for an mlx-lm quantized one);
-    False when only its adapter side was asked for.
+    False when only its adapter side was asked for. fit: a Mac's memory in GB: the
+    best measured recipe that fits it is chosen (convert/recipes.py), calibrated on
+    `calibration_data` (default: the corpus find_corpus finds) when it needs to be.
     """
     import mlx.core as mx
     from mlx.utils import tree_flatten
@@ -124,7 +128,13 @@ def convert_checkpoint(
         model, bconfig, kind, has_lm_head = load_backbone(source_dir, lazy=True)
     except BackboneError as err:
         raise ConvertError(str(err)) from None
+    fitted, calibration = None, None
     if kind == MLX_QUANTIZED:
+        if fit is not None:
+            raise ConvertError(
+                "--fit chooses the backbone's precision, and this backbone is already quantized "
+                "by mlx-lm: drop --fit, or give its unquantized source"
+            )
         if recipe is not None and sets_backbone:
             q = bconfig["quantization"]
             raise ConvertError(
@@ -135,9 +145,14 @@ def convert_checkpoint(
         recipe = recipe or DEFAULT_RECIPE
         say(f"backbone: {source} is already mlx-lm quantized; used as it is")
     else:
+        if fit is not None:
+            fitted = _fit(fit, bconfig, args, text_head, calibration_data)
+            recipe, text_head, calibration = fitted.entry.recipe, fitted.text_head, fitted.entry.calibration
+            max_resident_gb = fitted.working_set / 1e9
+            say(fitted.line())
         recipe = recipe or DEFAULT_RECIPE
-        try:
-            quantization = quantize_backbone(model, recipe)
+        try:  # a calibrated recipe is quantized by its method, once the Reflex modules are loaded
+            quantization = quantize_backbone(model, recipe) if calibration is None else {}
         except ValueError as err:
             raise ConvertError(f"the recipe does not fit the backbone: {first_line(err)}") from None
         bconfig.pop("quantization_config", None)
@@ -168,10 +183,22 @@ def convert_checkpoint(
     except ValueError as err:
         raise ConvertError(f"the checkpoint does not fit the Reflex modules: {first_line(err)}") from None
     del weights
-    try:
-        adapter_quantization = quantize_adapters(reflex, recipe)
-    except ValueError as err:
-        raise ConvertError(f"the recipe does not fit the adapters: {first_line(err)}") from None
+    if calibration is not None:
+        from .recipes import RecipeError, calibrate
+
+        try:
+            quantization, adapter_quantization = calibrate(
+                calibration, model, reflex, recipe, fitted.corpus, progress=not quiet
+            )
+        except RecipeError as err:
+            raise ConvertError(str(err)) from None
+        if quantization:
+            bconfig["quantization"] = quantization
+    else:
+        try:
+            adapter_quantization = quantize_adapters(reflex, recipe)
+        except ValueError as err:
+            raise ConvertError(f"the recipe does not fit the adapters: {first_line(err)}") from None
 
     resident = resident_bytes(model, reflex)
     from reflex_mlx.model import ReflexModel
@@ -190,12 +217,19 @@ def convert_checkpoint(
         )
     if verify is None:  # on where the source is at hand and MLX can run the result at speed
         quantized = recipe.quantizes_backbone or bool(recipe.adapter_bits)
-        verify = kind != MLX_QUANTIZED and (not quantized or mx.is_available(mx.gpu))
-        if kind != MLX_QUANTIZED and not verify:
-            say(
-                "verify skipped: MLX has no GPU here and its quantized matmul is very slow "
-                "on the CPU (--verify to run it)"
-            )
+        why = None
+        if kind != MLX_QUANTIZED and not mx.is_available(mx.gpu):
+            from .verify import fits_in_half
+
+            if quantized:
+                why = "its quantized matmul is very slow on the CPU"
+            elif not fits_in_half(
+                4 * sum(v.size for _, v in tree_flatten([model.parameters(), reflex.parameters()]))
+            ):
+                why = "the float32 copy it verifies in would not fit in half of this machine's memory"
+        verify = kind != MLX_QUANTIZED and why is None
+        if why:
+            say(f"verify skipped: MLX has no GPU here and {why} (--verify to run it)")
     if verify and kind == MLX_QUANTIZED:
         raise ConvertError("--verify needs the unquantized source; this backbone is already quantized")
 
@@ -237,6 +271,7 @@ def convert_checkpoint(
                 "adapter_dtype": recipe.adapter_dtype,
                 "adapter_bits": recipe.adapter_bits,
             },
+            **({"fit": fitted.record()} if fitted else {}),
             "text_head": has_lm_head,
             "memory": {
                 "resident_bytes": resident,
@@ -247,6 +282,8 @@ def convert_checkpoint(
             "source_backbone": _as_source(source),
             "command": command,
         }
+        if calibration is not None:
+            model_config["recipe"]["calibration"] = calibration
         _write_config(tmp, model_config)
         _seal(tmp)  # before verify loads it: the folder it checks is the one written
         if verify:
@@ -277,6 +314,19 @@ def convert_checkpoint(
 
         upload(out, upload_repo)
     return out
+
+
+def _fit(mac_gb: int, bconfig: dict, args: ReflexArgs, text_head: bool, calibration_data: Path | None):
+    """The measured recipe for a `mac_gb` Mac at this checkpoint's shape (convert/recipes.py)."""
+    from reflex_core.corpus import find_corpus
+
+    from .recipes import RecipeError, choose
+
+    corpus = calibration_data if calibration_data is not None else find_corpus()
+    try:
+        return choose(mac_gb, bconfig, args, text_head=text_head, corpus=corpus)
+    except RecipeError as err:
+        raise ConvertError(str(err)) from None
 
 
 def _seal(folder: Path) -> None:
@@ -419,6 +469,18 @@ def _recipe(bits, group_size, mixed, no_quantize, dtype, backbone_dtype, adapter
     )
 
 
+def _mac_size(ctx, param, value):
+    """--fit's value as a Mac's memory in GB, or one line saying which sizes are."""
+    if value is None:
+        return None
+    from .recipes import parse_mac
+
+    try:
+        return parse_mac(value)
+    except ValueError as err:
+        raise click.BadParameter(str(err)) from None
+
+
 @click.command(help="Convert reflex.pt and its backbone into an MLX model directory.")
 @click.option(
     "--checkpoint",
@@ -498,6 +560,21 @@ def _recipe(bits, group_size, mixed, no_quantize, dtype, backbone_dtype, adapter
     is_flag=True,
     help="Drop the backbone's untied lm_head (Reflex never reads it; the demo's text mode does).",
 )
+@click.option(
+    "--fit",
+    default=None,
+    metavar="SIZE",
+    callback=_mac_size,
+    help="A Mac's memory (8GB, 16GB, 24GB, ...): the best measured recipe whose model fits "
+    "its working set, chosen and explained (docs/conversion.md). Replaces the recipe options.",
+)
+@click.option(
+    "--calibration-data",
+    default=None,
+    metavar="DIR",
+    help="The training corpus a calibrated --fit recipe calibrates on "
+    "(default: $REFLEX_CORPUS, or the checkout's shared/corpus).",
+)
 @click.option("--upload-repo", default=None, help="Publish the model folder to this hub repo (OWNER/NAME).")
 def main(
     checkpoint,
@@ -514,18 +591,43 @@ def main(
     verify_tasks,
     max_resident_gb,
     no_text_head,
+    fit,
+    calibration_data,
     upload_repo,
 ):
     import signal
 
     # SIGTERM cleans up like Ctrl-C: the half-written folder is removed on the way out.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    if fit is not None:
+        given = [
+            option
+            for option, value in (
+                ("--bits", bits),
+                ("--group-size", group_size),
+                ("--recipe", mixed),
+                ("--no-quantize", no_quantize),
+                ("--dtype", dtype),
+                ("--adapter-bits", adapter_bits),
+                ("--backbone-dtype", backbone_dtype),
+                ("--max-resident-gb", max_resident_gb),
+            )
+            if value
+        ]
+        if given:
+            raise click.UsageError(f"--fit chooses the recipe and its memory limit: drop {', '.join(given)}")
+    elif calibration_data is not None:
+        raise click.UsageError("--calibration-data is read only by a calibrated recipe, which --fit chooses")
     recipe = _recipe(bits, group_size, mixed, no_quantize, dtype, backbone_dtype, adapter_bits)
     try:  # each name in one line before any work: a newline, ~nobody, a name the system refuses
         for value, what in ((checkpoint, "--checkpoint"), (backbone, "--backbone")):
             if value is not None:
                 user_path(value, what)
         out = user_path(out, "--out directory")
+        if calibration_data is not None:
+            calibration_data = user_path(calibration_data, "--calibration-data")
+            if not (calibration_data / "programs").is_dir():
+                raise ValueError(f"--calibration-data {calibration_data}: not a corpus (no programs/ folder)")
     except ValueError as err:
         raise click.ClickException(str(err)) from None
     if upload_repo is not None and upload_repo.count("/") != 1:
@@ -542,6 +644,8 @@ def main(
             upload_repo=upload_repo,
             verify_tasks=verify_tasks,
             sets_backbone=any((bits, group_size, mixed, no_quantize, backbone_dtype)),
+            fit=fit,
+            calibration_data=calibration_data,
             command="python -m convert " + shlex.join(sys.argv[1:]),
         )
     except (ConvertError, CheckpointError, OutputError, FileNotFoundError, OSError, ValueError) as err:
