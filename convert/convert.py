@@ -148,7 +148,6 @@ def convert_checkpoint(
         if fit is not None:
             fitted = _fit(fit, bconfig, args, text_head, calibration_data)
             recipe, text_head, calibration = fitted.entry.recipe, fitted.text_head, fitted.entry.calibration
-            max_resident_gb = fitted.working_set / 1e9
             say(fitted.line())
         recipe = recipe or DEFAULT_RECIPE
         try:  # a calibrated recipe is quantized by its method, once the Reflex modules are loaded
@@ -210,26 +209,23 @@ def convert_checkpoint(
         f"resident ≈ {human_bytes(resident)}, reads {human_bytes(per_cycle)} per cycle, "
         f"{bits:.2f} bits per backbone weight ({backbone_name} backbone, {recipe.adapter_name} adapters)"
     )
+    if fitted is not None and resident > fitted.working_set:  # a calibration that grew the model
+        raise ConvertError(
+            f"the chosen recipe came to ≈ {resident / 1e9:.2f} GB resident, more than the "
+            f"{fitted.working_set / 1e9:.2f} GB working set of a {fit} GB Mac"
+        )
     if max_resident_gb is not None and resident > max_resident_gb * 1e9:
         raise ConvertError(
             f"this recipe needs ≈ {resident / 1e9:.2f} GB resident, more than --max-resident-gb "
             f"{max_resident_gb:g}: choose fewer bits (e.g. --bits 4 --adapter-bits 4)"
         )
-    if verify is None:  # on where the source is at hand and MLX can run the result at speed
-        quantized = recipe.quantizes_backbone or bool(recipe.adapter_bits)
-        why = None
-        if kind != MLX_QUANTIZED and not mx.is_available(mx.gpu):
-            from .verify import fits_in_half
-
-            if quantized:
-                why = "its quantized matmul is very slow on the CPU"
-            elif not fits_in_half(
-                4 * sum(v.size for _, v in tree_flatten([model.parameters(), reflex.parameters()]))
-            ):
-                why = "the float32 copy it verifies in would not fit in half of this machine's memory"
-        verify = kind != MLX_QUANTIZED and why is None
-        if why:
-            say(f"verify skipped: MLX has no GPU here and {why} (--verify to run it)")
+    if verify is None:  # on where the source is at hand and MLX has a GPU to run both sides at speed
+        verify = kind != MLX_QUANTIZED and mx.is_available(mx.gpu)
+        if kind != MLX_QUANTIZED and not verify:
+            say(
+                "verify skipped: MLX has no GPU here, and on the CPU the 41-task check takes many "
+                "minutes even for reflex-tiny (--verify to run it, --verify-tasks N for a quicker one)"
+            )
     if verify and kind == MLX_QUANTIZED:
         raise ConvertError("--verify needs the unquantized source; this backbone is already quantized")
 

@@ -15,14 +15,6 @@ the source's own outcome on that task needs the source to drive it: that is
 done when the whole float32 source fits in half the machine's memory, and
 reported as unknown otherwise.
 
-Without a GPU, MLX computes float16 and bfloat16 by emulation on the CPU,
-tens of times slower than float32 (a float16 reflex-tiny took 19 minutes to
-verify on a busy 2-core machine). There the converted model's float16/bfloat16
-arrays are upcast to float32 for the run (exactly: every such value is a
-float32 value), so the check is of the values the conversion stored, computed
-as the source is; the report says so (`converted_compute`). Float16 arithmetic
-itself is checked where the model will run, on a GPU.
-
 The report goes into the model's config.json (`fidelity`) and its model
 card; `reflex-mlx info MODEL` prints it.
 """
@@ -75,7 +67,7 @@ def verify_conversion(
     started = time.perf_counter()
     table = load_tasks()[:tasks] if tasks else load_tasks()
     try:
-        runs, config, compute = drive_converted(model_dir, table, max_cycles)
+        runs, config = drive_converted(model_dir, table, max_cycles)
         mx.clear_cache()
         mx.reset_peak_memory()
         source = StreamedSource(source_dir, checkpoint_path, config)
@@ -120,7 +112,6 @@ def verify_conversion(
             for i, (run, s) in enumerate(zip(runs, same))
         ],
         "source": "unquantized backbone + float32 adapters, computed in float32, streamed layer by layer",
-        "converted_compute": compute,
         "peak_memory_bytes": int(stream_peak),
         "process_peak_rss_bytes": peak_rss(),
         "seconds": round(time.perf_counter() - started, 1),
@@ -128,20 +119,13 @@ def verify_conversion(
     }
 
 
-CPU_UPCAST = "its float16/bfloat16 weights computed in float32 on the CPU (MLX emulates float16 there)"
-
-
-def drive_converted(model_dir: Path, table: list[Task], max_cycles: int) -> tuple[list[Run], dict, str]:
-    """Run every task with the converted model (its fast path), recording each state
-    and word; also how the converted side was computed (see the module doc)."""
+def drive_converted(model_dir: Path, table: list[Task], max_cycles: int) -> tuple[list[Run], dict]:
+    """Run every task with the converted model (its fast path), recording each state and word."""
     from reflex_core.predict import BatchPredictor
     from reflex_mlx.fast import FastReflex
     from reflex_mlx.load import load_model
 
     model, tokenizer, config = load_model(model_dir)
-    compute = "as stored"
-    if not mx.is_available(mx.gpu) and upcast_half(model):
-        compute = CPU_UPCAST
     tasks = [task for task in table for _ in range(task.repeat)]
     predict = BatchPredictor(FastReflex(model, fuse=True), tokenizer, [t.prompt for t in tasks], config)
     runs = [Run(task, list(tokens.ids)) for task, tokens in zip(tasks, predict.tokens)]
@@ -156,18 +140,7 @@ def drive_converted(model_dir: Path, table: list[Task], max_cycles: int) -> tupl
     results = run_many(recorded, len(runs), max_cycles=max_cycles, with_indices=True)
     for run, result in zip(runs, results):
         run.passed = check(result, run.task.check, run.task.expected)
-    return runs, config, compute
-
-
-def upcast_half(model) -> bool:
-    """float16 and bfloat16 arrays (weights, quantization scales) cast to float32 in
-    place, exactly; whether there were any."""
-    half = (mx.float16, mx.bfloat16)
-    if not any(p.dtype in half for _, p in tree_flatten(model.parameters())):
-        return False
-    model.update(tree_map(lambda p: p.astype(mx.float32) if p.dtype in half else p, model.parameters()))
-    mx.eval(model.parameters())
-    return True
+    return runs, config
 
 
 def _to_float32(module) -> None:
@@ -176,12 +149,6 @@ def _to_float32(module) -> None:
 
 def _free(module) -> None:
     module.update(tree_map(lambda p: mx.array([], dtype=p.dtype), module.parameters()))
-
-
-def fits_in_half(size: int) -> bool:
-    """Whether `size` bytes fit in half of this machine's memory (MLX's figure where it has one)."""
-    total = mx.device_info().get("memory_size") or os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return size <= total // 2
 
 
 class StreamedSource:
@@ -299,7 +266,10 @@ class StreamedSource:
 
     def fits_whole(self) -> bool:
         """Whether the float32 source fits in half of this machine's memory."""
-        return fits_in_half(self.source_bytes)
+        total = mx.device_info().get("memory_size") or os.sysconf("SC_PAGE_SIZE") * os.sysconf(
+            "SC_PHYS_PAGES"
+        )
+        return self.source_bytes <= total // 2
 
     def drive(self, runs: list[Run], max_cycles: int) -> list[bool]:
         """The source drives these tasks itself (whole, float32): whether each passes."""

@@ -20,12 +20,10 @@ def summary_line(report: dict) -> str:
             f"same pass set: {'yes' if report['same_pass_set'] else 'no'} (converted "
             f"{report['converted_passed']}/{runs}, source {report['source_passed']}/{runs})"
         )
-    upcast = report.get("converted_compute", "as stored") != "as stored"
-    how = "; converted weights computed in float32 (no GPU: MLX emulates float16 on the CPU)"
     return (
         f"fidelity: same word on {report['same_word']}/{report['cycles']} cycles ({share:.2f} %), "
         f"{report['runs_identical']}/{report['runs']} runs identical, {passes}; "
-        f"verify peak {human_bytes(report['peak_memory_bytes'])}" + (how if upcast else "")
+        f"verify peak {human_bytes(report['peak_memory_bytes'])}"
     )
 
 
