@@ -5,9 +5,10 @@ against the weights the folder stores, and what the text side adds.
 
 In this process: the model is loaded as `reflex-mlx run` loads it (the MLX
 backend: fast path compiled, the text writer ready), one prompt runs for
---cycles cycles, then the demo's text side writes --text-tokens tokens. After
-each step: MLX's active memory (arrays alive), its peak, and the process's
-resident set (VmRSS; Python, MLX and the tokenizer included). The folder's
+--cycles cycles (0: none; a quantized model is very slow on a Linux CPU), the
+demo's text side reads what it needs (its whole mlx-lm model), then writes
+--text-tokens tokens (0: none). After each step: MLX's active memory (arrays
+alive), its peak, and the process's resident set (VmRSS; Python, MLX and the tokenizer included). The folder's
 weights are counted from the safetensors headers, the untied text head
 (`lm_head.*`) apart.
 """
@@ -70,20 +71,24 @@ def measure(model_dir: Path, cycles: int, text_tokens: int) -> dict:
     loaded = MLXBackend().load(model_dir)
     row["load_s"] = round(time.time() - started, 1)
     snapshot("after_load")
-    predictor = Predictor(loaded.runner, loaded.tokenizer, PROMPT, loaded.config)
-    program = ProgramRun(cycles)
-    started = time.time()
-    while not program.finished:
-        program.feed(predictor(program.state()))
-    row["run_s"] = round(time.time() - started, 1)
-    row["cycles"] = len(program.cycles)
-    snapshot("after_run")
-    if loaded.text_writer is not None and text_tokens:
-        loaded.text_writer.max_tokens = text_tokens
+    if cycles:
+        predictor = Predictor(loaded.runner, loaded.tokenizer, PROMPT, loaded.config)
+        program = ProgramRun(cycles)
         started = time.time()
-        row["text"] = "".join(loaded.text_writer(text_messages(PROMPT)))
-        row["text_s"] = round(time.time() - started, 1)
-        snapshot("after_text")
+        while not program.finished:
+            program.feed(predictor(program.state()))
+        row["run_s"] = round(time.time() - started, 1)
+        row["cycles"] = len(program.cycles)
+        snapshot("after_run")
+    if loaded.text_writer is not None:
+        mx.eval(loaded.text_writer.language_model.parameters())  # what writing text reads first
+        snapshot("after_text_head")
+        if text_tokens:
+            loaded.text_writer.max_tokens = text_tokens
+            started = time.time()
+            row["text"] = "".join(loaded.text_writer(text_messages(PROMPT)))
+            row["text_s"] = round(time.time() - started, 1)
+            snapshot("after_text")
     row["device"] = str(mx.default_device())
     return row
 
@@ -98,7 +103,7 @@ def markdown(row: dict) -> str:
         "| after | MLX active GiB | MLX peak GiB | process RSS GiB |",
         "|---|---|---|---|",
     ]
-    for stage in ("after_load", "after_run", "after_text"):
+    for stage in ("after_load", "after_run", "after_text_head", "after_text"):
         if stage in row:
             s = row[stage]
             lines.append(

@@ -537,7 +537,7 @@ def _mac_size(ctx, param, value):
     "--verify/--no-verify",
     default=None,
     help="Compare the conversion with its unquantized source on the 41 eval prompts "
-    "(default: on when the source is unquantized).",
+    "(default: on when the source is unquantized and MLX has a GPU).",
 )
 @click.option(
     "--verify-tasks",
