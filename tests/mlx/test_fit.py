@@ -146,3 +146,4 @@ def test_a_fit_conversion_records_its_choice(fixture_dir, tmp_path):
     assert config["recipe"] == DEFAULT_RECIPE.describe()
     assert fit["reason"].startswith("--fit 8GB: 8-bit g64 backbone + 8-bit adapters")
     assert fit["reason"] in proc.stderr and fit["resident_bytes"] == config["memory"]["resident_bytes"]
+    assert f"- Chosen for the Mac it fits: {fit['reason']}" in (out / "README.md").read_text()
