@@ -92,9 +92,10 @@ tiny-mlx: setup
 # Download the released reflex.pt + Qwen2.5-Coder-7B-Instruct (bf16, 15 GB) and write the
 # default recipe (8-bit backbone and adapter linears, docs/precision.md) to
 # ~/.cache/reflex-mlx/reflex-coder7b-mlx, verified against the source where MLX has a GPU.
-# Pass options with CONVERT_ARGS (README: "The released 7B on a Mac").
+# Pass options with CONVERT_ARGS (README: "The released 7B on a Mac"); MAC=8GB (16GB, 24GB...)
+# picks the best measured recipe that fits that Mac instead (python -m convert --fit).
 convert: setup
-	$(PY) -m convert $(CONVERT_ARGS)
+	$(PY) -m convert $(if $(MAC),--fit $(MAC)) $(CONVERT_ARGS)
 
 # The fast way: mlx-community's 4-bit backbone (4.3 GB) used as it is, plus reflex.pt.
 convert-fast: setup

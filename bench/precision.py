@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import re
 import time
 from pathlib import Path
 
@@ -48,31 +47,12 @@ ADAPTERS = ("float32", "bfloat16", "float16", "8bit", "4bit")
 
 def parse_recipe(spec: str):
     """BACKBONE/ADAPTERS -> a reflex_mlx.quantize.Recipe (quantized backbones on float16 scales)."""
-    from reflex_core.spec import FLOAT_DTYPES
-    from reflex_mlx.quantize import Recipe
+    from reflex_mlx.quantize import parse_recipe
 
-    backbone, _, adapters = spec.partition("/")
-    adapters = adapters or "float32"
-    kw: dict = {}
-    if backbone in FLOAT_DTYPES:
-        kw["backbone_dtype"] = backbone
-    elif m := re.fullmatch(r"(\d)bit-g(\d+)", backbone):
-        kw.update(bits=int(m[1]), group_size=int(m[2]))
-    elif m := re.fullmatch(r"(mixed_\d_\d)-g(\d+)", backbone):
-        kw.update(mixed=m[1], group_size=int(m[2]))
-    else:
-        raise ValueError(f"unknown backbone precision {backbone!r}")
-    if adapters in FLOAT_DTYPES:
-        kw["adapter_dtype"] = adapters
-    elif m := re.fullmatch(r"(\d)bit", adapters):
-        kw["adapter_bits"] = int(m[1])
-    else:
-        raise ValueError(f"unknown adapter precision {adapters!r}")
-    return Recipe(**kw)
+    return parse_recipe(spec)
 
 
 SAME_WORD_FLOOR = 0.995
-MAC_8GB_WORKING_SET = 5.3e9  # bytes: an 8 GB Mac's recommended working set
 
 
 def choose_default(report: dict, floor: float = SAME_WORD_FLOOR) -> str:
@@ -86,13 +66,6 @@ def choose_default(report: dict, floor: float = SAME_WORD_FLOOR) -> str:
         and row["free_running"]["same_pass"] == row["free_running"]["runs"]
     ]
     return min(kept, key=lambda row: row["release"]["resident_bytes"])["recipe"]
-
-
-def choose_small(report: dict, limit: float = MAC_8GB_WORKING_SET) -> str:
-    """The recipe for an 8 GB Mac: the best same-word agreement among those whose
-    released-shape model fits its recommended working set."""
-    fits = [row for row in report["rows"] if row["release"]["resident_bytes"] <= limit]
-    return max(fits, key=lambda row: (row["lockstep"]["rate"], -row["release"]["resident_bytes"]))["recipe"]
 
 
 def all_recipes() -> list[str]:

@@ -11,7 +11,7 @@ AdamW, clipping) on random 80-token prompts, and its peak is MLX's own
 
 The Mac table is a projection: the measured peak against a Mac's GPU working
 set, taken as 2/3 of its memory up to 32 GB and 3/4 above (macOS's usual
-recommended working set; an 8 GB Mac reports about 5.3 GB, reflex_mlx/quantize.py).
+recommended working set; reflex_core.spec.mac_working_set).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import mlx.core as mx
 import numpy as np
 
 from reflex_core.shapes import RELEASE, SHAPES, decoder_config
-from reflex_core.spec import ADAPTER_HEADS, ReflexArgs, adapter_layers
+from reflex_core.spec import ADAPTER_HEADS, ReflexArgs, adapter_layers, mac_working_set
 from reflex_core.timing import human_bytes
 from reflex_core.training import Batch
 
@@ -42,10 +42,6 @@ CONFIGS = (  # (mode, adapter bits, batch)
     ("lora", 8, 1),
     ("lora", 8, 4),
 )
-
-
-def working_set_gb(mac_gb: int) -> float:
-    return mac_gb * (2 / 3 if mac_gb <= 32 else 3 / 4)
 
 
 def build_backbone(shape):
@@ -149,7 +145,7 @@ def main(argv=None) -> dict:
         if "error" in r:
             lines.append(f"| {r['mode']} | {r['adapters']} | {r['batch']} | error: {r['error']} |")
             continue
-        fits = ["yes" if r["peak_bytes"] <= working_set_gb(gb) * 1e9 else "no" for gb in MAC_SIZES_GB]
+        fits = ["yes" if r["peak_bytes"] <= mac_working_set(gb) else "no" for gb in MAC_SIZES_GB]
         lines.append(
             f"| {r['mode']} | {r['adapters']} | {r['batch']} | {r['trainable_params'] / 1e6:.1f}M | "
             f"{human_bytes(r['resident_bytes'])} | {human_bytes(r['peak_bytes'])} | {r['step_s']:.3f} | "

@@ -99,6 +99,8 @@ def card_text(config: dict, repo: str | None, name: str) -> str:
             f"- Memory: about {human_bytes(memory['resident_bytes'])} resident; "
             f"{human_bytes(memory['bytes_per_cycle'])} of weights read per cycle",
         ]
+    if isinstance(config.get("fit"), dict) and isinstance(config["fit"].get("reason"), str):
+        lines.append(f"- Chosen for the Mac it fits: {config['fit']['reason']}")
     lines += ["", "## Fidelity", ""]
     fidelity = config.get("fidelity")
     if fidelity:

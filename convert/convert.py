@@ -55,6 +55,7 @@ from reflex_core.spec import (
     reflex_config,
 )
 from reflex_core.timing import human_bytes
+from reflex_core.training import HELDOUT_FILE
 
 from .checkpoint import CheckpointError, read_checkpoint
 
@@ -77,6 +78,8 @@ def convert_checkpoint(
     verify_tasks: int | None = None,
     command: str | None = None,
     sets_backbone: bool = True,
+    fit: int | None = None,
+    calibration_data: Path | None = None,
 ) -> Path:
     """Convert, optionally verify against the unquantized source, and write `out`.
 
@@ -85,7 +88,9 @@ def convert_checkpoint(
     the unquantized source is at hand. text_head False drops an untied lm_head
     (Reflex never reads it; the demo's text mode needs it). sets_backbone: the
     recipe names the backbone's precision (refused for an mlx-lm quantized one);
-    False when only its adapter side was asked for.
+    False when only its adapter side was asked for. fit: a Mac's memory in GB: the
+    best measured recipe that fits it is chosen (convert/recipes.py), calibrated on
+    `calibration_data` (default: the corpus find_corpus finds) when it needs to be.
     """
     import mlx.core as mx
     from mlx.utils import tree_flatten
@@ -124,10 +129,13 @@ def convert_checkpoint(
         model, bconfig, kind, has_lm_head = load_backbone(source_dir, lazy=True)
     except BackboneError as err:
         raise ConvertError(str(err)) from None
-    # Here the float model is at hand, nothing yet evaluated: the backbone `model`
-    # (lazy, as stored) and the checkpoint `ckpt` (the Reflex weights, readable a
-    # tensor at a time). A step that needs both before quantization goes here.
+    fitted, calibration = None, None
     if kind == MLX_QUANTIZED:
+        if fit is not None:
+            raise ConvertError(
+                "--fit chooses the backbone's precision, and this backbone is already quantized "
+                "by mlx-lm: drop --fit, or give its unquantized source"
+            )
         if recipe is not None and sets_backbone:
             q = bconfig["quantization"]
             raise ConvertError(
@@ -138,9 +146,13 @@ def convert_checkpoint(
         recipe = recipe or DEFAULT_RECIPE
         say(f"backbone: {source} is already mlx-lm quantized; used as it is")
     else:
+        if fit is not None:
+            fitted = _fit(fit, bconfig, args, text_head, calibration_data)
+            recipe, text_head, calibration = fitted.entry.recipe, fitted.text_head, fitted.entry.calibration
+            say(fitted.line())
         recipe = recipe or DEFAULT_RECIPE
-        try:
-            quantization = quantize_backbone(model, recipe)
+        try:  # a calibrated recipe is quantized by its method, once the Reflex modules are loaded
+            quantization = quantize_backbone(model, recipe) if calibration is None else {}
         except ValueError as err:
             raise ConvertError(f"the recipe does not fit the backbone: {first_line(err)}") from None
         bconfig.pop("quantization_config", None)
@@ -171,6 +183,27 @@ def convert_checkpoint(
         adapter_quantization = quantize_adapters(shaped, recipe)
     except ValueError as err:
         raise ConvertError(f"the recipe does not fit the adapters: {first_line(err)}") from None
+    calibrated = None  # a calibration needs the float Reflex modules whole, beside the backbone
+    if calibration is not None:
+        from .recipes import RecipeError, calibrate
+
+        calibrated = _stream_reflex(ckpt, args, None)
+        try:
+            quantization, adapter_quantization, calibration_record = calibrate(
+                calibration,
+                model,
+                calibrated,
+                recipe,
+                fitted.corpus,
+                progress=not quiet,
+                tokenizer=tokenizer,
+                config=config,
+                heldout=checkpoint_path.parent / HELDOUT_FILE,
+            )
+        except RecipeError as err:
+            raise ConvertError(str(err)) from None
+        if quantization:
+            bconfig["quantization"] = quantization
 
     resident = resident_bytes(model, shaped)
     from reflex_mlx.model import ReflexModel
@@ -183,18 +216,22 @@ def convert_checkpoint(
         f"resident ≈ {human_bytes(resident)}, reads {human_bytes(per_cycle)} per cycle, "
         f"{bits:.2f} bits per backbone weight ({backbone_name} backbone, {recipe.adapter_name} adapters)"
     )
+    if fitted is not None and resident > fitted.working_set:  # a calibration that grew the model
+        raise ConvertError(
+            f"the chosen recipe came to ≈ {resident / 1e9:.2f} GB resident, more than the "
+            f"{fitted.working_set / 1e9:.2f} GB working set of a {fit} GB Mac"
+        )
     if max_resident_gb is not None and resident > max_resident_gb * 1e9:
         raise ConvertError(
             f"this recipe needs ≈ {resident / 1e9:.2f} GB resident, more than --max-resident-gb "
             f"{max_resident_gb:g}: choose fewer bits (e.g. --bits 4 --adapter-bits 4)"
         )
-    if verify is None:  # on where the source is at hand and MLX can run the result at speed
-        quantized = recipe.quantizes_backbone or bool(recipe.adapter_bits)
-        verify = kind != MLX_QUANTIZED and (not quantized or mx.is_available(mx.gpu))
+    if verify is None:  # on where the source is at hand and MLX has a GPU to run both sides at speed
+        verify = kind != MLX_QUANTIZED and mx.is_available(mx.gpu)
         if kind != MLX_QUANTIZED and not verify:
             say(
-                "verify skipped: MLX has no GPU here and its quantized matmul is very slow "
-                "on the CPU (--verify to run it)"
+                "verify skipped: MLX has no GPU here, and on the CPU the 41-task check takes many "
+                "minutes even for reflex-tiny (--verify to run it, --verify-tasks N for a quicker one)"
             )
     if verify and kind == MLX_QUANTIZED:
         raise ConvertError("--verify needs the unquantized source; this backbone is already quantized")
@@ -206,7 +243,8 @@ def convert_checkpoint(
     try:
         # The adapter side first, a part at a time, written and freed; then the
         # backbone a tensor at a time, a shard written and freed at a time.
-        reflex = _stream_reflex(ckpt, args, recipe)
+        reflex = calibrated if calibrated is not None else _stream_reflex(ckpt, args, recipe)
+        calibrated = None
         ckpt.close()
         mx.save_safetensors(
             str(tmp / ADAPTERS_FILE),
@@ -242,6 +280,7 @@ def convert_checkpoint(
                 "adapter_dtype": recipe.adapter_dtype,
                 "adapter_bits": recipe.adapter_bits,
             },
+            **({"fit": fitted.record()} if fitted else {}),
             "text_head": has_lm_head,
             "memory": {
                 "resident_bytes": resident,
@@ -252,6 +291,8 @@ def convert_checkpoint(
             "source_backbone": _as_source(source),
             "command": command,
         }
+        if calibration is not None:
+            model_config["recipe"]["calibration"] = {"method": calibration, **calibration_record}
         _write_config(tmp, model_config)
         _seal(tmp)  # before verify loads it: the folder it checks is the one written
         if verify:
@@ -308,11 +349,25 @@ def _stream_reflex(ckpt, args: ReflexArgs, recipe):
         weights = Reflex.sanitize({n: mx.array(ckpt.state[n].numpy()) for n in names})
         reflex.load_weights(list(weights.items()), strict=False)
         del weights
-        quantize_adapters(reflex, recipe, within=within)
+        if recipe is not None:  # None: left float, as stored (a calibration quantizes later)
+            quantize_adapters(reflex, recipe, within=within)
         mx.eval([value for path, value in tree_flatten(reflex.parameters()) if within(path)])
         ckpt.release_pages()
         mx.clear_cache()
     return reflex
+
+
+def _fit(mac_gb: int, bconfig: dict, args: ReflexArgs, text_head: bool, calibration_data: Path | None):
+    """The measured recipe for a `mac_gb` Mac at this checkpoint's shape (convert/recipes.py)."""
+    from reflex_core.corpus import find_corpus
+
+    from .recipes import RecipeError, choose
+
+    corpus = calibration_data if calibration_data is not None else find_corpus()
+    try:
+        return choose(mac_gb, bconfig, args, text_head=text_head, corpus=corpus)
+    except RecipeError as err:
+        raise ConvertError(str(err)) from None
 
 
 def _seal(folder: Path) -> None:
@@ -455,6 +510,18 @@ def _recipe(bits, group_size, mixed, no_quantize, dtype, backbone_dtype, adapter
     )
 
 
+def _mac_size(ctx, param, value):
+    """--fit's value as a Mac's memory in GB, or one line saying which sizes are."""
+    if value is None:
+        return None
+    from .recipes import parse_mac
+
+    try:
+        return parse_mac(value)
+    except ValueError as err:
+        raise click.BadParameter(str(err)) from None
+
+
 @click.command(help="Convert reflex.pt and its backbone into an MLX model directory.")
 @click.option(
     "--checkpoint",
@@ -515,7 +582,7 @@ def _recipe(bits, group_size, mixed, no_quantize, dtype, backbone_dtype, adapter
     "--verify/--no-verify",
     default=None,
     help="Compare the conversion with its unquantized source on the 41 eval prompts "
-    "(default: on when the source is unquantized).",
+    "(default: on when the source is unquantized and MLX has a GPU).",
 )
 @click.option(
     "--verify-tasks",
@@ -534,6 +601,21 @@ def _recipe(bits, group_size, mixed, no_quantize, dtype, backbone_dtype, adapter
     is_flag=True,
     help="Drop the backbone's untied lm_head (Reflex never reads it; the demo's text mode does).",
 )
+@click.option(
+    "--fit",
+    default=None,
+    metavar="SIZE",
+    callback=_mac_size,
+    help="A Mac's memory (8GB, 16GB, 24GB, ...): the best measured recipe whose model fits "
+    "its working set, chosen and explained (docs/conversion.md). Replaces the recipe options.",
+)
+@click.option(
+    "--calibration-data",
+    default=None,
+    metavar="DIR",
+    help="The training corpus a calibrated --fit recipe calibrates on "
+    "(default: $REFLEX_CORPUS, or the checkout's shared/corpus).",
+)
 @click.option("--upload-repo", default=None, help="Publish the model folder to this hub repo (OWNER/NAME).")
 def main(
     checkpoint,
@@ -550,18 +632,43 @@ def main(
     verify_tasks,
     max_resident_gb,
     no_text_head,
+    fit,
+    calibration_data,
     upload_repo,
 ):
     import signal
 
     # SIGTERM cleans up like Ctrl-C: the half-written folder is removed on the way out.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    if fit is not None:
+        given = [
+            option
+            for option, value in (
+                ("--bits", bits),
+                ("--group-size", group_size),
+                ("--recipe", mixed),
+                ("--no-quantize", no_quantize),
+                ("--dtype", dtype),
+                ("--adapter-bits", adapter_bits),
+                ("--backbone-dtype", backbone_dtype),
+                ("--max-resident-gb", max_resident_gb),
+            )
+            if value
+        ]
+        if given:
+            raise click.UsageError(f"--fit chooses the recipe and its memory limit: drop {', '.join(given)}")
+    elif calibration_data is not None:
+        raise click.UsageError("--calibration-data is read only by a calibrated recipe, which --fit chooses")
     recipe = _recipe(bits, group_size, mixed, no_quantize, dtype, backbone_dtype, adapter_bits)
     try:  # each name in one line before any work: a newline, ~nobody, a name the system refuses
         for value, what in ((checkpoint, "--checkpoint"), (backbone, "--backbone")):
             if value is not None:
                 user_path(value, what)
         out = user_path(out, "--out directory")
+        if calibration_data is not None:
+            calibration_data = user_path(calibration_data, "--calibration-data")
+            if not (calibration_data / "programs").is_dir():
+                raise ValueError(f"--calibration-data {calibration_data}: not a corpus (no programs/ folder)")
     except ValueError as err:
         raise click.ClickException(str(err)) from None
     if upload_repo is not None and upload_repo.count("/") != 1:
@@ -578,6 +685,8 @@ def main(
             upload_repo=upload_repo,
             verify_tasks=verify_tasks,
             sets_backbone=any((bits, group_size, mixed, no_quantize, backbone_dtype)),
+            fit=fit,
+            calibration_data=calibration_data,
             command="python -m convert " + shlex.join(sys.argv[1:]),
         )
     except (ConvertError, CheckpointError, OutputError, FileNotFoundError, OSError, ValueError) as err:

@@ -230,6 +230,19 @@ QUANT_GROUP_SIZE = 64
 # and where `reflex-mlx run` looks for it before falling back to its own model.
 DEFAULT_RELEASE_DIR = "~/.cache/reflex-mlx/reflex-coder7b-mlx"
 
+# The memory sizes (GB) Apple Silicon Macs are sold with, and the GPU working set
+# macOS recommends on each (Metal's recommendedMaxWorkingSetSize): about 2/3 of the
+# memory up to 32 GB, 3/4 above. Counted in decimal GB (an 8 GB Mac: 5.33e9 bytes,
+# "about 5.3 GB"), a little under macOS's own figure, which is of binary GiB: the
+# difference is headroom for what a run holds beside its weights.
+MAC_MEMORY_GB = (8, 16, 18, 24, 32, 36, 48, 64, 96, 128, 192, 256, 512)
+
+
+def mac_working_set(memory_gb: int) -> float:
+    """Bytes of a `memory_gb` Mac's recommended working set (see MAC_MEMORY_GB)."""
+    return memory_gb * 1e9 * (2 / 3 if memory_gb <= 32 else 3 / 4)
+
+
 # What MLX's affine quantizer (mx.quantize, which mlx-lm calls) accepts: any other
 # bits or group size fails deep inside a matmul, or silently misreads the packed weights.
 QUANT_BITS = (2, 3, 4, 5, 6, 8)

@@ -82,10 +82,14 @@ def wire_model(size: int, device_info: dict) -> str | None:
     if size > WIRE_ABOVE:
         mx.set_wired_limit(recommended)
     if size > recommended:
+        from reflex_core.spec import MAC_MEMORY_GB
+
+        memory = round(device_info.get("memory_size", 0) / (1 << 30))
+        fit = f"{memory}GB" if memory in MAC_MEMORY_GB else "SIZE, this Mac's memory"
         return (
             f"the model holds {size / (1 << 30):.1f} GiB, more than this Mac's recommended working set "
-            f"({recommended / (1 << 30):.1f} GiB): expect it to be slow; convert it with fewer bits "
-            "(python -m convert --bits 4 --adapter-bits 4)"
+            f"({recommended / (1 << 30):.1f} GiB): expect it to be slow; convert it for this Mac "
+            f"(python -m convert --fit {fit})"
         )
     return None
 

@@ -43,7 +43,12 @@ def load_model(model_dir: str | Path) -> tuple[ReflexModel, object, dict]:
 
 def load_with_language_model(model_dir: str | Path) -> tuple[ReflexModel, object, dict, object]:
     """load_model's three, and mlx-lm's whole model (its decoder is the Reflex
-    model's, the same arrays), for writing text (reflex_mlx/text.py)."""
+    model's, the same arrays), for writing text (reflex_mlx/text.py).
+
+    Only what Reflex reads is read into memory: the decoder and the Reflex
+    modules. An untied text head (`lm_head`, 0.54 GiB of the released 7B at
+    8 bits) stays a lazy array of its safetensors file, read the first time
+    text is written (`TextWriter`)."""
     from mlx_lm.utils import load as load_backbone
 
     model_dir = Path(model_dir).expanduser()
@@ -53,7 +58,7 @@ def load_with_language_model(model_dir: str | Path) -> tuple[ReflexModel, object
         raise ModelError(str(err)) from None
     config, backbone_dir = folder.config, folder.backbone_dir
     try:
-        backbone, tokenizer = load_backbone(str(backbone_dir))
+        backbone, tokenizer = load_backbone(str(backbone_dir), lazy=True)
     except Exception as err:  # mlx-lm raises many kinds; the user needs one line
         raise ModelError(f"cannot load the backbone in {model_dir}: {first_line(err)}") from None
     try:

@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import contextlib
 import io
+import re
 from dataclasses import dataclass
 
 import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
-from reflex_core.spec import QUANT_GROUP_SIZES
+from reflex_core.spec import FLOAT_DTYPES, QUANT_GROUP_SIZES
 
 
 @dataclass(frozen=True)
@@ -68,15 +69,40 @@ class Recipe:
         }
 
 
+def parse_recipe(spec: str) -> Recipe:
+    """A recipe by its name in the precision table, BACKBONE/ADAPTERS: BACKBONE a float
+    dtype, NbitGROUP such as 8bit-g64, or mixed_4_6-g64; ADAPTERS a float dtype or Nbit
+    (their linear layers quantized). Quantized backbones keep float16 scales."""
+    backbone, _, adapters = spec.partition("/")
+    adapters = adapters or "float32"
+    kw: dict = {}
+    if backbone in FLOAT_DTYPES:
+        kw["backbone_dtype"] = backbone
+    elif m := re.fullmatch(r"(\d)bit-g(\d+)", backbone):
+        kw.update(bits=int(m[1]), group_size=int(m[2]))
+    elif m := re.fullmatch(r"(mixed_\d_\d)-g(\d+)", backbone):
+        kw.update(mixed=m[1], group_size=int(m[2]))
+    else:
+        raise ValueError(f"unknown backbone precision {backbone!r}")
+    if adapters in FLOAT_DTYPES:
+        kw["adapter_dtype"] = adapters
+    elif m := re.fullmatch(r"(\d)bit", adapters):
+        kw["adapter_bits"] = int(m[1])
+    else:
+        raise ValueError(f"unknown adapter precision {adapters!r}")
+    return Recipe(**kw)
+
+
 # The converter's defaults, chosen from reflex-smol's precision table
 # (docs/precision.md, docs/results/precision_reflex-smol.json) by its rule: the
 # smallest recipe whose same-word agreement is >= 99.5 % with the reference's
 # pass set (bench.precision.choose_default applies the rule; a test holds the two
 # together). For the released 7B shape: 8.70 GiB resident, fits a 16 GB Mac.
 DEFAULT_RECIPE = Recipe(bits=8, group_size=64, adapter_bits=8)
-# The recipe for an 8 GB Mac (<= 5.3 GB recommended working set): 4.64 GiB at the
-# 7B shape; 98.99 % same word on reflex-smol (36/41 runs identical).
-SMALL_RECIPE = Recipe(bits=4, group_size=64, adapter_bits=4)
+# What `python -m convert --fit 8GB` picks for the released 7B shape (convert/recipes.py,
+# held to it by a test): 4.76 GiB without the untied text head, within an 8 GB Mac's
+# 5.33 GB working set; 99.59 % same word on reflex-smol (35/41 runs identical).
+SMALL_RECIPE = Recipe(bits=4, group_size=32, adapter_bits=4)
 # mlx-lm's mixed-precision recipes (mlx_lm.convert.QUANT_RECIPES).
 MIXED_RECIPES = ("mixed_2_6", "mixed_3_4", "mixed_3_6", "mixed_4_6")
 BACKBONE_BITS = (3, 4, 5, 6, 8)

@@ -105,7 +105,8 @@ def test_memory_habits_of_a_mac():
     assert warning.startswith(
         "the model holds 8.7 GiB, more than this Mac's recommended working set (4.9 GiB)"
     )
-    assert "--bits 4 --adapter-bits 4" in warning
+    assert warning.endswith("(python -m convert --fit SIZE, this Mac's memory)")
+    assert wire_model(int(9.3e9), {**mac_8gb, "memory_size": 8 << 30}).endswith("--fit 8GB)")
 
 
 def test_the_release_id_falls_back_to_its_other_spelling(hub_cache, tmp_path):

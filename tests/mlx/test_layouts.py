@@ -223,12 +223,11 @@ def test_recipes_that_do_not_fit_are_one_line_errors(fixture_dir, tmp_path):
 
 
 def test_the_defaults_are_the_precision_tables_choice():
-    from bench.precision import choose_default, choose_small, parse_recipe
-    from reflex_mlx.quantize import DEFAULT_RECIPE, SMALL_RECIPE
+    from bench.precision import choose_default, parse_recipe
+    from reflex_mlx.quantize import DEFAULT_RECIPE
 
     table = json.loads((Path(__file__).parents[2] / "docs/results/precision_reflex-smol.json").read_text())
-    assert parse_recipe(choose_default(table)) == DEFAULT_RECIPE
-    assert parse_recipe(choose_small(table)) == SMALL_RECIPE
+    assert parse_recipe(choose_default(table)) == DEFAULT_RECIPE  # SMALL_RECIPE: tests/mlx/test_fit.py
 
 
 def test_layouts_that_cannot_be_converted_are_one_line_errors(fixture_dir, tmp_path):

@@ -79,3 +79,13 @@ def test_a_damaged_conversion_shows_low_agreement(verified, tmp_path):
     )
     assert report["same_word"] / report["cycles"] < 0.9, report
     assert report["runs_identical"] < report["runs"]
+
+
+@pytest.mark.skipif(mx.is_available(mx.gpu), reason="the CPU's default")
+def test_without_a_gpu_the_default_skips_verify_and_says_why(fixture_dir, tmp_path, capsys):
+    out = convert_checkpoint(
+        str(fixture_dir / "reflex.pt"), str(fixture_dir / "backbone"), tmp_path / "f16",
+        recipe=Recipe(backbone_dtype="float16", adapter_dtype="float32"),
+    )  # fmt: skip
+    assert "fidelity" not in json.loads((out / "config.json").read_text())
+    assert "verify skipped: MLX has no GPU here" in capsys.readouterr().err
