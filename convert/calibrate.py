@@ -42,15 +42,18 @@ import numpy as np
 from reflex_core.files import parse_json, read_regular
 
 HELDOUT_LIMIT = 64 << 20  # bytes of a heldout.json read (reflex-smol's: 0.6 MB)
-DEFAULT_SAMPLES = {"awq": 128, "gptq": 128, "dwq": 256, "sens": 64}
+DEFAULT_SAMPLES = {"awq": 64, "gptq": 128, "dwq": 256, "sens": 64}  # modest: the H200 run is minutes
+AWQ_GRID = 20  # mlx-lm's default grid of scale ratios and clip shrinks
 DWQ_LEARNING_RATE = 1e-5
 DWQ_BATCH = 8
 DWQ_TOP_K = 1024  # teacher logits kept per position, as mlx-lm's DWQ stores them
 SENS_HIGH_BITS = 6
-# Bits per backbone weight the sensitivity method spends (its inner model: embeddings,
-# layers, norm): at the released 7B shape with 4-bit adapters this keeps the resident
-# model inside an 8 GB Mac's 5.3 GB working set (bench/precision.py counts it).
-SENS_TARGET_BPW = 4.75
+# Bits per backbone weight the sensitivity method spends above plain quantization at
+# the recipe's bits (mlx-lm's count over the inner model: embeddings, layers, norm;
+# 4.5 -> 4.75 at 4-bit g64 with float16 scales): at the released 7B shape with 4-bit
+# adapters about 0.2 GiB more, inside an 8 GB Mac's 5.3 GB working set
+# (bench/precision.py counts each row's).
+SENS_EXTRA_BPW = 0.25
 
 
 class CalibrationError(ValueError):
@@ -318,11 +321,12 @@ def awq(model, reflex, recipe, data, progress) -> dict:
             bits=recipe.bits,
             embed_group_size=recipe.group_size,
             embed_bits=recipe.bits,
+            n_grid=AWQ_GRID,
         )
         embed = inner.embed_tokens.embed
     finally:
         inner.layers, inner.embed_tokens = layers, embed
-    return {"n_grid": 20}
+    return {"n_grid": AWQ_GRID}
 
 
 def gptq(model, reflex, recipe, data, progress) -> dict:
@@ -451,7 +455,7 @@ def sens(model, reflex, recipe, data, progress) -> dict:
     estimates each matrix's first-order loss change from low to high bits, here
     under the Reflex objective (KL of the codebook distribution at the pooled
     token, as trained: cosine / 0.07), and its threshold search spends
-    SENS_TARGET_BPW on the most sensitive; quantized by mlx-lm's quantize_model."""
+    SENS_EXTRA_BPW on the most sensitive; quantized by mlx-lm's quantize_model."""
     from mlx_lm.quant.dynamic_quant import estimate_sensitivities, estimate_threshold
     from mlx_lm.utils import compute_bits_per_weight, quantize_model
 
@@ -460,11 +464,15 @@ def sens(model, reflex, recipe, data, progress) -> dict:
     sensitivities = dict(
         estimate_sensitivities(forward, mx.arange(len(data)), low, gs, high, gs, batch_size=4)
     )
-    threshold = estimate_threshold(forward, sensitivities, SENS_TARGET_BPW, low, gs, high, gs)
-    chosen = sorted(p for p, s in sensitivities.items() if s > threshold)
-    if recipe.backbone_dtype is not None:
+    if recipe.backbone_dtype is not None:  # bits counted with the scales as they will be stored
         dtype = getattr(mx, recipe.backbone_dtype)
         model.apply(lambda p: p.astype(dtype) if mx.issubdtype(p.dtype, mx.floating) else p)
+    plain = copy.deepcopy(forward)
+    nn.quantize(plain, group_size=gs, bits=low)
+    target = compute_bits_per_weight(plain) + SENS_EXTRA_BPW
+    del plain
+    threshold = estimate_threshold(forward, sensitivities, target, low, gs, high, gs)
+    chosen = sorted(p for p, s in sensitivities.items() if s > threshold)
     quantize_model(
         model,
         {},
@@ -474,7 +482,7 @@ def sens(model, reflex, recipe, data, progress) -> dict:
     )
     return {
         "high_bits": high,
-        "target_bpw": SENS_TARGET_BPW,
+        "target_bpw": round(target, 4),
         "bits_per_weight": round(compute_bits_per_weight(forward), 4),
         "high_layers": chosen,
         "sensitivities": {p: float(f"{s:.6g}") for p, s in sensitivities.items()},
@@ -483,6 +491,59 @@ def sens(model, reflex, recipe, data, progress) -> dict:
 
 Method = Callable[..., dict]
 METHODS: dict[str, Method] = {"awq": awq, "gptq": gptq, "dwq": dwq, "sens": sens}
+
+
+# ------------------------------------------------------------------ projection
+
+# A stated assumption, not a measurement: the Mac a 7B calibration needs holds the
+# float backbone (15 GB in bf16) beside its activations, so a 32 GB M-series Pro
+# class machine; its GPU taken at 4 TFLOP/s effective (about 60 % of an M2/M3 Pro's
+# ~6.8 TFLOP/s), and each host round trip of a Python loop (GPTQ's per column) at
+# 0.2 ms.
+MAC_FLOPS = 4e12
+MAC_SYNC_S = 2e-4
+
+
+def _linears(shape) -> list[tuple[int, int]]:
+    """(in, out) of each decoder layer's matrices at a reflex_core.shapes.Shape."""
+    head_dim = shape.head_dim or shape.hidden // shape.heads
+    q, kv = shape.heads * head_dim, shape.kv_heads * head_dim
+    h, i = shape.hidden, shape.intermediate
+    return [(h, q), (h, kv), (h, kv), (q, h), (h, i), (h, i), (i, h)]
+
+
+def calibration_flops(method: str, shape, samples: int, tokens: int) -> tuple[float, int]:
+    """(floating-point operations, host round trips) of one calibration at `shape`,
+    counted from the methods' own loops (mlx_lm.quant) as forward-pass equivalents:
+    AWQ ~28 passes (its outputs, the plain-quantized loss, 20 grid points over the
+    attention and MLP blocks and the down projection, the result) plus its clip
+    search (10 shrinks over 512 frames); GPTQ one pass, each matrix's Hessian
+    (2·N·T·in²) and solve (in³ + 2·out·in²), one round trip per column; DWQ one
+    teacher pass, three (forward and backward) per training sample and two
+    validations, each with the LM head; sens one teacher and three student passes."""
+    linears = _linears(shape) * shape.layers
+    params = sum(i * o for i, o in linears)
+    adapters = (shape.layers // shape.inject_every) * (4 + 2 * shape.mlp_ratio) * shape.hidden**2
+    tokens_all = samples * tokens
+    forward = 2 * tokens_all * (params + adapters)
+    head = 2 * tokens_all * shape.vocab * shape.hidden
+    if method == "awq":
+        return 28 * forward + 2 * 10 * 512 * params, shape.layers * 200
+    if method == "gptq":
+        hessian = sum(2 * tokens_all * i * i + i**3 + 2 * o * i * i for i, o in linears)
+        return forward + hessian, sum(i for i, _ in linears)
+    if method == "dwq":
+        return 4 * (forward + head), samples // DWQ_BATCH * 4
+    if method == "sens":
+        return 4 * forward, samples // 4 * 2
+    raise CalibrationError(f"no projection for {method}")
+
+
+def projected_seconds(method: str, shape, samples: int, tokens: int) -> float:
+    """Projected Mac seconds for one calibration: calibration_flops over MAC_FLOPS,
+    plus its round trips at MAC_SYNC_S (an estimate from stated assumptions)."""
+    flops, syncs = calibration_flops(method, shape, samples, tokens)
+    return flops / MAC_FLOPS + syncs * MAC_SYNC_S
 
 
 # ------------------------------------------------------------------- the entry
