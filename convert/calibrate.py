@@ -610,3 +610,29 @@ def calibrate(method: str, model, reflex, recipe, data: CalibrationData, progres
         "seconds": round(time.time() - started, 2),
         "quantization": quantization_config(model, recipe),
     }
+
+
+def for_conversion(
+    method: str,
+    model,
+    reflex,
+    recipe,
+    corpus: str | Path,
+    progress: bool,
+    tokenizer,
+    config: dict,
+    heldout: str | Path | None = None,
+    samples: int | None = None,
+) -> tuple[dict, dict | None, dict]:
+    """A conversion's calibration: the data from the corpus the user named (the
+    checkpoint's heldout.json, if any, left out), the backbone calibrated by
+    `method`, then the adapter side quantized by the recipe. Returns (the backbone
+    config's "quantization" entry, the adapter quantization, the record for
+    config.json)."""
+    from reflex_mlx.quantize import quantize_adapters
+
+    n = samples or DEFAULT_SAMPLES.get(method, 128)
+    data = calibration_data(corpus, tokenizer, config, n, heldout=heldout)
+    record = calibrate(method, model, reflex, recipe, data, progress)
+    quantization = record.pop("quantization")
+    return quantization, quantize_adapters(reflex, recipe), record

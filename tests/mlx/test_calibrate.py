@@ -45,20 +45,20 @@ def test_calibration_data_holds_no_eval_prompt_and_no_heldout_program(tiny_token
     assert not {tuple(program.words) for program, _ in pool} & held
     assert not {bare(p) for _, prompts in pool for p in prompts} & forbidden
 
-    data = calib.calibration_data(CORPUS, tokenizer, config, 300, heldout=TINY_HELDOUT, seed=3)
-    assert len(data) == 300 and len(set(data.programs)) == 300  # distinct programs
+    data = calib.calibration_data(CORPUS, tokenizer, config, 120, heldout=TINY_HELDOUT, seed=3)
+    assert len(data) == 120 and len(set(data.programs)) == 120  # distinct programs
     assert not set(data.programs) & held
     assert not {bare(p) for p in data.prompts} & forbidden
     # the backbone's input exactly: the chat-templated prompt padded to max_instr_tokens
     limit = config["max_instr_tokens"]
-    assert data.tokens.shape == (300, limit) and data.states.shape == (300, 65)
-    for i in range(0, 300, 37):
+    assert data.tokens.shape == (120, limit) and data.states.shape == (120, 65)
+    for i in range(0, 120, 17):
         ids = encode_prompt(tokenizer, data.prompts[i], config).ids
         assert data.lengths[i] == len(ids)
         assert data.tokens[i, : len(ids)].tolist() == ids
         assert (data.tokens[i, len(ids) :] == (tokenizer.pad_token_id or 0)).all()
     # the same seed draws the same cycles
-    again = calib.calibration_data(CORPUS, tokenizer, config, 300, heldout=TINY_HELDOUT, seed=3)
+    again = calib.calibration_data(CORPUS, tokenizer, config, 120, heldout=TINY_HELDOUT, seed=3)
     assert (again.states == data.states).all() and again.prompts == data.prompts
 
 
@@ -83,7 +83,7 @@ def float_model(mlx_float32_dir):
     from reflex_mlx.load import load_model
 
     model, tokenizer, config = load_model(mlx_float32_dir)
-    data = calib.calibration_data(CORPUS, tokenizer, config, SAMPLES, seed=1)
+    data = calib.calibration_data(CORPUS, tokenizer, config, SAMPLES)  # what for_conversion draws
     return model, tokenizer, config, data, _predict(model, data)
 
 
@@ -96,23 +96,23 @@ def _error(model, data, reference) -> float:
     return float(((_predict(model, data) - reference) ** 2).mean())
 
 
-def _write(src: Path, out: Path, backbone, reflex, recipe, record: dict) -> Path:
+def _write(
+    src: Path, out: Path, backbone, reflex, recipe, quantization, adapter_quantization, record
+) -> Path:
     """The converter's folder with the calibrated backbone and quantized adapters in it."""
     from mlx.utils import tree_flatten
     from mlx_lm.utils import save_config, save_model
 
     from reflex_core.folder import write_manifest
     from reflex_core.spec import ADAPTERS_FILE, MODEL_FORMAT
-    from reflex_mlx.quantize import quantize_adapters
 
     shutil.copytree(src, out)
     for f in (out / "backbone").glob("model*.safetensors*"):
         f.unlink()
     bconfig = json.loads((out / "backbone" / "config.json").read_text())
-    bconfig["quantization"] = record["quantization"]
+    bconfig["quantization"] = quantization
     save_model(out / "backbone", backbone)
     save_config(bconfig, config_path=out / "backbone" / "config.json")
-    adapter_quantization = quantize_adapters(reflex, recipe)
     weights = dict(tree_flatten(reflex.parameters()))
     mx.save_safetensors(str(out / ADAPTERS_FILE), weights, metadata={"format": MODEL_FORMAT})
     config = json.loads((out / "config.json").read_text())
@@ -127,16 +127,21 @@ def _write(src: Path, out: Path, backbone, reflex, recipe, record: dict) -> Path
 
 
 def _calibrated(method, float_model, mlx_float32_dir, tmp_path):
-    """Calibrate a fresh float backbone by `method`, write and load it: (loaded model, record)."""
+    """Calibrate a fresh float backbone by `method` as a conversion would, write and
+    load it: (loaded model, record)."""
     from reflex_mlx.load import load_model, load_with_language_model
     from reflex_mlx.quantize import Recipe
 
-    _, _, _, data, _ = float_model
-    fresh, _, _, backbone = load_with_language_model(mlx_float32_dir)
+    fresh, tokenizer, config, backbone = load_with_language_model(mlx_float32_dir)
     recipe = Recipe(**RECIPE)
-    record = calib.calibrate(method, backbone, fresh.reflex, recipe, data)
+    quantization, adapters, record = calib.for_conversion(
+        method, backbone, fresh.reflex, recipe, CORPUS, False, tokenizer, config, samples=SAMPLES
+    )
     assert record["method"] == method and record["data"]["samples"] == SAMPLES
-    folder = _write(mlx_float32_dir, tmp_path / method, backbone, fresh.reflex, recipe, record)
+    assert adapters == {"bits": 4, "group_size": 64}
+    folder = _write(
+        mlx_float32_dir, tmp_path / method, backbone, fresh.reflex, recipe, quantization, adapters, record
+    )
     loaded, _, _ = load_model(folder)
     return loaded, record
 
