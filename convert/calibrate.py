@@ -365,6 +365,10 @@ def dwq(model, reflex, recipe, data, progress) -> dict:
 
     from reflex_mlx.quantize import quantize_adapters
 
+    if len(data) < 2 * DWQ_BATCH:
+        raise CalibrationError(
+            f"DWQ needs at least {2 * DWQ_BATCH} samples (a batch to train on and one to validate)"
+        )
     side = _side(model, reflex, data)
     side.head = mx.array(_head_weight(model))
     teacher = _Forward(model, side, "logits")
@@ -412,10 +416,10 @@ def dwq(model, reflex, recipe, data, progress) -> dict:
             batch_size=DWQ_BATCH,
             max_seq_length=width,
             seed=0,
-            dtype=getattr(mx, recipe.backbone_dtype or "float16"),
+            dtype=model.model.norm.weight.dtype,  # the recipe's float dtype (or the source's)
         )
-    student.unfreeze()
-    model.unfreeze()
+    model.unfreeze()  # as plain quantization leaves it: only the packed weights frozen
+    model.apply_to_modules(lambda _, m: m.freeze(recurse=False) if hasattr(m, "bits") else None)
     return {
         "learning_rate": DWQ_LEARNING_RATE,
         "batch_size": DWQ_BATCH,
