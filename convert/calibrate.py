@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
-import os
 import random
 import time
 from collections.abc import Callable
@@ -279,18 +278,20 @@ class _StreamLayer(nn.Module):
 @contextlib.contextmanager
 def _quiet(progress: bool):
     """mlx-lm's bars (tqdm, with their time estimates) on stderr when progress is
-    asked for; its printed lines (loss reductions, parameter counts) kept off stdout."""
-    old = os.environ.get("TQDM_DISABLE")
-    if not progress:
-        os.environ["TQDM_DISABLE"] = "1"
+    asked for, none otherwise; its printed lines (loss reductions, parameter
+    counts) kept off stdout either way."""
+    from functools import partialmethod
+
+    from tqdm import tqdm
+
+    init = tqdm.__init__
+    if not progress:  # mlx-lm's modules hold the class itself: its default, for a while
+        tqdm.__init__ = partialmethod(init, disable=True)
     try:
-        with contextlib.redirect_stdout(io.StringIO()) if not progress else contextlib.nullcontext():
+        with contextlib.redirect_stdout(io.StringIO()):
             yield
     finally:
-        if old is None:
-            os.environ.pop("TQDM_DISABLE", None)
-        else:
-            os.environ["TQDM_DISABLE"] = old
+        tqdm.__init__ = init
 
 
 def _side(model, reflex, data) -> _Side:

@@ -162,10 +162,13 @@ def plain_error(float_model, mlx_float32_dir):
 
 @pytest.mark.parametrize("method", ["awq", "gptq"])
 def test_awq_and_gptq_beat_plain_4bit_on_the_calibration_cycles(
-    method, float_model, plain_error, mlx_float32_dir, tmp_path, monkeypatch
+    method, float_model, plain_error, mlx_float32_dir, tmp_path, monkeypatch, capfd
 ):
     monkeypatch.setattr(calib, "AWQ_GRID", 4)  # mlx-lm's 20 grid points cost minutes here
+    capfd.readouterr()
     loaded, record = _calibrated(method, float_model, mlx_float32_dir, tmp_path)
+    shown = "".join(capfd.readouterr())  # progress off: none of mlx-lm's bars or lines
+    assert not any(s in shown for s in ("Loss reduction", "Computing Hessians", "Quantizing", "it/s"))
     _, _, _, data, reference = float_model
     layers = [m for _, m in loaded.backbone.named_modules() if hasattr(m, "bits")]
     assert layers and all(m.bits == 4 and m.group_size == 64 for m in layers)
