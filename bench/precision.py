@@ -53,32 +53,14 @@ ADAPTERS = ("float32", "bfloat16", "float16", "8bit", "4bit")
 
 
 def parse_recipe(spec: str):
-    """BACKBONE/ADAPTERS -> a reflex_mlx.quantize.Recipe (quantized backbones on
-    float16 scales); a calibrated spec is refused (parse_spec gives both parts)."""
-    recipe, calibration = parse_spec(spec)
-    if calibration:
-        raise ValueError(f"{spec} is calibrated ({calibration}): not a plain recipe")
-    return recipe
-
-
-def parse_spec(spec: str):
-    """BACKBONE/ADAPTERS -> (Recipe, calibration method or None)."""
-    from convert.calibrate import METHODS, SENS_HIGH_BITS
+    """BACKBONE/ADAPTERS -> a reflex_mlx.quantize.Recipe (quantized backbones on float16 scales)."""
     from reflex_core.spec import FLOAT_DTYPES
     from reflex_mlx.quantize import Recipe
 
     backbone, _, adapters = spec.partition("/")
     adapters = adapters or "float32"
     kw: dict = {}
-    calibration = None
-    if m := re.fullmatch(r"([a-z]+)(\d)(?:_(\d))?-g(\d+)", backbone):
-        calibration, high = m[1], m[3]
-        if calibration not in METHODS or (high is not None) != (calibration == "sens"):
-            raise ValueError(f"unknown calibrated backbone {backbone!r}")
-        if high is not None and int(high) != SENS_HIGH_BITS:
-            raise ValueError(f"sens calibration raises layers to {SENS_HIGH_BITS} bits, not {high}")
-        kw.update(bits=int(m[2]), group_size=int(m[4]))
-    elif backbone in FLOAT_DTYPES:
+    if backbone in FLOAT_DTYPES:
         kw["backbone_dtype"] = backbone
     elif m := re.fullmatch(r"(\d)bit-g(\d+)", backbone):
         kw.update(bits=int(m[1]), group_size=int(m[2]))
@@ -92,7 +74,27 @@ def parse_spec(spec: str):
         kw["adapter_bits"] = int(m[1])
     else:
         raise ValueError(f"unknown adapter precision {adapters!r}")
-    return Recipe(**kw), calibration
+    return Recipe(**kw)
+
+
+CALIBRATED = re.compile(r"([a-z]+)(\d)(?:_(\d))?-g(\d+)")  # awq4-g64, sens4_6-g64, ...
+
+
+def parse_spec(spec: str):
+    """BACKBONE/ADAPTERS -> (Recipe, calibration method or None): a calibrated
+    backbone (METHOD<bits>-g<group>) is that plain recipe, calibrated."""
+    from convert.calibrate import METHODS, SENS_HIGH_BITS
+
+    backbone, sep, adapters = spec.partition("/")
+    m = CALIBRATED.fullmatch(backbone)
+    if m is None:
+        return parse_recipe(spec), None
+    method, high = m[1], m[3]
+    if method not in METHODS or (high is not None) != (method == "sens"):
+        raise ValueError(f"unknown calibrated backbone {backbone!r}")
+    if high is not None and int(high) != SENS_HIGH_BITS:
+        raise ValueError(f"sens calibration raises layers to {SENS_HIGH_BITS} bits, not {high}")
+    return parse_recipe(f"{m[2]}bit-g{m[4]}{sep}{adapters}"), method
 
 
 SAME_WORD_FLOOR = 0.995

@@ -208,3 +208,34 @@ def test_dwq_trains_the_scales_toward_the_float_model(float_model, mlx_float32_d
             assert mx.array_equal(module.weight, plain[path].weight)
             moved += not mx.allclose(module.scales, plain[path].scales)
     assert moved
+
+
+def test_precision_bench_specs_name_a_recipe_and_its_calibration():
+    from bench.precision import parse_recipe, parse_spec
+    from reflex_mlx.quantize import Recipe
+
+    small = Recipe(bits=4, group_size=64, adapter_bits=4)
+    assert parse_spec("awq4-g64/4bit") == (small, "awq")
+    assert parse_spec("sens4_6-g64/4bit") == (small, "sens")
+    assert parse_spec("gptq4-g32/8bit") == (Recipe(bits=4, group_size=32, adapter_bits=8), "gptq")
+    assert parse_spec("4bit-g64/4bit") == (small, None)
+    for bad in ("nope4-g64/4bit", "sens4_8-g64/4bit", "awq4_6-g64/4bit", "dwq4-g64/2dollars"):
+        with pytest.raises(ValueError):
+            parse_spec(bad)
+    with pytest.raises(ValueError, match="calibrated|unknown"):
+        parse_recipe("awq4-g64/4bit")  # a plain recipe never silently drops its calibration
+
+
+def test_sensitivity_rows_count_the_raised_layers_at_the_release_shape():
+    """The 7B column of a sens row: each 7B layer takes the choice of the measured
+    layer at the same depth (the last for the last), the embedding its own; each
+    raised weight costs 2 more bits."""
+    from bench.precision import release_counts
+    from reflex_core.shapes import RELEASE
+    from reflex_mlx.quantize import Recipe
+
+    recipe = Recipe(bits=4, group_size=64, adapter_bits=4)
+    plain = release_counts(recipe)
+    raised = release_counts(recipe, ["model.layers.29.mlp.down_proj", "model.embed_tokens"], 30)
+    down, embed = RELEASE.intermediate * RELEASE.hidden, RELEASE.vocab * RELEASE.hidden
+    assert raised["resident_bytes"] - plain["resident_bytes"] == (down + embed) // 4
