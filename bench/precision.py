@@ -179,10 +179,13 @@ def _quantize_mapped(backbone, recipe, high: list[str], source_layers: int) -> N
     quantize_model(backbone, {}, recipe.group_size, recipe.bits, quant_predicate=predicate)
 
 
-def release_counts(recipe, high: list[str] | None = None, source_layers: int | None = None) -> dict:
-    """Stored bytes and bytes read per cycle of the released 7B shape under `recipe`,
-    counted on a lazily built model (its arrays are never evaluated). `high`: the
-    matrices a sensitivity calibration raised, on a model of `source_layers` layers."""
+def release_counts(
+    recipe, high: list[str] | None = None, source_layers: int | None = None, shape=None
+) -> dict:
+    """Stored bytes and bytes read per cycle of the released 7B shape (or `shape`)
+    under `recipe`, counted on a lazily built model (its arrays are never
+    evaluated). `high`: the matrices a sensitivity calibration raised, on a model
+    of `source_layers` layers."""
     from mlx_lm.utils import _get_classes
 
     from reflex_core.shapes import RELEASE, checkpoint_config, decoder_config
@@ -196,14 +199,15 @@ def release_counts(recipe, high: list[str] | None = None, source_layers: int | N
         quantize_backbone,
     )
 
-    config = decoder_config(RELEASE)
+    shape = shape or RELEASE
+    config = decoder_config(shape)
     model_class, args_class = _get_classes(config)
     backbone = model_class(args_class.from_dict(config))  # with lm_head: the converter keeps it
     if high is None:
         quantize_backbone(backbone, recipe)
     else:
         _quantize_mapped(backbone, recipe, high, source_layers)
-    reflex = Reflex(ReflexArgs.from_config(checkpoint_config(RELEASE), RELEASE.layers))
+    reflex = Reflex(ReflexArgs.from_config(checkpoint_config(shape), shape.layers))
     quantize_adapters(reflex, recipe)
     model = ReflexModel(backbone, reflex)
     return {

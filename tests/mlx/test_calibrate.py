@@ -227,15 +227,19 @@ def test_precision_bench_specs_name_a_recipe_and_its_calibration():
 
 
 def test_sensitivity_rows_count_the_raised_layers_at_the_release_shape():
-    """The 7B column of a sens row: each 7B layer takes the choice of the measured
-    layer at the same depth (the last for the last), the embedding its own; each
-    raised weight costs 2 more bits."""
+    """The 7B column of a sens row: each layer of the counted shape takes the choice
+    of the measured layer at the same depth (the last for the last), the embedding
+    its own; each raised weight costs 2 more bits (counted here at a small shape)."""
     from bench.precision import release_counts
-    from reflex_core.shapes import RELEASE
+    from reflex_core.shapes import TINY_TEST
     from reflex_mlx.quantize import Recipe
 
     recipe = Recipe(bits=4, group_size=64, adapter_bits=4)
-    plain = release_counts(recipe)
-    raised = release_counts(recipe, ["model.layers.29.mlp.down_proj", "model.embed_tokens"], 30)
-    down, embed = RELEASE.intermediate * RELEASE.hidden, RELEASE.vocab * RELEASE.hidden
+    plain = release_counts(recipe, shape=TINY_TEST)
+    raised = release_counts(
+        recipe, ["model.layers.29.mlp.down_proj", "model.embed_tokens"], 30, shape=TINY_TEST
+    )
+    down, embed = TINY_TEST.intermediate * TINY_TEST.hidden, TINY_TEST.vocab * TINY_TEST.hidden
     assert raised["resident_bytes"] - plain["resident_bytes"] == (down + embed) // 4
+    first = release_counts(recipe, ["model.layers.0.mlp.down_proj"], 30, shape=TINY_TEST)
+    assert first["resident_bytes"] - plain["resident_bytes"] == down // 4  # only the 7B's layer 0
