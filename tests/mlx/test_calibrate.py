@@ -164,7 +164,7 @@ def plain_error(float_model, mlx_float32_dir):
 def test_awq_and_gptq_beat_plain_4bit_on_the_calibration_cycles(
     method, float_model, plain_error, mlx_float32_dir, tmp_path, monkeypatch, capfd
 ):
-    monkeypatch.setattr(calib, "AWQ_GRID", 4)  # mlx-lm's 20 grid points cost minutes here
+    monkeypatch.setattr(calib, "AWQ_GRID", 2)  # mlx-lm's 20 grid points cost minutes here
     capfd.readouterr()
     loaded, record = _calibrated(method, float_model, mlx_float32_dir, tmp_path)
     shown = "".join(capfd.readouterr())  # progress off: none of mlx-lm's bars or lines
