@@ -39,6 +39,7 @@ import gc
 import json
 import re
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from reflex_core.evaluation import corpus_near_copy_tags, evaluate, score_without
@@ -244,6 +245,11 @@ def run(args) -> dict:
 
     specs = all_recipes() if args.recipes == "all" else args.recipes.split(",")
     parsed = [parse_spec(spec) for spec in specs]  # every spec checked before the reference runs
+    if args.scales_dtype:  # quantized backbones' scales, biases and norms (MLX's CPU emulates float16)
+        parsed = [
+            (replace(r, backbone_dtype=args.scales_dtype) if r.quantizes_backbone else r, c)
+            for r, c in parsed
+        ]
     torch.backends.cuda.matmul.allow_tf32 = False  # the reference in true float32
     torch_dir = Path(args.torch)
     Path(args.out).mkdir(parents=True, exist_ok=True)
@@ -379,6 +385,7 @@ def _write(args, torch_dir, reference, ref_report, near, ref_top1, pairs, rows, 
         },
         "rows": rows,
         "compile": args.compile,
+        "scales_dtype": getattr(args, "scales_dtype", None) or "float16",
         "complete": final,
         "seconds": time.time() - started,
     }
@@ -469,6 +476,12 @@ def main(argv=None) -> None:
     p.add_argument("--corpus", default=None, help="corpus folder, for the near-copy tasks (default: found)")
     p.add_argument("--compile", action="store_true", help="mx.compile the MLX step (recompiles per batch)")
     p.add_argument("--max-cycles", type=int, default=EVAL_MAX_CYCLES, help="the eval's cycle limit")
+    p.add_argument(
+        "--scales-dtype",
+        default=None,
+        choices=("float32", "bfloat16"),
+        help="quantized backbones' float dtype instead of float16 (a CPU run: MLX emulates float16 there)",
+    )
     p.add_argument(
         "--heldout-samples",
         type=int,
