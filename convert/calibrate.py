@@ -602,8 +602,8 @@ def calibrate(method: str, model, reflex, recipe, data: CalibrationData, progres
     reflex.eval()
     with _quiet(progress):
         record = METHODS[method](model, reflex, recipe, data, progress)
+        _quantize_rest(model, recipe)  # mlx-lm prints its bits per weight
     reflex.train(reflex_was)
-    _quantize_rest(model, recipe)
     if recipe.backbone_dtype is not None:  # scales, biases and norms in the recipe's float dtype
         dtype = getattr(mx, recipe.backbone_dtype)
         model.apply(lambda p: p.astype(dtype) if mx.issubdtype(p.dtype, mx.floating) else p)
