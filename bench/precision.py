@@ -35,7 +35,9 @@ Writes OUT/precision_<name>.{json,md}.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
+import io
 import json
 import re
 import time
@@ -177,7 +179,8 @@ def _quantize_mapped(backbone, recipe, high: list[str], source_layers: int) -> N
 
     dtype = getattr(mx, recipe.backbone_dtype or "float16")
     backbone.apply(lambda p: p.astype(dtype) if mx.issubdtype(p.dtype, mx.floating) else p)
-    quantize_model(backbone, {}, recipe.group_size, recipe.bits, quant_predicate=predicate)
+    with contextlib.redirect_stdout(io.StringIO()):  # mlx-lm prints its bits per weight
+        quantize_model(backbone, {}, recipe.group_size, recipe.bits, quant_predicate=predicate)
 
 
 def release_counts(
