@@ -39,6 +39,7 @@ import contextlib
 import gc
 import io
 import json
+import re
 import time
 from dataclasses import replace
 from pathlib import Path

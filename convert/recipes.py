@@ -16,14 +16,12 @@ only, nothing allocated). A Reflex load never holds the backbone's untied text
 head (`lm_head`), so an entry that fits only without it is taken with the head
 dropped from the folder, and the line says so.
 
-A calibrated entry runs `calibrate(name, model, reflex, recipe, corpus, progress)`
-from `convert/calibrate.py` inside the conversion (see `calibrate`).
+A calibrated entry runs its method from `convert/calibrate.py` inside the
+conversion (see `calibrate`).
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import json
 import re
 from dataclasses import dataclass
@@ -274,34 +272,38 @@ def choose(
     )
 
 
-CALIBRATE_MODULE = "convert.calibrate"
-
-
 def calibration_available(name: str) -> None:
-    """RecipeError in one line when `name`'s calibration cannot run here."""
-    if importlib.util.find_spec(CALIBRATE_MODULE) is None:
-        raise RecipeError(
-            f"the chosen recipe is calibrated by {name}, which this converter cannot run "
-            "(it has no convert/calibrate.py)"
-        )
+    """RecipeError in one line when `name` is not a calibration this converter runs."""
+    from .calibrate import METHODS
+
+    if name not in METHODS:
+        raise RecipeError(f"the chosen recipe is calibrated by {name}, which this converter does not know")
 
 
-def calibrate(name: str, model, reflex, recipe: Recipe, corpus: Path, progress: bool = True):
-    """Quantize the float backbone `model` (mlx-lm's, lazily loaded) and the Reflex
-    modules `reflex` (the checkpoint's weights loaded) in place as `recipe` says,
-    their values chosen by the calibration method `name` on the training corpus
-    at `corpus` (never the evaluation prompts or held-out programs), with a
-    progress bar when `progress`. Returns what `quantize_backbone` and
-    `quantize_adapters` return: (the backbone's per-layer quantization entries
-    for its config, the adapter side's quantization or None).
+def calibrate(
+    name: str,
+    model,
+    reflex,
+    recipe: Recipe,
+    corpus: Path,
+    progress: bool,
+    tokenizer,
+    config: dict,
+    heldout: Path | None = None,
+):
+    """Quantize the float backbone `model` and the float Reflex modules `reflex` in
+    place as `recipe` says, the backbone's values chosen by the calibration method
+    `name` on the training corpus at `corpus` (never the evaluation prompts, nor the
+    programs the checkpoint's `heldout` file holds out), with progress bars when
+    `progress`. Returns (the backbone config's quantization entry, the adapter
+    quantization, the record for config.json)."""
+    from .calibrate import for_conversion
 
-    The method lives in convert/calibrate.py as
-    `calibrate(name, model, reflex, recipe, corpus, progress)` with that contract;
-    it raises ValueError in one line for what it cannot do."""
     calibration_available(name)
-    module = importlib.import_module(CALIBRATE_MODULE)
     try:
-        return module.calibrate(name, model, reflex, recipe, Path(corpus), progress)
+        return for_conversion(
+            name, model, reflex, recipe, corpus, progress, tokenizer, config, heldout=heldout
+        )
     except ValueError as err:
         from reflex_core.errors import first_line
 
