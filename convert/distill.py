@@ -1,0 +1,374 @@
+"""Reflex-objective distillation of a quantized backbone (a calibrated 4-bit recipe).
+
+mlx-lm quantizes the backbone (reflex_mlx.quantize.quantize_backbone); then only
+the quantized layers' `scales` and `biases` learn, their packed weights frozen,
+so that the student's Reflex prediction follows the float teacher's on corpus
+states:
+
+* the head's embedding: 1 - cosine(student, teacher) (decoding is by cosine, so
+  only the direction counts);
+* the codebook distribution: KL(teacher || student) of the softmax of the
+  cosine scores over the training temperature (the released InfoNCE's logits).
+
+Why scales and biases rather than a low-rank correction: the result stays in
+mlx-lm's quantized layout (the same QuantizedLinear modules, the same bytes), so
+the converter saves it and reflex_mlx/load.py loads it unchanged and it costs no
+memory; a low-rank correction would add float matrices per layer (resident
+memory, a loader change) or, fused back, be rounded away by re-quantization.
+
+The teacher runs first, on the float backbone, and its predictions (one
+embed_dim vector per sample) are all that is kept of it: the student is the
+same backbone quantized in place, so the float and quantized copies are never
+held together. Calibration data are the training programs' prompts and machine
+states (reflex_core.training: the corpus read, replayed and batched as the
+trainers do), never an evaluation prompt nor a near copy (the "punctuation"
+filter) nor a held-out program of the checkpoint (heldout.json beside it).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
+import numpy as np
+from mlx.utils import tree_flatten, tree_unflatten
+
+from reflex_core import training
+from reflex_core.spec import INFONCE_TEMPERATURE
+
+# Defaults sized for reflex-smol on one H200 within about two minutes (docs/precision.md
+# gives the estimate); every one is an option.
+DEFAULT_STEPS = 300
+DEFAULT_BATCH = 16
+DEFAULT_SAMPLES = 2048  # distinct calibration samples: the teacher runs each once
+DEFAULT_CHECK = 256  # samples of held-apart calibration programs, to measure before and after
+DEFAULT_PROGRAMS = 512  # training programs drawn from the corpus (tokenizing every prompt is slow)
+DEFAULT_LR = 1e-3  # per step, in units of each group's own quantization step (see `_Params`)
+CHECK_FRACTION = 0.1  # of the calibration programs, kept apart for the before/after check
+EVAL_FILTER = "punctuation"  # eval prompts up to case, spacing, punctuation and quotes: near copies too
+
+
+class DistillError(ValueError):
+    """A one-line reason distillation cannot run."""
+
+
+# ------------------------------------------------------------------------ data
+
+
+@dataclass
+class CalibrationData:
+    """Training programs' (prompt, state) samples: `fit` to learn from, `check`
+    (other programs) to measure on; `counts` says what was read and left out."""
+
+    fit: training.SampleTable
+    check: training.SampleTable
+    counts: dict
+    prompts: set[str]  # every prompt a sample can be drawn under
+    programs: set[tuple[int, ...]]  # every program (its words) the samples come from
+
+
+def heldout_words(heldout: Sequence[dict]) -> set[tuple[int, ...]]:
+    """The programs (as word tuples) of heldout.json's entries."""
+    return {tuple(int(w, 16) for w in entry["words"]) for entry in heldout}
+
+
+def calibration_data(
+    corpus: str | Path,
+    tokenizer,
+    config: dict,
+    heldout: Sequence[dict] = (),
+    *,
+    programs: int | None = DEFAULT_PROGRAMS,
+    seed: int = 0,
+    say=lambda *a: None,
+) -> CalibrationData:
+    """The corpus's training programs as calibration samples.
+
+    Read, replayed and split as the trainers read them (reflex_core.training),
+    with no fraction held out there but every eval prompt and near copy removed;
+    then every program of `heldout` (the checkpoint's held-out programs) left out;
+    of the rest at most `programs` (seeded), a tenth of them kept apart as `check`."""
+    try:
+        split = training.read_split(
+            [corpus], heldout_fraction=0.0, seed=seed, eval_filter=EVAL_FILTER, say=say
+        )
+    except training.DataError as err:
+        raise DistillError(str(err)) from None
+    excluded = heldout_words(heldout)
+    pairs = [
+        (group, cycles)
+        for group, cycles in zip(split.train, split.cycles)
+        if tuple(group["program"].words) not in excluded
+    ]
+    dropped = len(split.train) - len(pairs)
+    if programs is not None and len(pairs) > programs:
+        pairs = [pairs[i] for i in sorted(random.Random(seed).sample(range(len(pairs)), programs))]
+    if len(pairs) < 2:
+        raise DistillError(f"{corpus}: fewer than two training programs to calibrate on")
+    n_check = max(1, round(CHECK_FRACTION * len(pairs)))
+    check_index = set(random.Random(seed + 1).sample(range(len(pairs)), n_check))
+    fit = [p for i, p in enumerate(pairs) if i not in check_index]
+    check = [p for i, p in enumerate(pairs) if i in check_index]
+
+    def table(chosen):
+        groups, cycles = [g for g, _ in chosen], [c for _, c in chosen]
+        words = sorted({w for program in cycles for _, w in program})  # targets are unused here
+        return training.SampleTable(groups, cycles, words, tokenizer, config)
+
+    counts = {
+        **split.counts,
+        "heldout_programs_excluded": dropped,
+        "calibration_programs": len(fit),
+        "check_programs": len(check),
+        "eval_filter": EVAL_FILTER,
+    }
+    prompts = {p for group, _ in pairs for p in group["prompts"]}
+    words = {tuple(group["program"].words) for group, _ in pairs}
+    return CalibrationData(table(fit), table(check), counts, prompts, words)
+
+
+# ---------------------------------------------------------------- objective
+
+
+def unit(x: mx.array) -> mx.array:
+    x = x.astype(mx.float32)
+    return x / mx.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def distill_loss(reflex, student: mx.array, teacher: mx.array, temperature: float) -> tuple[mx.array, ...]:
+    """(total, KL part, cosine part), each a batch mean: KL(teacher || student) of the
+    codebook distributions at `temperature`, plus 1 - cosine of the embeddings."""
+    log_p = lambda pred: nn.log_softmax(reflex.scores(pred) / temperature, axis=-1)
+    kl = nn.losses.kl_div_loss(log_p(student), log_p(teacher), axis=-1, reduction="mean")
+    cos = 1.0 - (unit(student) * unit(teacher)).sum(axis=-1).mean()
+    return kl + cos, kl, cos
+
+
+# --------------------------------------------------------------- parameters
+
+
+def quantized_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The backbone's affine-quantized modules below 8 bits (linears and embeddings)."""
+    return [
+        (path, m)
+        for path, m in model.named_modules()
+        if isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding))
+        and getattr(m, "mode", "affine") == "affine"
+        and m.bits < 8
+    ]
+
+
+class _Params:
+    """The trainable view of the quantized layers' scales and biases.
+
+    Each group's dequantized value is scale * q + bias. Training moves
+    scale -> s0 * (1 + a) and bias -> b0 + s0 * c with a, c float32 starting at 0:
+    every group's change is in units of its own quantization step, so one
+    learning rate suits layers whose scales differ by orders of magnitude (plain
+    Adam on the raw values moves each by about lr whatever its size). The stored
+    dtype (float16 as the recipes store them) is written back after each step."""
+
+    def __init__(self, layers: list[tuple[str, nn.Module]]):
+        self.layers = layers
+        self.s0 = {p: m.scales.astype(mx.float32) for p, m in layers}
+        self.b0 = {p: m.biases.astype(mx.float32) for p, m in layers}
+        self.dtype = {p: m.scales.dtype for p, m in layers}
+        self.delta = {p: {"a": mx.zeros_like(self.s0[p]), "c": mx.zeros_like(self.s0[p])} for p, _ in layers}
+
+    def values(self, delta: dict) -> list[tuple[str, mx.array]]:
+        out = []
+        for path, _ in self.layers:
+            s0, d = self.s0[path], delta[path]
+            out.append((f"{path}.scales", (s0 * (1 + d["a"])).astype(self.dtype[path])))
+            out.append((f"{path}.biases", (self.b0[path] + s0 * d["c"]).astype(self.dtype[path])))
+        return out
+
+    def count(self) -> int:
+        return sum(self.s0[p].size * 2 for p, _ in self.layers)
+
+
+# --------------------------------------------------------------------- run
+
+
+def _batches(table: training.SampleTable, samples: int, batch: int, rng) -> list[training.Batch]:
+    """`samples` drawn once (seeded), in batches of at most `batch`."""
+    sizes = [batch] * (samples // batch) + ([samples % batch] if samples % batch else [])
+    return [table.draw(size, rng) for size in sizes]
+
+
+def _arrays(b: training.Batch):
+    from reflex_mlx.model import states_array
+
+    return (
+        mx.array(b.input_ids.astype(np.int32)),
+        mx.array(b.attention_mask.astype(np.int32)),
+        states_array(b.states),
+    )
+
+
+def _bar(total: int, desc: str, progress: bool):
+    if not progress:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="step", leave=False, file=sys.stderr)
+
+
+def _student_reflex(reflex, recipe):
+    """The adapter side as the converted model will hold it: the recipe's dtype and
+    quantized linears applied to a copy (the caller's `reflex` is left as it is),
+    so that the backbone learns around the adapters' own rounding too."""
+    from reflex_mlx.fast import cast_reflex
+    from reflex_mlx.quantize import quantize_adapters
+
+    already = any(isinstance(m, nn.QuantizedLinear) for _, m in reflex.named_modules())
+    if already or (recipe.adapter_dtype == "float32" and not recipe.adapter_bits):
+        return reflex
+    student = cast_reflex(reflex, mx.float32)
+    quantize_adapters(student, recipe)
+    student.eval()
+    mx.eval(student.parameters())
+    return student
+
+
+def distill(
+    model: nn.Module,
+    reflex,
+    recipe,
+    data: CalibrationData,
+    progress: bool = True,
+    *,
+    steps: int = DEFAULT_STEPS,
+    batch: int = DEFAULT_BATCH,
+    samples: int = DEFAULT_SAMPLES,
+    check: int = DEFAULT_CHECK,
+    lr: float = DEFAULT_LR,
+    temperature: float = INFONCE_TEMPERATURE,
+    seed: int = 0,
+) -> dict:
+    """Quantize the float mlx-lm `model` by `recipe` (in place), then train its
+    quantized scales and biases against the float model's Reflex predictions on
+    `data`; returns a summary for config.json (steps, losses before and after on
+    the held-apart check programs, agreement of the chosen codebook row, seconds).
+    `reflex` (the Reflex modules as converted, float) is read, never changed."""
+    from reflex_mlx.model import ReflexModel
+    from reflex_mlx.quantize import quantize_backbone
+
+    if not recipe.quantizes_backbone:
+        raise DistillError("distillation trains a quantized backbone: the recipe quantizes none")
+    for name, value in (("steps", steps), ("batch", batch), ("samples", samples), ("check", check)):
+        if not isinstance(value, int) or value < 1:
+            raise DistillError(f"distillation's {name} must be a positive integer, not {value!r}")
+    if not (math.isfinite(lr) and lr > 0):
+        raise DistillError(f"distillation's learning rate must be a positive number, not {lr!r}")
+    started = time.time()
+    rng = training.sampler(seed)
+    fit_batches = _batches(data.fit, samples, batch, rng)
+    check_batches = _batches(data.check, check, batch, rng)
+
+    # 1. the teacher: the float backbone, the float adapters
+    teacher = ReflexModel(model, reflex)
+    teacher.eval()
+    bar = _bar(len(fit_batches) + len(check_batches), "distill: teacher", progress)
+    targets = []
+    for b in fit_batches + check_batches:
+        pred = teacher(*_arrays(b)).astype(mx.float32)
+        mx.eval(pred)
+        targets.append(pred)
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    fit_targets, check_targets = targets[: len(fit_batches)], targets[len(fit_batches) :]
+    teacher_seconds = time.time() - started
+    del teacher
+
+    # 2. the student: the same backbone quantized in place, the adapters as converted
+    quantization = quantize_backbone(model, recipe)
+    student_reflex = _student_reflex(reflex, recipe)
+    student = ReflexModel(model, student_reflex)
+    student.eval()
+    layers = quantized_layers(model)
+    params = _Params(layers)
+    weights_before = {p: m.weight for p, m in layers}
+
+    def forward(delta, arrays):
+        model.update(tree_unflatten(params.values(delta)))
+        return student(*arrays)
+
+    def measure(batches, targets_) -> dict:
+        totals = np.zeros(3)
+        same, count = 0, 0
+        for b, t in zip(batches, targets_):
+            pred = forward(params.delta, _arrays(b))
+            parts = distill_loss(student_reflex, pred, t, temperature)
+            rows = student_reflex.rows(pred), student_reflex.rows(t)
+            mx.eval(*parts, *rows)
+            totals += np.array([p.item() for p in parts]) * len(b.targets)
+            same += int((rows[0] == rows[1]).sum().item())
+            count += len(b.targets)
+        loss, kl, cos = totals / max(count, 1)
+        return {"loss": loss, "kl": kl, "cosine": cos, "same_row": same / max(count, 1), "samples": count}
+
+    before = measure(check_batches, check_targets)
+
+    def loss_fn(delta, arrays, target):
+        return distill_loss(student_reflex, forward(delta, arrays), target, temperature)[0]
+
+    grad_fn = mx.value_and_grad(loss_fn)
+    optimizer = optim.Adam(learning_rate=lr)
+    optimizer.init(params.delta)
+    bar = _bar(steps, "distill", progress)
+    train_started, losses = time.time(), []
+    for step in range(steps):
+        i = step % len(fit_batches)
+        optimizer.learning_rate = training.lr_at(step, lr=lr, min_lr=lr / 10, warmup=min(10, steps // 10), steps=steps)
+        loss, grads = grad_fn(params.delta, _arrays(fit_batches[i]), fit_targets[i])
+        params.delta = optimizer.apply_gradients(grads, params.delta)
+        mx.eval(loss, params.delta, optimizer.state)
+        losses.append(loss.item())
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{losses[-1]:.4f}")
+    if bar is not None:
+        bar.close()
+    train_seconds = time.time() - train_started
+    model.update(tree_unflatten(params.values(params.delta)))
+    mx.eval(model.parameters())
+    after = measure(check_batches, check_targets)
+    if any(not mx.array_equal(m.weight, weights_before[p]).item() for p, m in layers):
+        raise RuntimeError("distillation changed a packed weight")  # a bug, not a user error
+    return {
+        "method": "distill",
+        "objective": "KL(teacher || student) of codebook softmax at temperature "
+        f"{temperature:g} + (1 - cosine) of the head embedding",
+        "trains": "backbone quantized scales and biases",
+        "trainable_parameters": params.count(),
+        "layers": len(layers),
+        "steps": steps,
+        "batch": batch,
+        "samples": sum(len(b.targets) for b in fit_batches),
+        "check_samples": before["samples"],
+        "lr": lr,
+        "seed": seed,
+        "check_before": before,
+        "check_after": after,
+        "loss_before": before["loss"],
+        "loss_after": after["loss"],
+        "train_loss_first": float(np.mean(losses[: min(10, len(losses))])),
+        "train_loss_last": float(np.mean(losses[-min(10, len(losses)) :])),
+        "data": data.counts,
+        "quantization": quantization,
+        "device": str(mx.default_device()),
+        "seconds": time.time() - started,
+        "teacher_seconds": teacher_seconds,
+        "train_seconds": train_seconds,
+    }
