@@ -6,6 +6,12 @@
 SPEC is BACKBONE/ADAPTERS: BACKBONE one of float32, float16, bfloat16, 8bit-g64,
 6bit-g64, 4bit-g32, mixed_4_6-g64, ...; ADAPTERS one of float32, bfloat16,
 float16, 8bit, 4bit (the adapter side's linear layers quantized, group 64).
+A calibrated BACKBONE (convert/calibrate.py, on the corpus's training programs)
+is METHOD<bits>-g<group>: awq4-g64, gptq4-g64, dwq4-g64 (mlx-lm's AWQ, GPTQ,
+DWQ), or sens4_6-g64 (4-bit with the most sensitive matrices at 6, by measured
+sensitivity); its row records the calibration's seconds here and a projected
+Mac time (convert.calibrate.projected_seconds: a FLOP count over a stated
+throughput, not a measurement).
 
 The reference is the torch model as released (ReflexModel, hooks, prompts
 padded to 96) with a float32 backbone and float32 adapters. It runs the
@@ -71,6 +77,26 @@ def parse_recipe(spec: str):
     return Recipe(**kw)
 
 
+CALIBRATED = re.compile(r"([a-z]+)(\d)(?:_(\d))?-g(\d+)")  # awq4-g64, sens4_6-g64, ...
+
+
+def parse_spec(spec: str):
+    """BACKBONE/ADAPTERS -> (Recipe, calibration method or None): a calibrated
+    backbone (METHOD<bits>-g<group>) is that plain recipe, calibrated."""
+    from convert.calibrate import METHODS, SENS_HIGH_BITS
+
+    backbone, sep, adapters = spec.partition("/")
+    m = CALIBRATED.fullmatch(backbone)
+    if m is None:
+        return parse_recipe(spec), None
+    method, high = m[1], m[3]
+    if method not in METHODS or (high is not None) != (method == "sens"):
+        raise ValueError(f"unknown calibrated backbone {backbone!r}")
+    if high is not None and int(high) != SENS_HIGH_BITS:
+        raise ValueError(f"sens calibration raises layers to {SENS_HIGH_BITS} bits, not {high}")
+    return parse_recipe(f"{m[2]}bit-g{m[4]}{sep}{adapters}"), method
+
+
 SAME_WORD_FLOOR = 0.995
 MAC_8GB_WORKING_SET = 5.3e9  # bytes: an 8 GB Mac's recommended working set
 
@@ -99,9 +125,12 @@ def all_recipes() -> list[str]:
     return [f"{b}/{a}" for b in BACKBONES for a in ADAPTERS]
 
 
-def build_candidate(torch_model, recipe):
+def build_candidate(
+    torch_model, recipe, calibration: str | None = None, data=None, record: dict | None = None
+):
     """The MLX ReflexModel of the torch model's weights under `recipe` (backbone via
-    mlx-lm's own Model class and quantizer)."""
+    mlx-lm's own Model class and quantizer, or calibrated on `data` by
+    convert.calibrate, what it did into `record`)."""
     import mlx.core as mx
 
     from reflex_mlx.model import ReflexModel
@@ -110,8 +139,15 @@ def build_candidate(torch_model, recipe):
     from .bridge import mlx_backbone_from_torch, mlx_reflex_from_torch
 
     backbone = mlx_backbone_from_torch(torch_model.backbone, "float32")
-    quantize_backbone(backbone, recipe)
     reflex = mlx_reflex_from_torch(torch_model.reflex, "float32")
+    if calibration:
+        from convert.calibrate import calibrate
+
+        done = calibrate(calibration, backbone, reflex, recipe, data)
+        if record is not None:
+            record.update(done)
+    else:
+        quantize_backbone(backbone, recipe)
     quantize_adapters(reflex, recipe)
     model = ReflexModel(backbone, reflex)
     model.eval()
@@ -119,9 +155,37 @@ def build_candidate(torch_model, recipe):
     return model
 
 
-def release_counts(recipe) -> dict:
-    """Stored bytes and bytes read per cycle of the released 7B shape under `recipe`,
-    counted on a lazily built model (its arrays are never evaluated)."""
+def _quantize_mapped(backbone, recipe, high: list[str], source_layers: int) -> None:
+    """Quantize as a sensitivity-chosen recipe measured on a model of `source_layers`
+    layers would: each layer takes the choice of the measured layer at the same
+    relative depth (the embedding its own); the rest at the recipe's bits."""
+    import mlx.core as mx
+    from mlx_lm.utils import quantize_model
+
+    from convert.calibrate import SENS_HIGH_BITS
+
+    chosen = set(high)
+    layers = len(backbone.model.layers)
+
+    def predicate(path, module):
+        parts = path.split(".")
+        if parts[:2] == ["model", "layers"]:
+            j = round(int(parts[2]) * (source_layers - 1) / max(layers - 1, 1))
+            path = ".".join(["model", "layers", str(j), *parts[3:]])
+        return {"bits": SENS_HIGH_BITS, "group_size": recipe.group_size} if path in chosen else True
+
+    dtype = getattr(mx, recipe.backbone_dtype or "float16")
+    backbone.apply(lambda p: p.astype(dtype) if mx.issubdtype(p.dtype, mx.floating) else p)
+    quantize_model(backbone, {}, recipe.group_size, recipe.bits, quant_predicate=predicate)
+
+
+def release_counts(
+    recipe, high: list[str] | None = None, source_layers: int | None = None, shape=None
+) -> dict:
+    """Stored bytes and bytes read per cycle of the released 7B shape (or `shape`)
+    under `recipe`, counted on a lazily built model (its arrays are never
+    evaluated). `high`: the matrices a sensitivity calibration raised, on a model
+    of `source_layers` layers."""
     from mlx_lm.utils import _get_classes
 
     from reflex_core.shapes import RELEASE, checkpoint_config, decoder_config
@@ -135,11 +199,15 @@ def release_counts(recipe) -> dict:
         quantize_backbone,
     )
 
-    config = decoder_config(RELEASE)
+    shape = shape or RELEASE
+    config = decoder_config(shape)
     model_class, args_class = _get_classes(config)
     backbone = model_class(args_class.from_dict(config))  # with lm_head: the converter keeps it
-    quantize_backbone(backbone, recipe)
-    reflex = Reflex(ReflexArgs.from_config(checkpoint_config(RELEASE), RELEASE.layers))
+    if high is None:
+        quantize_backbone(backbone, recipe)
+    else:
+        _quantize_mapped(backbone, recipe, high, source_layers)
+    reflex = Reflex(ReflexArgs.from_config(checkpoint_config(shape), shape.layers))
     quantize_adapters(reflex, recipe)
     model = ReflexModel(backbone, reflex)
     return {
@@ -174,6 +242,8 @@ def run(args) -> dict:
     from reflex_torch.load import load_model
     from reflex_torch.model import Reference
 
+    specs = all_recipes() if args.recipes == "all" else args.recipes.split(",")
+    parsed = [parse_spec(spec) for spec in specs]  # every spec checked before the reference runs
     torch.backends.cuda.matmul.allow_tf32 = False  # the reference in true float32
     torch_dir = Path(args.torch)
     Path(args.out).mkdir(parents=True, exist_ok=True)
@@ -188,7 +258,7 @@ def run(args) -> dict:
     pairs = []
     if (torch_dir / HELDOUT_FILE).is_file():
         entries = read_heldout(torch_dir)
-        pairs = make_pairs(entries, heldout_cycles(entries))
+        pairs = make_pairs(entries, heldout_cycles(entries), max_samples=args.heldout_samples)
     ref_top1 = top1(model, tokenizer, config, pairs)[0] / len(pairs) if pairs else None
     print(
         f"reference: {ref_report['passed']}/{ref_report['total']} passed"
@@ -198,14 +268,17 @@ def run(args) -> dict:
     )
 
     rows = []
-    specs = all_recipes() if args.recipes == "all" else args.recipes.split(",")
-    for spec in specs:
-        recipe = parse_recipe(spec)
+    calibration_sets: dict[int, object] = {}
+    for spec, (recipe, calibration) in zip(specs, parsed):
         t0 = time.time()
+        record: dict = {}
+        data = None
+        if calibration:
+            data = _calibration_set(args, corpus, torch_dir, tokenizer, config, calibration, calibration_sets)
         gc.collect()
         mx.clear_cache()
         before = mx.get_active_memory()
-        candidate = build_candidate(model, recipe)
+        candidate = build_candidate(model, recipe, calibration, data, record)
         gc.collect()
         resident = mx.get_active_memory() - before
         runner = MLXFast(candidate, fuse=True, compile=args.compile)
@@ -213,9 +286,12 @@ def run(args) -> dict:
         lockstep = lockstep_agreement(recording, make)
         own = evaluate(make_batch_predictor=make, max_cycles=args.max_cycles)
         free = outcome_agreement(ref_report, own)
+        high = record.get("high_layers")
         row = {
             "recipe": spec,
-            "backbone": recipe.backbone_name,
+            "backbone": f"{calibration} {recipe.backbone_name}" + (" (+6-bit)" if high is not None else "")
+            if calibration
+            else recipe.backbone_name,
             "adapters": recipe.adapter_name,
             "lockstep": lockstep,
             "free_running": free,
@@ -227,7 +303,8 @@ def run(args) -> dict:
             "weight_bytes": weight_bytes(candidate),
             "bytes_per_cycle": bytes_per_cycle(candidate),
             "backbone_bits_per_weight": bits_per_weight(candidate.backbone),
-            "release": release_counts(recipe),
+            "release": release_counts(recipe, high, len(candidate.backbone.layers)),
+            "calibration": _calibration_row(record, model, config, data) if calibration else None,
             "seconds": time.time() - t0,
         }
         rows.append(row)
@@ -235,12 +312,52 @@ def run(args) -> dict:
             f"{spec}: same word {lockstep['agree']}/{lockstep['cycles']}, runs identical "
             f"{free['identical']}/{free['runs']}, same pass {free['same_pass']}/{free['runs']}, "
             f"passed {own['passed']}/{own['total']}, resident {resident / 2**20:.1f} MiB "
-            f"({row['seconds']:.0f} s)",
+            f"({row['seconds']:.0f} s"
+            + (f", calibration {record['seconds']:.0f} s" if calibration else "")
+            + ")",
             flush=True,
         )
         del runner, candidate, make
         _write(args, torch_dir, reference, ref_report, near, ref_top1, pairs, rows, started, final=False)
     return _write(args, torch_dir, reference, ref_report, near, ref_top1, pairs, rows, started, final=True)
+
+
+def _calibration_set(args, corpus, torch_dir, tokenizer, config, method, cache: dict):
+    """The calibration cycles for `method` (--calibration-samples, else the method's
+    default count), built once per count from the corpus's training programs."""
+    from convert.calibrate import DEFAULT_SAMPLES, calibration_data
+    from reflex_core.training import HELDOUT_FILE
+
+    if corpus is None:
+        raise SystemExit("error: a calibrated recipe needs the corpus: pass --corpus PATH")
+    n = args.calibration_samples or DEFAULT_SAMPLES.get(method, 128)
+    if n not in cache:
+        cache[n] = calibration_data(corpus, tokenizer, config, n, heldout=torch_dir / HELDOUT_FILE)
+    return cache[n]
+
+
+def _calibration_row(record: dict, torch_model, config: dict, data) -> dict:
+    """A calibrated row's cost: seconds here, and the projected Mac seconds for this
+    model's shape and for the released 7B's (convert.calibrate.projected_seconds:
+    a FLOP count over a stated Mac throughput, an estimate)."""
+    import mlx.core as mx
+
+    from convert.calibrate import MAC_FLOPS, projected_seconds
+    from reflex_core.shapes import RELEASE, shape_of_decoder
+
+    shape = shape_of_decoder(
+        torch_model.backbone.config.to_dict(),
+        inject_every=config["inject_every"],
+        mlp_ratio=config["adapter_mlp_ratio"],
+    )
+    method, n, tokens = record["method"], len(data), data.tokens.shape[1]
+    return {
+        **{k: v for k, v in record.items() if k != "quantization"},
+        "device": str(mx.default_device()),
+        "mac_seconds_projected": projected_seconds(method, shape, n, tokens),
+        "mac_seconds_projected_7b": projected_seconds(method, RELEASE, n, tokens),
+        "mac_assumption": f"{MAC_FLOPS / 1e12:g} TFLOP/s effective (convert/calibrate.py MAC_FLOPS)",
+    }
 
 
 def _write(args, torch_dir, reference, ref_report, near, ref_top1, pairs, rows, started, final) -> dict:
@@ -296,8 +413,8 @@ def markdown(report: dict) -> str:
         "",
         "| backbone | adapters | same word (lock-step) | runs identical | same pass | passed | "
         "w/o near-copies | held-out top-1 | resident MiB | read/cycle MiB | backbone bits/w | "
-        "7B resident GiB | 7B read/cycle GiB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "7B resident GiB | 7B read/cycle GiB | calibration s (Mac 7B est. min) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]  # fmt: skip
     for r in report["rows"]:
         ls, fr, rel = r["lockstep"], r["free_running"], r["release"]
@@ -310,10 +427,16 @@ def markdown(report: dict) -> str:
             f"{f'{wo[0]}/{wo[1]}' if wo else '-'} | {f'{100 * top:.2f} %' if top is not None else '-'} | "
             f"{_mib(r['resident_bytes'])} | {_mib(r['bytes_per_cycle'])} | "
             f"{r['backbone_bits_per_weight']:.2f} | {_gib(rel['resident_bytes'])} | "
-            f"{_gib(rel['bytes_per_cycle'])} |"
+            f"{_gib(rel['bytes_per_cycle'])} | {_calibration_cell(r.get('calibration'))} |"
         )
     lines += ["", f"{report['seconds']:.0f} s in all; MLX step compiled: {report['compile']}."]
     return "\n".join(lines) + "\n"
+
+
+def _calibration_cell(cal: dict | None) -> str:
+    if not cal:
+        return "-"
+    return f"{cal['seconds']:.0f} ({cal['mac_seconds_projected_7b'] / 60:.0f})"
 
 
 def merge(paths: list[Path], out: Path, name: str) -> dict:
@@ -346,6 +469,18 @@ def main(argv=None) -> None:
     p.add_argument("--corpus", default=None, help="corpus folder, for the near-copy tasks (default: found)")
     p.add_argument("--compile", action="store_true", help="mx.compile the MLX step (recompiles per batch)")
     p.add_argument("--max-cycles", type=int, default=EVAL_MAX_CYCLES, help="the eval's cycle limit")
+    p.add_argument(
+        "--heldout-samples",
+        type=int,
+        default=None,
+        help="a fixed subsample of the held-out cycles (default: all)",
+    )
+    p.add_argument(
+        "--calibration-samples",
+        type=int,
+        default=None,
+        help="corpus cycles per calibration (default: the method's)",
+    )
     args = p.parse_args(argv)
     if args.merge:
         merge(args.merge, args.out, args.name or "merged")
