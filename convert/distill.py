@@ -19,10 +19,10 @@ memory, a loader change) or, fused back, be rounded away by re-quantization.
 The teacher runs first, on the float backbone, and its predictions (one
 embed_dim vector per sample) are all that is kept of it: the student is the
 same backbone quantized in place, so the float and quantized copies are never
-held together. Calibration data are the training programs' prompts and machine
-states (reflex_core.training: the corpus read, replayed and batched as the
-trainers do), never an evaluation prompt nor a near copy (the "punctuation"
-filter) nor a held-out program of the checkpoint (heldout.json beside it).
+held together. Calibration data are convert.calibrate's: the training
+programs' prompts and machine states, never an evaluation prompt nor a near
+copy nor a held-out program of the checkpoint (heldout.json beside it); a tenth
+of its programs is kept apart to measure the loss before and after.
 """
 
 from __future__ import annotations
@@ -31,15 +31,12 @@ import math
 import random
 import sys
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
 
 import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
 import numpy as np
-from mlx.utils import tree_flatten, tree_unflatten
+from mlx.utils import tree_unflatten
 
 from reflex_core import training
 from reflex_core.spec import INFONCE_TEMPERATURE
@@ -48,12 +45,9 @@ from reflex_core.spec import INFONCE_TEMPERATURE
 # gives the estimate); every one is an option.
 DEFAULT_STEPS = 300
 DEFAULT_BATCH = 16
-DEFAULT_SAMPLES = 2048  # distinct calibration samples: the teacher runs each once
-DEFAULT_CHECK = 256  # samples of held-apart calibration programs, to measure before and after
-DEFAULT_PROGRAMS = 512  # training programs drawn from the corpus (tokenizing every prompt is slow)
+DEFAULT_SAMPLES = 2048  # calibration cycles (convert.calibrate.DEFAULT_SAMPLES): the teacher runs each once
 DEFAULT_LR = 1e-3  # per step, in units of each group's own quantization step (see `_Params`)
 CHECK_FRACTION = 0.1  # of the calibration programs, kept apart for the before/after check
-EVAL_FILTER = "punctuation"  # eval prompts up to case, spacing, punctuation and quotes: near copies too
 
 
 class DistillError(ValueError):
@@ -63,76 +57,36 @@ class DistillError(ValueError):
 # ------------------------------------------------------------------------ data
 
 
-@dataclass
-class CalibrationData:
-    """Training programs' (prompt, state) samples: `fit` to learn from, `check`
-    (other programs) to measure on; `counts` says what was read and left out."""
-
-    fit: training.SampleTable
-    check: training.SampleTable
-    counts: dict
-    prompts: set[str]  # every prompt a sample can be drawn under
-    programs: set[tuple[int, ...]]  # every program (its words) the samples come from
-
-
-def heldout_words(heldout: Sequence[dict]) -> set[tuple[int, ...]]:
-    """The programs (as word tuples) of heldout.json's entries."""
-    return {tuple(int(w, 16) for w in entry["words"]) for entry in heldout}
+def split_by_program(data, fraction: float = CHECK_FRACTION, seed: int = 0) -> tuple[list[int], list[int]]:
+    """(fit, check) sample indices of convert.calibrate's CalibrationData: the
+    samples of a seeded `fraction` of its distinct programs kept apart, so that
+    the check measures states and prompts of programs never trained on."""
+    programs = sorted(set(data.programs))
+    if len(programs) < 2:
+        raise DistillError("distillation needs calibration samples of at least two programs")
+    n_check = max(1, round(fraction * len(programs)))
+    held = set(random.Random(seed).sample(programs, n_check))
+    fit = [i for i, p in enumerate(data.programs) if p not in held]
+    check = [i for i, p in enumerate(data.programs) if p in held]
+    return fit, check
 
 
-def calibration_data(
-    corpus: str | Path,
-    tokenizer,
-    config: dict,
-    heldout: Sequence[dict] = (),
-    *,
-    programs: int | None = DEFAULT_PROGRAMS,
-    seed: int = 0,
-    say=lambda *a: None,
-) -> CalibrationData:
-    """The corpus's training programs as calibration samples.
-
-    Read, replayed and split as the trainers read them (reflex_core.training),
-    with no fraction held out there but every eval prompt and near copy removed;
-    then every program of `heldout` (the checkpoint's held-out programs) left out;
-    of the rest at most `programs` (seeded), a tenth of them kept apart as `check`."""
-    try:
-        split = training.read_split(
-            [corpus], heldout_fraction=0.0, seed=seed, eval_filter=EVAL_FILTER, say=say
+def _batches(data, index: list[int], batch: int) -> list[tuple[mx.array, ...]]:
+    """The samples at `index` as (ids, mask, states) batches of at most `batch`, each
+    prompt as calibration padded it (to max_instr_tokens, as the reference reads it)."""
+    out = []
+    for start in range(0, len(index), batch):
+        chosen = np.asarray(index[start : start + batch])
+        tokens = data.tokens[chosen]
+        mask = (np.arange(tokens.shape[1])[None, :] < data.lengths[chosen][:, None]).astype(np.int32)
+        out.append(
+            (
+                mx.array(tokens.astype(np.int32)),
+                mx.array(mask),
+                mx.array(data.states[chosen].astype(np.uint32)),
+            )
         )
-    except training.DataError as err:
-        raise DistillError(str(err)) from None
-    excluded = heldout_words(heldout)
-    pairs = [
-        (group, cycles)
-        for group, cycles in zip(split.train, split.cycles)
-        if tuple(group["program"].words) not in excluded
-    ]
-    dropped = len(split.train) - len(pairs)
-    if programs is not None and len(pairs) > programs:
-        pairs = [pairs[i] for i in sorted(random.Random(seed).sample(range(len(pairs)), programs))]
-    if len(pairs) < 2:
-        raise DistillError(f"{corpus}: fewer than two training programs to calibrate on")
-    n_check = max(1, round(CHECK_FRACTION * len(pairs)))
-    check_index = set(random.Random(seed + 1).sample(range(len(pairs)), n_check))
-    fit = [p for i, p in enumerate(pairs) if i not in check_index]
-    check = [p for i, p in enumerate(pairs) if i in check_index]
-
-    def table(chosen):
-        groups, cycles = [g for g, _ in chosen], [c for _, c in chosen]
-        words = sorted({w for program in cycles for _, w in program})  # targets are unused here
-        return training.SampleTable(groups, cycles, words, tokenizer, config)
-
-    counts = {
-        **split.counts,
-        "heldout_programs_excluded": dropped,
-        "calibration_programs": len(fit),
-        "check_programs": len(check),
-        "eval_filter": EVAL_FILTER,
-    }
-    prompts = {p for group, _ in pairs for p in group["prompts"]}
-    words = {tuple(group["program"].words) for group, _ in pairs}
-    return CalibrationData(table(fit), table(check), counts, prompts, words)
+    return out
 
 
 # ---------------------------------------------------------------- objective
@@ -198,22 +152,6 @@ class _Params:
 # --------------------------------------------------------------------- run
 
 
-def _batches(table: training.SampleTable, samples: int, batch: int, rng) -> list[training.Batch]:
-    """`samples` drawn once (seeded), in batches of at most `batch`."""
-    sizes = [batch] * (samples // batch) + ([samples % batch] if samples % batch else [])
-    return [table.draw(size, rng) for size in sizes]
-
-
-def _arrays(b: training.Batch):
-    from reflex_mlx.model import states_array
-
-    return (
-        mx.array(b.input_ids.astype(np.int32)),
-        mx.array(b.attention_mask.astype(np.int32)),
-        states_array(b.states),
-    )
-
-
 def _bar(total: int, desc: str, progress: bool):
     if not progress:
         return None
@@ -243,13 +181,11 @@ def distill(
     model: nn.Module,
     reflex,
     recipe,
-    data: CalibrationData,
+    data,
     progress: bool = True,
     *,
     steps: int = DEFAULT_STEPS,
     batch: int = DEFAULT_BATCH,
-    samples: int = DEFAULT_SAMPLES,
-    check: int = DEFAULT_CHECK,
     lr: float = DEFAULT_LR,
     temperature: float = INFONCE_TEMPERATURE,
     seed: int = 0,
@@ -264,15 +200,15 @@ def distill(
 
     if not recipe.quantizes_backbone:
         raise DistillError("distillation trains a quantized backbone: the recipe quantizes none")
-    for name, value in (("steps", steps), ("batch", batch), ("samples", samples), ("check", check)):
+    for name, value in (("steps", steps), ("batch", batch)):
         if not isinstance(value, int) or value < 1:
             raise DistillError(f"distillation's {name} must be a positive integer, not {value!r}")
     if not (math.isfinite(lr) and lr > 0):
         raise DistillError(f"distillation's learning rate must be a positive number, not {lr!r}")
     started = time.time()
-    rng = training.sampler(seed)
-    fit_batches = _batches(data.fit, samples, batch, rng)
-    check_batches = _batches(data.check, check, batch, rng)
+    fit_index, check_index = split_by_program(data, seed=seed)
+    fit_batches = _batches(data, fit_index, batch)
+    check_batches = _batches(data, check_index, batch)
 
     # 1. the teacher: the float backbone, the float adapters
     teacher = ReflexModel(model, reflex)
@@ -280,7 +216,7 @@ def distill(
     bar = _bar(len(fit_batches) + len(check_batches), "distill: teacher", progress)
     targets = []
     for b in fit_batches + check_batches:
-        pred = teacher(*_arrays(b)).astype(mx.float32)
+        pred = teacher(*b).astype(mx.float32)
         mx.eval(pred)
         targets.append(pred)
         if bar is not None:
@@ -292,7 +228,7 @@ def distill(
     del teacher
 
     # 2. the student: the same backbone quantized in place, the adapters as converted
-    quantization = quantize_backbone(model, recipe)
+    quantize_backbone(model, recipe)
     student_reflex = _student_reflex(reflex, recipe)
     student = ReflexModel(model, student_reflex)
     student.eval()
@@ -308,13 +244,13 @@ def distill(
         totals = np.zeros(3)
         same, count = 0, 0
         for b, t in zip(batches, targets_):
-            pred = forward(params.delta, _arrays(b))
+            pred = forward(params.delta, b)
             parts = distill_loss(student_reflex, pred, t, temperature)
             rows = student_reflex.rows(pred), student_reflex.rows(t)
             mx.eval(*parts, *rows)
-            totals += np.array([p.item() for p in parts]) * len(b.targets)
+            totals += np.array([p.item() for p in parts]) * b[0].shape[0]
             same += int((rows[0] == rows[1]).sum().item())
-            count += len(b.targets)
+            count += b[0].shape[0]
         loss, kl, cos = totals / max(count, 1)
         return {"loss": loss, "kl": kl, "cosine": cos, "same_row": same / max(count, 1), "samples": count}
 
@@ -330,8 +266,10 @@ def distill(
     train_started, losses = time.time(), []
     for step in range(steps):
         i = step % len(fit_batches)
-        optimizer.learning_rate = training.lr_at(step, lr=lr, min_lr=lr / 10, warmup=min(10, steps // 10), steps=steps)
-        loss, grads = grad_fn(params.delta, _arrays(fit_batches[i]), fit_targets[i])
+        optimizer.learning_rate = training.lr_at(
+            step, lr=lr, min_lr=lr / 10, warmup=min(10, steps // 10), steps=steps
+        )
+        loss, grads = grad_fn(params.delta, fit_batches[i], fit_targets[i])
         params.delta = optimizer.apply_gradients(grads, params.delta)
         mx.eval(loss, params.delta, optimizer.state)
         losses.append(loss.item())
@@ -355,7 +293,7 @@ def distill(
         "layers": len(layers),
         "steps": steps,
         "batch": batch,
-        "samples": sum(len(b.targets) for b in fit_batches),
+        "samples": len(fit_index),
         "check_samples": before["samples"],
         "lr": lr,
         "seed": seed,
@@ -365,8 +303,6 @@ def distill(
         "loss_after": after["loss"],
         "train_loss_first": float(np.mean(losses[: min(10, len(losses))])),
         "train_loss_last": float(np.mean(losses[-min(10, len(losses)) :])),
-        "data": data.counts,
-        "quantization": quantization,
         "device": str(mx.default_device()),
         "seconds": time.time() - started,
         "teacher_seconds": teacher_seconds,
