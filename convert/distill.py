@@ -184,9 +184,9 @@ def distill(
     data,
     progress: bool = True,
     *,
-    steps: int = DEFAULT_STEPS,
-    batch: int = DEFAULT_BATCH,
-    lr: float = DEFAULT_LR,
+    steps: int | None = None,
+    batch: int | None = None,
+    lr: float | None = None,
     temperature: float = INFONCE_TEMPERATURE,
     seed: int = 0,
 ) -> dict:
@@ -198,6 +198,9 @@ def distill(
     from reflex_mlx.model import ReflexModel
     from reflex_mlx.quantize import quantize_backbone
 
+    steps = DEFAULT_STEPS if steps is None else steps  # defaults read here: a caller may set them
+    batch = DEFAULT_BATCH if batch is None else batch
+    lr = DEFAULT_LR if lr is None else lr
     if not recipe.quantizes_backbone:
         raise DistillError("distillation trains a quantized backbone: the recipe quantizes none")
     for name, value in (("steps", steps), ("batch", batch)):
