@@ -29,7 +29,7 @@ from reflex_core.evaluation import bare, load_tasks  # noqa: E402
 ROOT = Path(__file__).resolve().parents[2]
 TINY_HELDOUT = ROOT / "reflex_torch" / "models" / "reflex-tiny" / "heldout.json"
 SAMPLES = 40
-STEPS = 30
+STEPS = 10
 # float32 scales: MLX's CPU emulates float16, slowly
 RECIPE = dict(bits=4, group_size=64, backbone_dtype="float32", adapter_bits=4)
 
