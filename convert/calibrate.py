@@ -40,11 +40,11 @@ import numpy as np
 
 from reflex_core.files import parse_json, read_regular
 
-from .distill import distill
+from . import distill as _distill
 
 HELDOUT_LIMIT = 64 << 20  # bytes of a heldout.json read (reflex-smol's: 0.6 MB)
 DEFAULT_SAMPLES = {"awq": 64, "gptq": 128, "dwq": 256, "sens": 64}  # modest: the H200 run is minutes
-DEFAULT_SAMPLES["distill"] = 2048  # convert/distill.py: its teacher runs each once, its steps reuse them
+DEFAULT_SAMPLES["distill"] = _distill.DEFAULT_SAMPLES  # convert/distill.py
 AWQ_GRID = 20  # mlx-lm's default grid of scale ratios and clip shrinks
 DWQ_LEARNING_RATE = 1e-5
 DWQ_BATCH = 8
@@ -499,7 +499,7 @@ def sens(model, reflex, recipe, data, progress) -> dict:
 
 Method = Callable[..., dict]
 METHODS: dict[str, Method] = {"awq": awq, "gptq": gptq, "dwq": dwq, "sens": sens}
-METHODS["distill"] = distill  # convert/distill.py: the Reflex-objective distillation
+METHODS["distill"] = _distill.distill  # convert/distill.py: the Reflex-objective distillation
 
 
 # ------------------------------------------------------------------ projection
@@ -546,10 +546,8 @@ def calibration_flops(method: str, shape, samples: int, tokens: int) -> tuple[fl
     if method == "sens":
         return 4 * forward, samples // 4 * 2
     if method == "distill":  # one teacher pass, DEFAULT_STEPS batches forward and backward, two checks
-        from convert.distill import DEFAULT_BATCH, DEFAULT_STEPS
-
-        step = forward / max(samples, 1) * DEFAULT_BATCH
-        return 1.2 * forward + 3 * DEFAULT_STEPS * step, DEFAULT_STEPS
+        step = forward / max(samples, 1) * _distill.DEFAULT_BATCH
+        return 1.2 * forward + 3 * _distill.DEFAULT_STEPS * step, _distill.DEFAULT_STEPS
     raise CalibrationError(f"no projection for {method}")
 
 

@@ -41,12 +41,19 @@ from mlx.utils import tree_unflatten
 from reflex_core import training
 from reflex_core.spec import INFONCE_TEMPERATURE
 
-# Defaults sized for reflex-smol on one H200 within about two minutes (docs/precision.md
-# gives the estimate); every one is an option.
+# Defaults sized for reflex-smol on one H200 within about two minutes: the teacher's
+# 2048 cycles (prompts padded to 96 tokens) and 300 steps of 16 forward and backward
+# come to about 0.36 PFLOP (convert.calibrate.calibration_flops), some seconds at even
+# 10 % of the GPU's float16 rate; at this size the step is kernel-launch bound
+# (~30 layers x ~60 kernels forward and backward, ~20-50 ms), so 300 steps are
+# 6-15 s. Every one is an option of `distill`.
 DEFAULT_STEPS = 300
 DEFAULT_BATCH = 16
 DEFAULT_SAMPLES = 2048  # calibration cycles (convert.calibrate.DEFAULT_SAMPLES): the teacher runs each once
 DEFAULT_LR = 1e-3  # per step, in units of each group's own quantization step (see `_Params`)
+# Adam is blind to a constant factor on the loss; the factor keeps a float16 backbone's
+# small activation gradients above float16's smallest numbers.
+LOSS_SCALE = 1024.0
 CHECK_FRACTION = 0.1  # of the calibration programs, kept apart for the before/after check
 
 
@@ -259,8 +266,8 @@ def distill(
 
     before = measure(check_batches, check_targets)
 
-    def loss_fn(delta, arrays, target):
-        return distill_loss(student_reflex, forward(delta, arrays), target, temperature)[0]
+    def loss_fn(delta, arrays, target):  # scaled: float16 activations' gradients must not flush to 0
+        return LOSS_SCALE * distill_loss(student_reflex, forward(delta, arrays), target, temperature)[0]
 
     grad_fn = mx.value_and_grad(loss_fn)
     optimizer = optim.Adam(learning_rate=lr)
@@ -275,7 +282,7 @@ def distill(
         loss, grads = grad_fn(params.delta, fit_batches[i], fit_targets[i])
         params.delta = optimizer.apply_gradients(grads, params.delta)
         mx.eval(loss, params.delta, optimizer.state)
-        losses.append(loss.item())
+        losses.append(loss.item() / LOSS_SCALE)
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{losses[-1]:.4f}")
@@ -285,6 +292,11 @@ def distill(
     model.update(tree_unflatten(params.values(params.delta)))
     mx.eval(model.parameters())
     after = measure(check_batches, check_targets)
+    kept = bool(np.isfinite(after["loss"]) and after["loss"] <= before["loss"])
+    if not kept:  # never worse than plain quantization on the held-apart programs
+        params.delta = {p: {k: mx.zeros_like(v) for k, v in d.items()} for p, d in params.delta.items()}
+        model.update(tree_unflatten(params.values(params.delta)))
+        mx.eval(model.parameters())
     if any(not mx.array_equal(m.weight, weights_before[p]).item() for p, m in layers):
         raise RuntimeError("distillation changed a packed weight")  # a bug, not a user error
     return {
@@ -304,6 +316,7 @@ def distill(
         "check_after": after,
         "loss_before": before["loss"],
         "loss_after": after["loss"],
+        "kept": kept,  # False: the check loss rose, so the plain quantization was restored
         "train_loss_first": float(np.mean(losses[: min(10, len(losses))])),
         "train_loss_last": float(np.mean(losses[-min(10, len(losses)) :])),
         "device": str(mx.default_device()),
