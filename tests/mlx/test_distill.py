@@ -141,3 +141,14 @@ def test_bad_options_are_one_line_errors(run):
         dist.distill(None, None, Recipe(backbone_dtype="float32"), data)
     with pytest.raises(dist.DistillError, match="steps must be a positive integer"):
         dist.distill(None, None, Recipe(**RECIPE), data, steps=0)
+
+
+def test_the_precision_bench_names_the_distill_rows_and_projects_their_cost():
+    from bench.precision import parse_spec
+    from reflex_core.shapes import RELEASE, SMOL
+
+    recipe, method = parse_spec("distill4-g32/4bit")
+    assert method == "distill" and (recipe.bits, recipe.group_size, recipe.adapter_bits) == (4, 32, 4)
+    assert calib.DEFAULT_SAMPLES["distill"] == dist.DEFAULT_SAMPLES
+    small = calib.projected_seconds("distill", SMOL, dist.DEFAULT_SAMPLES, 96)
+    assert 0 < small < calib.projected_seconds("distill", RELEASE, dist.DEFAULT_SAMPLES, 96)
