@@ -8,7 +8,8 @@ SPEC is BACKBONE/ADAPTERS: BACKBONE one of float32, float16, bfloat16, 8bit-g64,
 float16, 8bit, 4bit (the adapter side's linear layers quantized, group 64).
 A calibrated BACKBONE (convert/calibrate.py, on the corpus's training programs)
 is METHOD<bits>-g<group>: awq4-g64, gptq4-g64, dwq4-g64 (mlx-lm's AWQ, GPTQ,
-DWQ), or sens4_6-g64 (4-bit with the most sensitive matrices at 6, by measured
+DWQ), distill4-g64 (convert/distill.py: scales and biases trained on the Reflex
+objective), or sens4_6-g64 (4-bit with the most sensitive matrices at 6, by measured
 sensitivity); its row records the calibration's seconds here and a projected
 Mac time (convert.calibrate.projected_seconds: a FLOP count over a stated
 throughput, not a measurement).

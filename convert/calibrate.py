@@ -40,8 +40,11 @@ import numpy as np
 
 from reflex_core.files import parse_json, read_regular
 
+from . import distill as _distill
+
 HELDOUT_LIMIT = 64 << 20  # bytes of a heldout.json read (reflex-smol's: 0.6 MB)
 DEFAULT_SAMPLES = {"awq": 64, "gptq": 128, "dwq": 256, "sens": 64}  # modest: the H200 run is minutes
+DEFAULT_SAMPLES["distill"] = _distill.DEFAULT_SAMPLES  # convert/distill.py
 AWQ_GRID = 20  # mlx-lm's default grid of scale ratios and clip shrinks
 DWQ_LEARNING_RATE = 1e-5
 DWQ_BATCH = 8
@@ -496,6 +499,7 @@ def sens(model, reflex, recipe, data, progress) -> dict:
 
 Method = Callable[..., dict]
 METHODS: dict[str, Method] = {"awq": awq, "gptq": gptq, "dwq": dwq, "sens": sens}
+METHODS["distill"] = _distill.distill  # convert/distill.py: the Reflex-objective distillation
 
 
 # ------------------------------------------------------------------ projection
@@ -541,6 +545,9 @@ def calibration_flops(method: str, shape, samples: int, tokens: int) -> tuple[fl
         return 4 * (forward + head), samples // DWQ_BATCH * 4
     if method == "sens":
         return 4 * forward, samples // 4 * 2
+    if method == "distill":  # one teacher pass, DEFAULT_STEPS batches forward and backward, two checks
+        step = forward / max(samples, 1) * _distill.DEFAULT_BATCH
+        return 1.2 * forward + 3 * _distill.DEFAULT_STEPS * step, _distill.DEFAULT_STEPS
     raise CalibrationError(f"no projection for {method}")
 
 
