@@ -38,11 +38,8 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from reflex_core.files import parse_json, read_regular
-
 from . import distill as _distill
 
-HELDOUT_LIMIT = 64 << 20  # bytes of a heldout.json read (reflex-smol's: 0.6 MB)
 DEFAULT_SAMPLES = {"awq": 64, "gptq": 128, "dwq": 256, "sens": 64}  # modest: the H200 run is minutes
 DEFAULT_SAMPLES["distill"] = _distill.DEFAULT_SAMPLES  # convert/distill.py
 AWQ_GRID = 20  # mlx-lm's default grid of scale ratios and clip shrinks
@@ -94,12 +91,14 @@ class CalibrationData:
 
 
 def heldout_words(path: str | Path | None) -> set[tuple[int, ...]]:
-    """The programs a heldout.json lists (words), read bounded; none for no file."""
+    """The programs a heldout.json lists (words); none for no file."""
+    from reflex_core.training import read_heldout_file
+
     if path is None or not Path(path).exists():
         return set()
-    data = parse_json(read_regular(path, HELDOUT_LIMIT, "heldout file", CalibrationError))
+    entries = read_heldout_file(path, CalibrationError)
     try:
-        return {tuple(int(w, 16) for w in entry["words"]) for entry in data["programs"]}
+        return {tuple(int(w, 16) for w in entry["words"]) for entry in entries}
     except (KeyError, TypeError, ValueError):
         raise CalibrationError(f"{path}: not a heldout.json (programs with hex words)") from None
 
@@ -137,8 +136,9 @@ def calibration_data(
 
     if samples < 1:
         raise CalibrationError("calibration needs at least one sample")
+    held = heldout_words(heldout)
     try:
-        pool = training_prompts(corpus, heldout_words(heldout))
+        pool = training_prompts(corpus, held)
     except CorpusError as err:
         raise CalibrationError(str(err)) from None
     if not pool:
@@ -169,7 +169,7 @@ def calibration_data(
         states=np.asarray(states, dtype=np.uint32),
         prompts=prompts,
         programs=programs,
-        counts={"corpus_programs": len(pool), "heldout_excluded": len(heldout_words(heldout)), "seed": seed},
+        counts={"corpus_programs": len(pool), "heldout_excluded": len(held), "seed": seed},
     )
 
 

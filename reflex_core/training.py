@@ -17,7 +17,6 @@
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import random
 from collections.abc import Sequence
@@ -44,10 +43,11 @@ from .corpus import (
 )
 from .errors import one_line, short_repr, user_path
 from .evaluation import EVAL_FILTERS, eval_prompts
-from .files import open_regular, parse_json
+from .files import open_regular, parse_json, read_regular
 from .prompt import encode_prompt
 
 HELDOUT_FILE = "heldout.json"
+HELDOUT_LIMIT = 64 << 20  # bytes of a heldout.json read (reflex-smol's: 0.6 MB)
 EVAL_SEED = 0  # the fixed sample of held-out (cycle, prompt) pairs every eval uses
 
 
@@ -605,9 +605,22 @@ class Pair:
     program: int  # index into the held-out list
 
 
-def read_heldout(out_dir: Path | str) -> list[dict]:
-    data = json.loads(Path(out_dir, HELDOUT_FILE).read_text())
-    return data["programs"]
+def read_heldout(out_dir: Path | str, error=ValueError) -> list[dict]:
+    """The held-out programs a model or run folder lists (its HELDOUT_FILE)."""
+    return read_heldout_file(Path(out_dir, HELDOUT_FILE), error)
+
+
+def read_heldout_file(path: Path | str, error=ValueError) -> list[dict]:
+    """The programs of a held-out list, read bounded; a malformed one is `error` in one line."""
+    try:
+        programs = parse_json(read_regular(path, HELDOUT_LIMIT, "heldout file", error))["programs"]
+    except (KeyError, TypeError, ValueError) as err:
+        if isinstance(err, error):
+            raise
+        raise error(f"{path}: not a heldout.json ({one_line(err, 120)})") from None
+    if not isinstance(programs, list):
+        raise error(f"{path}: not a heldout.json (its programs are not a list)")
+    return programs
 
 
 def heldout_program(entry: dict) -> CorpusProgram:
