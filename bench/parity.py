@@ -23,6 +23,7 @@ Writes DIR/parity_<subject>.json and .md and prints the table.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import subprocess
@@ -63,12 +64,12 @@ def reference_captures(model, ids: np.ndarray, states: np.ndarray, batch: int) -
 
     seen: dict = {}
     hooks = [model.reflex.kv_norm.register_forward_hook(lambda m, a, out: seen.__setitem__("kv", out))]
-    for layer in model.adapter_layers:  # registered after the adapter hooks: sees their output
+    for layer, adapter in zip(model.adapter_layers, model.reflex.adapters):  # the layer's output, adapted
 
         def grab(m, a, out, layer=layer):
-            seen[layer] = (out[0] if isinstance(out, tuple) else out)[:, n_real - 1]
+            seen[layer] = out[:, n_real - 1]
 
-        hooks.append(model.backbone.layers[layer].register_forward_hook(grab))
+        hooks.append(adapter.register_forward_hook(grab))
     parts: dict[str, list] = {}
     try:
         with torch.no_grad():
@@ -111,9 +112,11 @@ def candidate_captures(
     import mlx.core as mx
 
     layers = list(fast.model.adapter_layers)
-    adapter_at, codebook = dict(fast.adapter_at), list(fast.codebook)
-    if sabotage == "skip-adapter":
-        del fast.adapter_at[layers[len(layers) // 2]]
+    adapters, codebook = list(fast.reflex.adapters), list(fast.codebook)
+    if sabotage == "skip-adapter":  # its gates shut: the adapter passes h through unchanged
+        off = copy.copy(adapters[len(layers) // 2])
+        off.attn_gate, off.mlp_gate = mx.zeros_like(off.attn_gate), mx.zeros_like(off.mlp_gate)
+        fast.reflex.adapters[len(layers) // 2] = off
     elif sabotage == "swap-rows":
         a, b = np.argsort(-np.bincount(ref_top1, minlength=len(codebook)), kind="stable")[:2]
         fast.codebook[a], fast.codebook[b] = codebook[b], codebook[a]
@@ -133,7 +136,7 @@ def candidate_captures(
             for key, value in out.items():
                 parts.setdefault(key, []).append(value)
     finally:
-        fast.adapter_at, fast.codebook = adapter_at, codebook
+        fast.reflex.adapters[:], fast.codebook = adapters, codebook
     return {k: np.concatenate(v) for k, v in parts.items()}
 
 

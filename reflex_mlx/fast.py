@@ -14,6 +14,8 @@ with less work:
   attention it runs on one row per prompt, and so does any adapter after it;
 * the per-cycle `step` is written out layer by layer over mlx-lm's decoder
   modules (the TransformerBlock math of its qwen2, llama and qwen3 models);
+  the adapters and the head are the model's own wiring (`ReflexModel.adapt`,
+  `ReflexModel.predict`);
 * options: q/k/v and gate/up as one matmul each (`fuse_projections`), and
   mx.compile of step and decode together, so a cycle launches fewer kernels.
 
@@ -201,16 +203,15 @@ class FastReflex:
         fuse: bool = False,
         compile: bool = False,
     ):
-        self.model = model
-        self.backbone = model.backbone
-        self.fused = fuse_projections(self.backbone) if fuse else None
         reflex = model.reflex
         if adapter_dtype is not None and adapter_dtype != reflex.adapters[0].attn_gate.dtype:
-            reflex = cast_reflex(reflex, adapter_dtype)
-        self.reflex = reflex
+            model = copy.copy(model)  # the same backbone around a cast copy of the Reflex modules
+            model.reflex = cast_reflex(reflex, adapter_dtype)
+        self.model, self.reflex = model, model.reflex
+        self.backbone = model.backbone
+        self.fused = fuse_projections(self.backbone) if fuse else None
         self.first = model.adapter_layers[0]
-        self.adapter_at = dict(zip(model.adapter_layers, reflex.adapters))
-        self.codebook = np.array(reflex.instr_words).tolist()
+        self.codebook = np.array(self.reflex.instr_words).tolist()
         self.forward = mx.compile(self._forward) if compile else self._forward
 
     # ----------------------------------------------------------- per prompt
@@ -238,13 +239,12 @@ class FastReflex:
             if i > self.first:
                 pooled = i == last_layer
                 h = self._layer(i, h, batch, pooled)
-            if i in self.adapter_at:
-                h = self.adapter_at[i](h, kv, None if pooled else batch)
+            h = self.model.adapt(i, h, kv, None if pooled else batch)
             if capture is not None and i in self.model.adapter_layers:  # even if skipped
                 capture[i] = (h if pooled else batch.pool(h))[:, 0]
         if not pooled:
             h = batch.pool(h)
-        pred = self.reflex.head(self.backbone.norm(h[:, 0]))  # RMSNorm is per token
+        pred = self.model.predict(h[:, 0])
         if capture is not None:
             capture.update(kv=kv, pred=pred)
         return pred

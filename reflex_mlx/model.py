@@ -173,14 +173,22 @@ class ReflexModel(nn.Module):
         """
         kv = self.reflex.encode_state(states)
         h = self.backbone.embed_tokens(input_ids)
-        adapters = dict(zip(self.adapter_layers, self.reflex.adapters))
+        mask = "causal" if h.shape[1] > 1 else None
         for i, layer in enumerate(self.backbone.layers):
-            h = layer(h, "causal" if h.shape[1] > 1 else None)
-            if i in adapters:
-                h = adapters[i](h, kv)
-        h = self.backbone.norm(h)
+            h = self.adapt(i, layer(h, mask), kv)
         last = attention_mask.sum(axis=1) - 1
-        return self.reflex.head(h[mx.arange(h.shape[0]), last])
+        return self.predict(h[mx.arange(h.shape[0]), last])
+
+    def adapt(self, layer: int, h: mx.array, kv: mx.array, grid=None) -> mx.array:
+        """Decoder layer `layer`'s output through its adapter, if the release has one there."""
+        if layer not in self.adapter_layers:
+            return h
+        return self.reflex.adapters[self.adapter_layers.index(layer)](h, kv, grid)
+
+    def predict(self, last: mx.array) -> mx.array:
+        """Each prompt's last token after the decoder [B, H] -> pred [B, E]: the
+        backbone's final RMSNorm (per token), then the head."""
+        return self.reflex.head(self.backbone.norm(last))
 
 
 def states_array(states: Sequence[Sequence[int]]) -> mx.array:

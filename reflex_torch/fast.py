@@ -1,10 +1,9 @@
 """A fast way to run the reference model: the same modules, called explicitly.
 
-`ReflexModel` reproduces the release by hooking adapters onto transformers'
-decoder layers and running the whole padded prompt every cycle. That is
-launch-overhead bound (docs/design.md §8). `FastReflex` is a runner over the
-*same* `ReflexModel` (no second set of weights, unless bf16 adapters are asked
-for) that computes the same function with less work:
+`ReflexModel.forward` runs the whole padded prompt every cycle, as the release
+does. That is launch-overhead bound (docs/design.md §8). `FastReflex` is a
+runner over the *same* modules (no second set of weights, unless bf16
+adapters are asked for) that computes the same function with less work:
 
 * no padding: a batch's prompts are packed token after token (N rows; the
   index math is reflex_core.batching); only attention, which must not mix
@@ -13,8 +12,9 @@ for) that computes the same function with less work:
   depend on the machine state, so `prefix()` runs it once per prompt set;
 * the last decoder layer feeds only the pooled last token, so past its
   attention it runs on one row per prompt, and so does any adapter after it;
-* the per-cycle `step` is written out layer by layer over the backbone's own
-  modules, so ReflexModel's hooks never fire and the adapters are called here;
+* the per-cycle `step` is written out layer by layer over transformers' decoder
+  modules; the adapters and the head are the model's own wiring
+  (`ReflexModel.adapt`, `ReflexModel.predict`);
 * options: q/k/v and gate/up as one matmul each (`fuse_projections`),
   torch.compile, and on CUDA each (prompt set, batch) step captured once as a
   CUDA graph and replayed every cycle, with the decode inside the graph.
@@ -115,7 +115,8 @@ def cast_reflex(reflex: Reflex, dtype: torch.dtype) -> Reflex:
 
 class PromptBatch:
     """B prompts, state-independent: their packed prefix [N, H] and the layout's
-    indices as tensors (reflex_core.batching.PackedLayout)."""
+    indices as tensors (reflex_core.batching.PackedLayout). Pooled rows are
+    [B, 1, H], as the model's own forward shapes them."""
 
     def __init__(self, fast: FastReflex, prefix: torch.Tensor, layout: PackedLayout):
         device = prefix.device
@@ -140,6 +141,10 @@ class PromptBatch:
         """[B, T, ...] -> [N, ...] packed (the pads dropped)."""
         y = y.reshape(self.batch * self.width, *y.shape[2:])
         return y if self.uniform else y[self.packed]
+
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
+        """[N, ...] packed -> [B, 1, ...]: each prompt's last token."""
+        return x[self.last][:, None]
 
     def select(self, fast: FastReflex, indices: Sequence[int]) -> PromptBatch:
         """The prompts at `indices` only, with their packed rows of the prefix."""
@@ -175,20 +180,19 @@ class FastReflex:
         cuda_graph: bool = True,
         in_place: bool = False,
     ):
-        self.model = model
-        self.backbone = model.backbone
-        self.fused = fuse_projections(self.backbone) if fuse else None
         reflex = model.reflex
         if adapter_dtype is not None and adapter_dtype != reflex.adapters[0].attn_gate.dtype:
-            reflex = reflex.to(adapter_dtype) if in_place else cast_reflex(reflex, adapter_dtype)
-        self.reflex = reflex
+            if in_place:
+                reflex.to(adapter_dtype)
+            else:  # the same backbone around a cast copy of the Reflex modules
+                model = ReflexModel(model.backbone, cast_reflex(reflex, adapter_dtype))
+        self.model, self.reflex = model, model.reflex
+        self.backbone = model.backbone
+        self.fused = fuse_projections(self.backbone) if fuse else None
         self.first = model.adapter_layers[0]
-        self.adapter_at = dict(zip(model.adapter_layers, reflex.adapters))
-        self.device = reflex.instr_words.device
+        self.device = self.reflex.instr_words.device
         self.cuda_graph = cuda_graph and self.device.type == "cuda"
-        self.codebook = [w & MASK32 for w in reflex.instr_words.tolist()]
-        # The codebook side of the cosine, normalised once (Reflex.scores recomputes it).
-        self.table = F.normalize(reflex.instr_table.weight.float(), dim=-1)
+        self.codebook = [w & MASK32 for w in self.reflex.instr_words.tolist()]
         mode = compile if isinstance(compile, str) else None
         self.compiled = torch.compile(self._step, mode=mode) if compile else None
 
@@ -210,21 +214,20 @@ class FastReflex:
 
     def _step(self, batch: PromptBatch, states: torch.Tensor) -> torch.Tensor:
         kv = self.reflex.encode_state(states)
-        h, pooled = batch.prefix, False  # [N, H] until pooled, then [B, H]
+        h, pooled = batch.prefix, False  # [N, H] until pooled, then [B, 1, H]
         last_layer = len(self.backbone.layers) - 1
         for i in range(self.first, last_layer + 1):
             if i > self.first:
                 pooled = i == last_layer
                 h = self._layer(i, h, batch, pooled)
-            if i in self.adapter_at:
-                h = self.adapter_at[i](h, kv, None if pooled else batch)
+            h = self.model.adapt(i, h, kv, None if pooled else batch)
         if not pooled:
-            h = h[batch.last]
-        return self.reflex.head(self.backbone.norm(h))  # RMSNorm is per token
+            h = batch.pool(h)
+        return self.model.predict(h[:, 0])
 
     def _layer(self, i: int, h: torch.Tensor, batch: PromptBatch, pooled: bool) -> torch.Tensor:
         """Decoder layer i (transformers' Qwen2/Llama/Mistral/Qwen3 decoder layer math)
-        on packed tokens; pooled=True returns only each prompt's last token."""
+        on packed tokens [N, H]; pooled=True returns only each prompt's last token [B, 1, H]."""
         layer = self.backbone.layers[i]
         attn, mlp = layer.self_attn, layer.mlp
         fused = self.fused[i] if self.fused else None
@@ -244,7 +247,7 @@ class FastReflex:
             q = q[batch.last][:, :, None]
             mask = None if batch.uniform else batch.key_mask
             o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=attn.scaling, enable_gqa=True)
-            o, h = o.flatten(1), h[batch.last]
+            o, h = o.transpose(1, 2).flatten(2), batch.pool(h)
         else:
             o = F.scaled_dot_product_attention(
                 grid(q), k, v, is_causal=True, scale=attn.scaling, enable_gqa=True
@@ -258,8 +261,7 @@ class FastReflex:
         return h + mlp(x)
 
     def rows(self, pred: torch.Tensor) -> torch.Tensor:
-        """Codebook row of each prediction: Reflex.scores' cosine, float32, argmax."""
-        return (F.normalize(pred.float(), dim=-1) @ self.table.T).argmax(dim=-1)
+        return self.reflex.rows(pred)
 
     def decode(self, pred: torch.Tensor) -> list[int]:
         return [self.codebook[r] for r in self.rows(pred).tolist()]

@@ -1,12 +1,15 @@
-"""The reference Reflex model in PyTorch, matching the released behaviour (docs/design.md §3).
+"""Reflex in PyTorch: state encoder, gated cross-attention adapters, head and codebook
+around a transformers decoder backbone: Qwen2 as released, or Llama, Mistral, Qwen3
+(reflex_core.spec.SUPPORTED_BACKBONES; docs/design.md §3).
 
-`Reflex` holds exactly the modules stored in `reflex.pt` (its state_dict keys are
-the checkpoint's keys). `ReflexModel` wires it to a transformers base model
-(Qwen2 as released, or Llama, Mistral, Qwen3) the way the release does: a
-forward hook on each listed decoder layer replaces that layer's output by the
-adapter's, and the backbone's own final
-RMSNorm runs after the last layer. `Reference` runs it as a predictor runner
-(reflex_core.predict), the prompt padded as the release pads it.
+Plain modules, read top to bottom: `ReflexModel.forward` is the released
+forward, the adapters called in the decoder's own loop after the listed
+layers (where the release hooks them). `Reflex` holds exactly the modules
+stored in `reflex.pt` (its state_dict keys are the checkpoint's keys).
+`Reference` runs it as a predictor runner. The fast path (prefix cached,
+packed batches, fused projections, torch.compile, CUDA graphs) is a runner
+over these same modules: reflex_torch/fast.py.
+reflex_mlx/model.py is the same file for MLX.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers.masking_utils import create_causal_mask
 
 from reflex_core.batching import pad_batch
 from reflex_core.spec import LAYER_NORM_EPS, MASK32, STATE_WORDS, ReflexArgs
@@ -37,13 +41,37 @@ class StateEncoder(nn.Module):
         return self.norm(self.value_proj(torch.cat(parts, dim=-1)) + self.role_embed.weight)
 
 
+class CrossAttention(nn.Module):
+    """Multi-head attention of prompt queries over state keys/values; no mask.
+    Stored as torch's nn.MultiheadAttention stores it (the release's module):
+    packed in_proj rows Wq; Wk; Wv, then out_proj; and initialised as it is."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * dim, dim))
+        self.in_proj_bias = nn.Parameter(torch.zeros(3 * dim))
+        self.out_proj = nn.Linear(dim, dim)
+        nn.init.xavier_uniform_(self.in_proj_weight)
+        nn.init.zeros_(self.out_proj.bias)
+
+    def forward(self, x: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
+        B, T, D = x.shape
+        w, b = self.in_proj_weight, self.in_proj_bias
+        q = F.linear(x, w[:D], b[:D])
+        k, v = F.linear(kv, w[D:], b[D:]).chunk(2, dim=-1)  # one product for keys and values
+        split = lambda t: t.unflatten(-1, (self.heads, -1)).transpose(1, 2)  # [B, heads, L, D/heads]
+        o = F.scaled_dot_product_attention(split(q), split(k), split(v))
+        return self.out_proj(o.transpose(1, 2).reshape(B, T, D))
+
+
 class Adapter(nn.Module):
     """h + tanh(g_a) * attn(LN(h), kv), then + tanh(g_m) * MLP(LN(.)); in its own dtype."""
 
     def __init__(self, hidden: int, mlp_ratio: int, heads: int):
         super().__init__()
         self.norm_q = nn.LayerNorm(hidden, eps=LAYER_NORM_EPS)
-        self.attn = nn.MultiheadAttention(hidden, heads, batch_first=True)
+        self.attn = CrossAttention(hidden, heads)
         self.attn_gate = nn.Parameter(torch.zeros(1))
         self.norm_mlp = nn.LayerNorm(hidden, eps=LAYER_NORM_EPS)
         self.mlp = nn.Sequential(
@@ -52,31 +80,15 @@ class Adapter(nn.Module):
         self.mlp_gate = nn.Parameter(torch.zeros(1))
 
     def forward(self, h: torch.Tensor, kv: torch.Tensor, grid=None) -> torch.Tensor:
-        """h [B, T, H] as released, or for the fast path packed rows [N, H] whose
-        prompts `grid` lays out (a PromptBatch), or one pooled row per state [B, H]."""
+        """h [B, T, H] (as released, and one pooled row per state [B, 1, H]), or
+        packed rows [N, H] whose prompts `grid` lays out (a fast-path PromptBatch)."""
         dtype = self.attn_gate.dtype  # float32 as released; cast back after
         x, kv = h.to(dtype), kv.to(dtype)
-        if grid is None and x.dim() == 3:  # the release: torch's own module
-            a = self.attn(self.norm_q(x), kv, kv, need_weights=False)[0]
-        else:
-            a = self.cross_attend(self.norm_q(x), kv, grid)
+        q = self.norm_q(x)
+        a = self.attn(q, kv) if grid is None else grid.from_grid(self.attn(grid.to_grid(q), kv))
         x = x + torch.tanh(self.attn_gate) * a
         x = x + torch.tanh(self.mlp_gate) * self.mlp(self.norm_mlp(x))
         return x.to(h.dtype)
-
-    def cross_attend(self, x: torch.Tensor, kv: torch.Tensor, grid=None) -> torch.Tensor:
-        """self.attn's function (batch_first, no mask, eval) on packed or pooled rows:
-        projections on the real rows only, attention per prompt on the grid.
-        tests/torch/test_fast.py checks it against nn.MultiheadAttention."""
-        E, heads = self.attn.embed_dim, self.attn.num_heads
-        w, b = self.attn.in_proj_weight, self.attn.in_proj_bias  # packed Wq; Wk; Wv
-        q = F.linear(x, w[:E], b[:E])
-        k, v = F.linear(kv, w[E:], b[E:]).chunk(2, dim=-1)
-        q = grid.to_grid(q) if grid is not None else q[:, None]  # [B, L, E]
-        split = lambda t: t.unflatten(-1, (heads, -1)).transpose(1, 2)  # [B, heads, L, D]
-        o = F.scaled_dot_product_attention(split(q), split(k), split(v)).transpose(1, 2)
-        o = grid.from_grid(o).flatten(1) if grid is not None else o.flatten(1)
-        return self.attn.out_proj(o)
 
 
 class Reflex(nn.Module):
@@ -117,45 +129,48 @@ class Reflex(nn.Module):
 
 
 class ReflexModel(nn.Module):
-    """Frozen base model (AutoModel) + Reflex, with adapters hooked after the listed layers."""
+    """A transformers base model (AutoModel) with the Reflex adapters after the listed layers."""
 
     def __init__(self, backbone: nn.Module, reflex: Reflex):
         super().__init__()
-        self.backbone = backbone
+        self.backbone = backbone  # transformers' base model: embed_tokens, rotary_emb, layers, norm
         self.reflex = reflex
         self.adapter_layers = list(reflex.args.adapter_layers)
-        if max(self.adapter_layers) >= len(backbone.layers):
+        if max(self.adapter_layers) >= len(self.backbone.layers):
             raise ValueError(
-                f"the adapter layers {self.adapter_layers} do not fit a {len(backbone.layers)}-layer backbone"
+                f"the adapter layers {self.adapter_layers} do not fit a "
+                f"{len(self.backbone.layers)}-layer backbone"
             )
-        self._kv: torch.Tensor | None = None  # the encoded state, only during forward()
-        for adapter, layer in zip(reflex.adapters, self.adapter_layers):
-            backbone.layers[layer].register_forward_hook(self._hook(adapter))
-
-    def _hook(self, adapter: Adapter):
-        def replace_output(module, args, output):
-            if self._kv is None:
-                raise RuntimeError("adapter hook ran outside ReflexModel.forward")
-            if isinstance(output, tuple):
-                return (adapter(output[0], self._kv),) + tuple(output[1:])
-            return adapter(output, self._kv)
-
-        return replace_output
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, states: torch.Tensor
     ) -> torch.Tensor:
-        """Prompt tokens [B, T] (right padded), mask [B, T], states [B, 65] -> pred [B, E]."""
-        self._kv = self.reflex.encode_state(states)
-        try:
-            hidden = self.backbone(
-                input_ids=input_ids, attention_mask=attention_mask, use_cache=False
-            ).last_hidden_state
-        finally:
-            self._kv = None
+        """Prompt tokens [B, T] (right padded), mask [B, T], states [B, 65] -> pred [B, E].
+
+        The decoder layers see the mask transformers builds from `attention_mask`
+        (causal, pads hidden), as the release runs them; prompts are far shorter
+        than any sliding window.
+        """
+        kv = self.reflex.encode_state(states)
+        h = self.backbone.embed_tokens(input_ids)
+        positions = torch.arange(h.shape[1], device=h.device)[None]
+        mask = create_causal_mask(self.backbone.config, h, attention_mask, None, positions)
+        rope = self.backbone.rotary_emb(h, positions)
+        for i, layer in enumerate(self.backbone.layers):
+            h = self.adapt(i, layer(h, attention_mask=mask, position_embeddings=rope), kv)
         last = attention_mask.sum(dim=1) - 1
-        pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
-        return self.reflex.head(pooled)
+        return self.predict(h[torch.arange(h.shape[0], device=h.device), last])
+
+    def adapt(self, layer: int, h: torch.Tensor, kv: torch.Tensor, grid=None) -> torch.Tensor:
+        """Decoder layer `layer`'s output through its adapter, if the release has one there."""
+        if layer not in self.adapter_layers:
+            return h
+        return self.reflex.adapters[self.adapter_layers.index(layer)](h, kv, grid)
+
+    def predict(self, last: torch.Tensor) -> torch.Tensor:
+        """Each prompt's last token after the decoder [B, H] -> pred [B, E]: the
+        backbone's final RMSNorm (per token), then the head."""
+        return self.reflex.head(self.backbone.norm(last))
 
 
 def states_tensor(states: Sequence[Sequence[int]], device=None) -> torch.Tensor:

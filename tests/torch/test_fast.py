@@ -1,7 +1,7 @@
 """The fast torch path computes the reference's function (docs/performance.md).
 
-FastReflex (cached prefix, explicit layer loop, packed batches) against
-ReflexModel with its hooks and padding; the lockstep eval against the
+FastReflex (cached prefix, packed batches) against ReflexModel's padded
+forward; the lockstep eval against the
 per-prompt reference eval. All on the small CPU fixture.
 """
 
@@ -51,10 +51,10 @@ def test_padding_to_96_does_not_change_the_embedding(torch_fixture, random_state
     assert rel.max() < 1e-6
 
 
-def test_fast_step_equals_the_hooked_padded_forward(torch_fixture, fast, random_states):
+def test_fast_step_equals_the_padded_forward(torch_fixture, fast, random_states):
     states = random_states(64, 0)
     for task in TASKS[:2]:
-        reference = _reference(torch_fixture, task)  # padded to 96, hooks
+        reference = _reference(torch_fixture, task)  # padded to 96
         got = Predictor(fast, torch_fixture[1], task, torch_fixture[2])
         ref, emb = reference.embed(states), got.embed(states)
         rel = (np.linalg.norm(emb - ref, axis=-1) / np.linalg.norm(ref, axis=-1)).max()
@@ -163,7 +163,9 @@ def test_fused_projections_change_nothing(fixture_dir, random_states):
 
 
 def test_torch_compiled_step_equals_the_plain_step(torch_fixture, fast, random_states):
-    """compile=True (the fastest CUDA setting, with the graph) computes the same step."""
+    """compile=True (the fastest CUDA setting, with the graph) computes the same step;
+    and the model deep-copies after it: the copy runs and gives the same words."""
+    import copy
     import shutil
 
     from reflex_torch.fast import FastReflex
@@ -181,39 +183,52 @@ def test_torch_compiled_step_equals_the_plain_step(torch_fixture, fast, random_s
         got = compiled.step(compiled.prefix(prompts), states)
         assert ((got - want).norm(dim=-1) / want.norm(dim=-1)).max().item() < 1e-5
         assert compiled.rows(got).tolist() == fast.rows(want).tolist()
+    clone = copy.deepcopy(model)
+    again = FastReflex(clone)
+    got = again.step(again.prefix(prompts), states)
+    assert torch.equal(got, want)
 
 
-def test_runner_deepcopies_and_models_stay_plain(torch_fixture, random_states):
-    """A fused, compiled runner keeps its state to itself: the model deep-copies."""
+def test_deepcopied_model_runs_as_the_original(torch_fixture, random_states):
+    """Fused views and the runner's state stay in the runner: a deep copy of the
+    model, made after a fused runner ran, runs (its own forward and a fused
+    runner over it) and gives the original's embeddings and words."""
     import copy
 
     from reflex_torch.fast import FastReflex
 
     model, tokenizer, config = torch_fixture
-    fast = FastReflex(model, fuse=True)
-    Predictor(fast, tokenizer, TASKS[0], config).predict_many(random_states(2, 7))
+    states = random_states(8, 7)
+    fast = Predictor(FastReflex(model, fuse=True), tokenizer, TASKS[0], config)
+    want_words, want = fast.predict_many(states), fast.embed(states)
+    reference = _reference(torch_fixture, TASKS[0]).embed(states)
     clone = copy.deepcopy(model)
-    assert set(vars(clone.backbone)) == set(vars(model.backbone))
-    assert not any(isinstance(v, list) and v and hasattr(v[0], "qkv") for v in vars(model.backbone).values())
+    assert clone.backbone.layers[0].self_attn.q_proj.weight is not model.backbone.layers[0].self_attn.q_proj.weight
+    again = Predictor(FastReflex(clone, fuse=True), tokenizer, TASKS[0], config)
+    assert np.array_equal(again.embed(states), want)
+    assert again.predict_many(states) == want_words
+    cloned = _reference((clone, tokenizer, config), TASKS[0]).embed(states)
+    assert np.array_equal(cloned, reference)
 
 
-def test_cross_attend_is_multihead_attention(torch_fixture):
-    """The fast path's explicit attention computes nn.MultiheadAttention's function,
-    on pooled rows and on packed prompts laid out on a grid."""
+def test_cross_attention_is_multihead_attention(torch_fixture):
+    """The adapters' attention computes the release's nn.MultiheadAttention from the
+    same weights, on prompts [B, T, H], pooled rows [B, 1, H] and packed prompts on a grid."""
     from reflex_torch.fast import FastReflex
 
     model, tokenizer, _ = torch_fixture
     adapter = model.reflex.adapters[0]
+    hidden = adapter.norm_q.normalized_shape[0]
+    released = torch.nn.MultiheadAttention(hidden, adapter.attn.heads, batch_first=True).eval()
+    released.load_state_dict(adapter.attn.state_dict(), strict=True)
     gen = torch.Generator().manual_seed(0)
-    hidden = adapter.attn.embed_dim
     kv = torch.randn(3, 65, hidden, generator=gen)
     with torch.no_grad():
-        rows = torch.randn(3, hidden, generator=gen)
-        want = adapter.attn(rows[:, None], kv, kv, need_weights=False)[0][:, 0]
-        assert torch.allclose(adapter.cross_attend(rows, kv), want, atol=1e-5)
+        for rows in (torch.randn(3, 7, hidden, generator=gen), torch.randn(3, 1, hidden, generator=gen)):
+            want = released(rows, kv, kv, need_weights=False)[0]
+            assert torch.allclose(adapter.attn(rows, kv), want, atol=1e-5)
         fast = FastReflex(model)
         batch = fast.prefix([tokenizer(t)["input_ids"] for t in TASKS])
         packed = torch.randn(batch.layout.tokens, hidden, generator=gen)
-        grid_out = adapter.attn(batch.to_grid(packed), kv, kv, need_weights=False)[0]
-        got = adapter.cross_attend(packed, kv, batch)
-        assert torch.allclose(got, batch.from_grid(grid_out), atol=1e-5)
+        want = batch.from_grid(released(batch.to_grid(packed), kv, kv, need_weights=False)[0])
+        assert torch.allclose(batch.from_grid(adapter.attn(batch.to_grid(packed), kv)), want, atol=1e-5)
