@@ -168,23 +168,31 @@ class StreamedSource:
         self.source_bytes = 4 * sum(v.size for _, v in tree_flatten(model.parameters()))
         self.source_bytes += 4 * sum(math.prod(t.shape) for t in self.ckpt.state.values())
 
-    def _reflex(self, adapter: int | None):
-        """The Reflex modules with the checkpoint's head, encoder and codebook loaded,
-        and one adapter's weights (or none); the others stay unmaterialized."""
+    def _reflex(self):
+        """The Reflex modules with the checkpoint's encoder, head and codebook loaded,
+        in float32; the adapters stay unmaterialized until `_load_adapter`."""
         from reflex_mlx.model import Reflex
 
         reflex = Reflex(self.args)
-        wanted = lambda n: (
-            not n.startswith("adapters.") or (adapter is not None and n.startswith(f"adapters.{adapter}."))
-        )
+        self._load(reflex, lambda n: not n.startswith("adapters."))
+        return reflex
+
+    def _load_adapter(self, reflex, k: int) -> None:
+        """Adapter k's weights from the checkpoint, in float32 (`_free` lets them go)."""
+        self._load(reflex, lambda n: n.startswith(f"adapters.{k}."))
+
+    def _load(self, reflex, wanted) -> None:
+        from reflex_mlx.model import Reflex
+
         weights = Reflex.sanitize({n: mx.array(t.numpy()) for n, t in self.ckpt.state.items() if wanted(n)})
         reflex.load_weights(list(weights.items()), strict=False)
         reflex.apply(lambda p: p.astype(mx.float32) if mx.issubdtype(p.dtype, mx.floating) else p)
-        return reflex
 
     def words(self, runs: list[Run], progress: bool = True) -> list[list[int]]:
-        """The source's word at every recorded cycle of every run."""
+        """The source's word at every recorded cycle of every run: ReflexModel's own
+        wiring (`adapt` after each layer, `predict` on the last token), one layer at a time."""
         from reflex_mlx.backbone import load_backbone
+        from reflex_mlx.model import ReflexModel
 
         H = self.backbone_config["hidden_size"]
         wide = max(H, self.backbone_config.get("intermediate_size", H))
@@ -198,8 +206,7 @@ class StreamedSource:
             held += per_cycle(run) * len(run.words)
         chunks.append(chunk)
 
-        heads = self._reflex(None)
-        adapter_at = {layer: k for k, layer in enumerate(self.args.adapter_layers)}
+        reflex = self._reflex()
         out: list[list[int]] = [[] for _ in runs]
         bar = None
         if progress:
@@ -208,59 +215,60 @@ class StreamedSource:
             layers = self.backbone_config["num_hidden_layers"]
             bar = tqdm(total=len(chunks) * layers, desc="verify: source layers", unit="layer", leave=False)
         for chunk in chunks:
-            backbone = load_backbone(self.source_dir, lazy=True)[0].model  # lazy: nothing read yet
-            _to_float32(backbone.embed_tokens)
-            hidden = {i: backbone.embed_tokens(mx.array([runs[i].tokens])) for i in chunk}
+            # lazy: nothing is read until a layer is used
+            model = ReflexModel(load_backbone(self.source_dir, lazy=True)[0], reflex)
+            _to_float32(model.backbone.embed_tokens)
+            hidden = {i: model.backbone.embed_tokens(mx.array([runs[i].tokens])) for i in chunk}
             mx.eval(list(hidden.values()))
-            _free(backbone.embed_tokens)
-            for index, layer in enumerate(backbone.layers):
+            _free(model.backbone.embed_tokens)
+            for index, layer in enumerate(model.backbone.layers):
                 _to_float32(layer)
-                adapter = None
-                if index in adapter_at:
-                    adapter = self._reflex(adapter_at[index])
+                adapted = index in model.adapter_layers
+                if adapted:
+                    self._load_adapter(reflex, model.adapter_layers.index(index))
                 for i in chunk:
                     run, h = runs[i], hidden[i]
                     rows = max(1, ROW_BUDGET // (4 * wide * len(run.tokens)))
                     if h.shape[0] == 1:  # still the prompt alone: the state has not entered yet
                         h = layer(h, "causal")
-                        if adapter is not None:
+                        if adapted:
                             h = mx.broadcast_to(h, (len(run.words), *h.shape[1:]))
-                            h = self._adapt(adapter, adapter_at[index], h, run.states, rows)
+                            h = self._adapt(model, index, h, run.states, rows)
                     else:
                         parts = []
                         for a in range(0, h.shape[0], rows):
                             part = layer(h[a : a + rows], "causal")
-                            if adapter is not None:
-                                part = self._adapt(adapter, adapter_at[index], part, run.states[a : a + rows])
+                            if adapted:
+                                part = self._adapt(model, index, part, run.states[a : a + rows])
                             parts.append(part)
                             mx.eval(parts[-1])
                         h = mx.concatenate(parts, axis=0)
                     mx.eval(h)
                     hidden[i] = h
                 _free(layer)
-                if adapter is not None:
-                    _free(adapter)
+                if adapted:
+                    _free(reflex.adapters[model.adapter_layers.index(index)])
                 if bar is not None:
                     bar.update(1)
-            _to_float32(backbone.norm)
+            _to_float32(model.backbone.norm)
             for i in chunk:
-                last = backbone.norm(hidden.pop(i)[:, -1, :])
-                out[i] = heads.decode(heads.head(last))
-            del backbone
+                out[i] = reflex.decode(model.predict(hidden.pop(i)[:, -1, :]))
+            del model
             mx.clear_cache()
         if bar is not None:
             bar.close()
         return out
 
     @staticmethod
-    def _adapt(reflex, k: int, h: mx.array, states, rows: int | None = None) -> mx.array:
+    def _adapt(model, layer: int, h: mx.array, states, rows: int | None = None) -> mx.array:
+        """model.adapt after decoder layer `layer`, `rows` states at a time."""
         from reflex_mlx.model import states_array
 
         rows = rows or h.shape[0]
         parts = []
         for a in range(0, h.shape[0], rows):
-            kv = reflex.encode_state(states_array(states[a : a + rows]))
-            parts.append(reflex.adapters[k](h[a : a + rows], kv))
+            kv = model.reflex.encode_state(states_array(states[a : a + rows]))
+            parts.append(model.adapt(layer, h[a : a + rows], kv))
             mx.eval(parts[-1])
         return mx.concatenate(parts, axis=0)
 
@@ -278,14 +286,13 @@ class StreamedSource:
         from reflex_core.predict import BatchPredictor
         from reflex_mlx.backbone import load_backbone
         from reflex_mlx.fast import FastReflex
-        from reflex_mlx.model import Reflex, ReflexModel
+        from reflex_mlx.model import ReflexModel
 
         backbone = load_backbone(self.source_dir, lazy=True)[0]
         backbone.apply(lambda p: p.astype(mx.float32) if mx.issubdtype(p.dtype, mx.floating) else p)
-        reflex = Reflex(self.args)
-        weights = Reflex.sanitize({n: mx.array(t.numpy()) for n, t in self.ckpt.state.items()})
-        reflex.load_weights(list(weights.items()), strict=True)
-        reflex.apply(lambda p: p.astype(mx.float32) if mx.issubdtype(p.dtype, mx.floating) else p)
+        reflex = self._reflex()
+        for k in range(self.args.num_adapters):
+            self._load_adapter(reflex, k)
         model = ReflexModel(backbone, reflex)
         tokenizer = load_tokenizer(self.source_dir)
         predict = BatchPredictor(FastReflex(model), tokenizer, [run.task.prompt for run in runs], self.config)
