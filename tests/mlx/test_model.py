@@ -35,16 +35,23 @@ def test_fast_runner_equals_the_plain_forward(mlx_float32, random_states):
 
 
 def test_deepcopy_after_a_compiled_step(mlx_float32, random_states):
-    """Compiled functions and fused views live in the runner: the model stays a plain module."""
+    """Compiled functions and fused views live in the runner: the model stays a plain
+    module, and its deep copy runs (its own forward and a fused, compiled runner over
+    it) to the original's embeddings and words."""
     from reflex_mlx.fast import FastReflex
+    from reflex_mlx.model import Reference
 
     model, tokenizer, config = mlx_float32
-    fast = FastReflex(model, fuse=True, compile=True)
-    words = Predictor(fast, tokenizer, TASKS[1], config).predict_many(random_states(4, 1))
+    states = random_states(4, 1)
+    reference = lambda m: Predictor(Reference(m, tokenizer.pad_token_id, 96), tokenizer, TASKS[1], config)
+    fast = Predictor(FastReflex(model, fuse=True, compile=True), tokenizer, TASKS[1], config)
+    words, embedded, plain = fast.predict_many(states), fast.embed(states), reference(model).embed(states)
     clone = copy.deepcopy(model)
     assert sorted(vars(clone)) == sorted(vars(model))
-    again = Predictor(FastReflex(clone, compile=True), tokenizer, TASKS[1], config)
-    assert again.predict_many(random_states(4, 1)) == words
+    again = Predictor(FastReflex(clone, fuse=True, compile=True), tokenizer, TASKS[1], config)
+    assert again.predict_many(states) == words
+    assert np.array_equal(again.embed(states), embedded)
+    assert np.array_equal(reference(clone).embed(states), plain)
 
 
 def test_sanitize_is_idempotent(mlx_float32_dir):
