@@ -26,6 +26,13 @@ from reflex_core.batching import pad_batch
 from reflex_core.spec import LAYER_NORM_EPS, MASK32, STATE_WORDS, ReflexArgs
 
 
+class MLP(nn.Sequential):
+    """Linear, exact (erf) GELU, Linear; an nn.Sequential, so stored as the release stores it."""
+
+    def __init__(self, dim: int, hidden_dim: int):
+        super().__init__(nn.Linear(dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, dim))
+
+
 class StateEncoder(nn.Module):
     """65 machine words -> 65 key/value tokens: 4 byte embeddings, projection, role."""
 
@@ -74,9 +81,7 @@ class Adapter(nn.Module):
         self.attn = CrossAttention(hidden, heads)
         self.attn_gate = nn.Parameter(torch.zeros(1))
         self.norm_mlp = nn.LayerNorm(hidden, eps=LAYER_NORM_EPS)
-        self.mlp = nn.Sequential(
-            nn.Linear(hidden, mlp_ratio * hidden), nn.GELU(), nn.Linear(mlp_ratio * hidden, hidden)
-        )
+        self.mlp = MLP(hidden, mlp_ratio * hidden)
         self.mlp_gate = nn.Parameter(torch.zeros(1))
 
     def forward(self, h: torch.Tensor, kv: torch.Tensor, grid=None) -> torch.Tensor:
@@ -103,7 +108,7 @@ class Reflex(nn.Module):
         self.adapters = nn.ModuleList(
             Adapter(H, args.adapter_mlp_ratio, args.adapter_heads) for _ in args.adapter_layers
         )
-        self.head_mlp = nn.Sequential(nn.Linear(H, H), nn.GELU(), nn.Linear(H, H))
+        self.head_mlp = MLP(H, H)
         self.embed_head = nn.Linear(H, args.embed_dim)
         self.instr_table = nn.Embedding(args.num_instrs, args.embed_dim)
         self.register_buffer("instr_words", torch.zeros(args.num_instrs, dtype=torch.int64))
@@ -112,12 +117,13 @@ class Reflex(nn.Module):
         return self.kv_norm(self.state_encoder(words))
 
     def head(self, pooled: torch.Tensor) -> torch.Tensor:
-        return self.embed_head(self.head_mlp(pooled.to(self.embed_head.weight.dtype)))
+        # the Reflex modules' float dtype (as in MLX, where a quantized embed_head's weight is packed)
+        return self.embed_head(self.head_mlp(pooled.to(self.kv_norm.weight.dtype)))
 
     def scores(self, pred: torch.Tensor) -> torch.Tensor:
         """Cosine similarity of each prediction against every codebook row, float32."""
-        table = F.normalize(self.instr_table.weight.float(), dim=-1)
-        return F.normalize(pred.float(), dim=-1) @ table.T
+        unit = lambda t: t / t.norm(dim=-1, keepdim=True)
+        return unit(pred.float()) @ unit(self.instr_table.weight.float()).T
 
     def rows(self, pred: torch.Tensor) -> torch.Tensor:
         """The codebook row each prediction snaps to."""

@@ -2,7 +2,7 @@
 one over a Qwen2 backbone (as released) and one over a Llama backbone.
 
 float32 MLX (unquantized backbone, fast runner as the CLI uses it) must match
-the float32 reference (hooks, padded to 96) to 1e-4 relative error and decode
+the float32 reference (padded to 96) to 1e-4 relative error and decode
 the same word; the 4-bit backbone is measured and printed (its error is what
 4-bit quantization of random weights gives).
 """

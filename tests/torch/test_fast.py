@@ -203,7 +203,8 @@ def test_deepcopied_model_runs_as_the_original(torch_fixture, random_states):
     want_words, want = fast.predict_many(states), fast.embed(states)
     reference = _reference(torch_fixture, TASKS[0]).embed(states)
     clone = copy.deepcopy(model)
-    assert clone.backbone.layers[0].self_attn.q_proj.weight is not model.backbone.layers[0].self_attn.q_proj.weight
+    q_proj = lambda m: m.backbone.layers[0].self_attn.q_proj.weight
+    assert q_proj(clone) is not q_proj(model) and torch.equal(q_proj(clone), q_proj(model))
     again = Predictor(FastReflex(clone, fuse=True), tokenizer, TASKS[0], config)
     assert np.array_equal(again.embed(states), want)
     assert again.predict_many(states) == want_words

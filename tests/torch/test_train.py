@@ -122,7 +122,7 @@ def test_loss_falls(trained):
 
 
 def test_loaded_model_predicts_as_in_training(trained):
-    """load_model (the inference path, hooks and all) gives the training model's predictions."""
+    """load_model (the inference path) gives the training model's predictions."""
     out, result = trained
     model, tokenizer, config = load_model(out / "reflex.pt", device="cpu", backbone_dtype=torch.float32)
     pairs = result["eval_pairs"]
