@@ -99,3 +99,19 @@ def test_mlx_side_imports_and_runs_without_torch(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert '"outcome"' in proc.stdout
     assert "backend: mlx" in proc.stderr
+
+
+def test_bf16_adapters_are_a_copy(mlx_float32, random_states):
+    """Another adapter dtype runs from a cast copy around the same backbone; the model's
+    own Reflex modules stay float32."""
+    from reflex_mlx.fast import FastReflex
+
+    model, tokenizer, config = mlx_float32
+    fast16 = FastReflex(model, adapter_dtype=mx.bfloat16)
+    assert fast16.reflex.adapters[0].mlp.fc1.weight.dtype == mx.bfloat16
+    assert model.reflex.adapters[0].mlp.fc1.weight.dtype == mx.float32
+    assert fast16.model.backbone is model.backbone and fast16.model.reflex is not model.reflex
+    states = random_states(32, 2)
+    want = Predictor(FastReflex(model), tokenizer, TASKS[0], config).predict_many(states)
+    got = Predictor(fast16, tokenizer, TASKS[0], config).predict_many(states)
+    assert np.mean(np.array(want) == np.array(got)) > 0.8
