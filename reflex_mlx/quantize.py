@@ -99,10 +99,6 @@ def parse_recipe(spec: str) -> Recipe:
 # pass set (bench.precision.choose_default applies the rule; a test holds the two
 # together). For the released 7B shape: 8.70 GiB resident, fits a 16 GB Mac.
 DEFAULT_RECIPE = Recipe(bits=8, group_size=64, adapter_bits=8)
-# What `python -m convert --fit 8GB` picks for the released 7B shape (convert/recipes.py,
-# held to it by a test): 4.76 GiB without the untied text head, within an 8 GB Mac's
-# 5.33 GB working set; 99.59 % same word on reflex-smol (35/41 runs identical).
-SMALL_RECIPE = Recipe(bits=4, group_size=32, adapter_bits=4)
 # mlx-lm's mixed-precision recipes (mlx_lm.convert.QUANT_RECIPES).
 MIXED_RECIPES = ("mixed_2_6", "mixed_3_4", "mixed_3_6", "mixed_4_6")
 BACKBONE_BITS = (3, 4, 5, 6, 8)

@@ -227,7 +227,7 @@ def test_the_defaults_are_the_precision_tables_choice():
     from reflex_mlx.quantize import DEFAULT_RECIPE
 
     table = json.loads((Path(__file__).parents[2] / "docs/results/precision_reflex-smol.json").read_text())
-    assert parse_recipe(choose_default(table)) == DEFAULT_RECIPE  # SMALL_RECIPE: tests/mlx/test_fit.py
+    assert parse_recipe(choose_default(table)) == DEFAULT_RECIPE  # the 8 GB pick: tests/mlx/test_fit.py
 
 
 def test_layouts_that_cannot_be_converted_are_one_line_errors(fixture_dir, tmp_path):
