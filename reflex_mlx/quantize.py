@@ -96,7 +96,7 @@ def parse_recipe(spec: str) -> Recipe:
 # The converter's defaults, chosen from reflex-smol's precision table
 # (docs/precision.md, docs/results/precision_reflex-smol.json) by its rule: the
 # smallest recipe whose same-word agreement is >= 99.5 % with the reference's
-# pass set (bench.precision.choose_default applies the rule; a test holds the two
+# pass set (convert.recipes.default_entry applies the rule; a test holds the two
 # together). For the released 7B shape: 8.70 GiB resident, fits a 16 GB Mac.
 DEFAULT_RECIPE = Recipe(bits=8, group_size=64, adapter_bits=8)
 # mlx-lm's mixed-precision recipes (mlx_lm.convert.QUANT_RECIPES).
