@@ -32,12 +32,12 @@ class _Commands(OneLineErrors):
     """The command group, each command loaded from its module when it is asked for."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return list(COMMANDS)
+        return sorted({*COMMANDS, *super().list_commands(ctx)})
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         module = COMMANDS.get(name)
         if module is None:
-            return None
+            return super().get_command(ctx, name)  # one added with @main.command
         return importlib.import_module(f"{__name__}.{module}").command
 
 
