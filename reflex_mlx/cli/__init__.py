@@ -1,8 +1,9 @@
 """`reflex-mlx`: run Reflex on a prompt, evaluate it, time it, demo it, train it; with MLX or PyTorch.
 
 One module per command, each a thin layer over the Python API (reflex_mlx.api) and
-imported only when its command runs; reflex_mlx/cli/common.py holds what they share:
-the error policy, the model and backend options. Neither framework is imported here.
+imported only when its command runs (or --help lists it); reflex_mlx/cli/common.py holds
+what they share: the error policy, the model and backend options. The backends' frameworks
+are imported by the backend a command loads, and by `train`, which trains in MLX.
 """
 
 from __future__ import annotations
