@@ -8,7 +8,7 @@ What counts as a citation:
 - a bare `name.py` in backticks: some tracked file has that name;
 - a dotted name whose first part is one of the packages (`reflex_mlx.quantize.DEFAULT_RECIPE`,
   `convert.calibrate.projected_seconds`): the module imports and has the attribute;
-  `python -m MODULE` and `from MODULE import a, b` in code blocks likewise;
+  `python -m MODULE` names a module file; `from MODULE import a, b` in a code block resolves;
 - `path: NAME` or `path::NAME`: the file defines or names NAME;
 - a CamelCase or UPPER_CASE name alone in backticks (`FastReflex`, `DEFAULT_MAX_CYCLES`): it occurs
   as a word in the repository's source, outside README.md and docs/.
@@ -18,6 +18,7 @@ Paths outside the repository (`~/.cache/...`, `/tmp/...`, `../shared/...`) and p
 
 from __future__ import annotations
 
+import ast
 import fnmatch
 import importlib
 import re
@@ -28,9 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 SELF = Path(__file__).resolve().relative_to(ROOT).as_posix()
 PACKAGES = ("reflex_core", "reflex_mlx", "reflex_torch", "convert", "bench")
-FILE_EXTENSIONS = (
-    "py|md|json|jsonl|txt|log|pt|safetensors|sh|toml|yml|yaml|gguf|csv|png|svg|npz|cfg|ini|lock"
-)
+FILE_EXTENSIONS = "py|md|json|jsonl|txt|log|pt|safetensors|sh|toml|yml|yaml|gguf|csv|png|svg|npz|cfg|ini|lock"
 # Names the documents quote from other projects (or the shell): nothing in this repository defines them.
 EXTERNAL = {"OMP_NUM_THREADS", "LoRALinear"}
 
@@ -53,7 +52,7 @@ def source_words() -> frozenset[str]:
     """Every identifier in the repository's code and build files (not in README.md or docs/)."""
     words: set[str] = set()
     for p in tracked():
-        if p in ("README.md", SELF) or p.startswith("docs/") or not re.search(r"\.(py|toml|sh|yml|yaml)$|Makefile$", p):
+        if p in ("README.md", SELF) or p.startswith("docs/") or not SOURCE_FILE.search(p):
             continue
         words.update(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", (ROOT / p).read_text(errors="replace")))
     return frozenset(words)
@@ -93,9 +92,62 @@ def names_in(path: str, name: str) -> bool:
     return re.search(rf"\b{re.escape(name)}\b", text) is not None
 
 
+def module_file(module_name: str) -> Path | None:
+    base = ROOT / module_name.replace(".", "/")
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+@cache
+def defined(path: Path) -> dict[str, ast.AST | None]:
+    """The names a module's top level binds (def, class, assignment, import), with their class bodies."""
+    names: dict[str, ast.AST | None] = {}
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names[node.name] = node if isinstance(node, ast.ClassDef) else None
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            for target in node.targets if isinstance(node, ast.Assign) else [node.target]:
+                for name in ast.walk(target):
+                    if isinstance(name, ast.Name):
+                        names[name.id] = None
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            for alias in node.names:
+                names[(alias.asname or alias.name).split(".")[0]] = None
+    return names
+
+
+def resolve_statically(parts: list[str]) -> bool:
+    """Without importing (torch alone takes seconds): a module file, then names bound in it."""
+    for cut in range(len(parts), 0, -1):
+        path = module_file(".".join(parts[:cut]))
+        if path is None:
+            continue
+        scope: dict[str, ast.AST | None] = defined(path)
+        for attr in parts[cut:]:
+            if attr not in scope:
+                return False
+            node = scope[attr]
+            scope = {}
+            if isinstance(node, ast.ClassDef):
+                for item in ast.walk(node):
+                    if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                        scope[item.name] = item if isinstance(item, ast.ClassDef) else None
+                    elif isinstance(item, ast.Name) and isinstance(item.ctx, ast.Store):
+                        scope[item.id] = None
+                    elif isinstance(item, ast.Attribute) and isinstance(item.ctx, ast.Store):
+                        scope[item.attr] = None
+        return True
+    return False
+
+
 def resolve(dotted: str) -> str | None:
-    """None when `pkg.module.attr...` resolves, else why not."""
+    """None when `pkg.module.attr...` resolves, else why not. Read statically first; a name the
+    source does not bind plainly (a lazy module __getattr__) is looked up by importing."""
     parts = dotted.split(".")
+    if resolve_statically(parts):
+        return None
     for cut in range(len(parts), 0, -1):
         module_name = ".".join(parts[:cut])
         try:
@@ -112,11 +164,18 @@ def resolve(dotted: str) -> str | None:
     return "no such module"
 
 
+SOURCE_FILE = re.compile(r"\.(py|toml|sh|yml|yaml)$|Makefile$")
+BARE_PY = re.compile(r"[\w-]+\.py")
+# FastReflex, DEFAULT_MAX_CYCLES, render_prompt: a name alone in backticks
+IDENTIFIER = re.compile(r"[A-Z][a-z0-9]+[A-Z]\w*|[A-Z][A-Z0-9]*_[A-Z0-9_]+|[a-z][a-z0-9]+(_[a-z0-9]+)+")
+# spec.HUB_REPO, Machine.reset: a module or class of the repository, then its attribute
+SHORT_DOTTED = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+")
+FILE_NAME = re.compile(rf"\.({FILE_EXTENSIONS})$")
 PATH = re.compile(r"(?<![\w./~$-])((?:[\w.-]+/)+[\w.*?{},\[\]-]*)")
 DOTTED = re.compile(rf"(?<![\w./-])((?:{'|'.join(PACKAGES)})(?:\.[A-Za-z_]\w*)+)(?![\w/-])")
 BACKTICK = re.compile(r"`([^`\n]+)`")
 LINK = re.compile(r"\]\(([^)\s]+)\)")
-PATH_NAME = re.compile(r"((?:[\w.-]+/)+[\w.-]+)(?::|::|: )\s*([A-Za-z_]\w*)")
+PATH_NAME = re.compile(r"((?:[\w.-]+/)+[\w.-]+\.py)(?:::|: )\s*([A-Za-z_]\w*)")
 
 
 def check_path(raw: str, broken: list[str], where: str) -> None:
@@ -134,21 +193,21 @@ def check_path(raw: str, broken: list[str], where: str) -> None:
 def check_line(line: str, where: str, broken: list[str], in_code: bool) -> None:
     for m in PATH.finditer(line):
         check_path(m.group(1), broken, where)
-    for m in re.finditer(r"((?:[\w.-]+/)+[\w.-]+\.py)(::|: )\s*([A-Za-z_]\w*)", line):
+    for m in PATH_NAME.finditer(line):
         if m.group(1).split("/", 1)[0] in top_level() and (ROOT / m.group(1)).is_file():
-            if not names_in(m.group(1), m.group(3)):
-                broken.append(f"{where}: {m.group(1)} does not name {m.group(3)}")
-    for m in DOTTED.finditer(line):
+            if not names_in(m.group(1), m.group(2)):
+                broken.append(f"{where}: {m.group(1)} does not name {m.group(2)}")
+    for m in DOTTED.finditer(line):  # in prose and code
         name = m.group(1)
-        if re.search(rf"\.({FILE_EXTENSIONS})$", name):
-            continue  # a file name such as convert.py
+        if FILE_NAME.search(name) or line[: m.start()].endswith("-m "):
+            continue  # a file name such as convert.py; python -m is checked below
         why = resolve(name)
         if why:
             broken.append(f"{where}: {name}: {why}")
+    for m in re.finditer(r"python -m ([\w.]+)", line):
+        if m.group(1).split(".")[0] in PACKAGES and module_file(m.group(1)) is None:
+            broken.append(f"{where}: python -m {m.group(1)}: no such module")
     if in_code:
-        for m in re.finditer(r"python -m ([\w.]+)", line):
-            if m.group(1).split(".")[0] in PACKAGES and resolve(m.group(1)):
-                broken.append(f"{where}: python -m {m.group(1)}: {resolve(m.group(1))}")
         m = re.match(r"\s*from ([\w.]+) import (.+)", line)
         if m and m.group(1).split(".")[0] in PACKAGES:
             for name in re.split(r"\s*,\s*", m.group(2).split("#")[0].strip(" ()")):
@@ -159,15 +218,17 @@ def check_line(line: str, where: str, broken: list[str], in_code: bool) -> None:
     for m in BACKTICK.finditer(line):
         span = m.group(1).strip()
         name = re.sub(r"\(.*\)$", "", span)
-        if re.fullmatch(rf"[\w-]+\.py", span):
+        if BARE_PY.fullmatch(span):
             if not any(t.endswith("/" + span) or t == span for t in tracked()):
                 broken.append(f"{where}: no file named {span}")
-        elif re.fullmatch(r"[A-Z][a-z0-9]+[A-Z]\w*|[A-Z][A-Z0-9]*_[A-Z0-9_]+|[a-z][a-z0-9]+(_[a-z0-9]+)+", name):
+        elif IDENTIFIER.fullmatch(name):
             if name not in source_words() and name not in EXTERNAL:
                 broken.append(f"{where}: {name} occurs nowhere in the code")
-        elif re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+", name) and not re.search(rf"\.({FILE_EXTENSIONS})$", name):
+        elif SHORT_DOTTED.fullmatch(name) and not FILE_NAME.search(name):
             first = name.split(".", 1)[0]
-            if first in module_names() or re.fullmatch(r"[A-Z][a-z0-9]+[A-Z]?\w*", first):
+            if first in PACKAGES:
+                pass  # resolved by import above
+            elif first in module_names() or re.fullmatch(r"[A-Z][a-z0-9]+[A-Z]?\w*", first):
                 missing = [part for part in name.split(".") if part not in source_words()]
                 if missing:
                     broken.append(f"{where}: {name}: {', '.join(missing)} occurs nowhere in the code")
