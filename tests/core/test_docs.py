@@ -171,7 +171,7 @@ IDENTIFIER = re.compile(r"[A-Z][a-z0-9]+[A-Z]\w*|[A-Z][A-Z0-9]*_[A-Z0-9_]+|[a-z]
 # spec.HUB_REPO, Machine.reset: a module or class of the repository, then its attribute
 SHORT_DOTTED = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+")
 FILE_NAME = re.compile(rf"\.({FILE_EXTENSIONS})$")
-PATH = re.compile(r"(?<![\w./~$-])((?:[\w.-]+/)+[\w.*?{},\[\]-]*)")
+PATH = re.compile(r"(?<![\w./~$-])((?:[\w.-]+/)+[\w.*?{},-]*)")
 DOTTED = re.compile(rf"(?<![\w./-])((?:{'|'.join(PACKAGES)})(?:\.[A-Za-z_]\w*)+)(?![\w/-])")
 BACKTICK = re.compile(r"`([^`\n]+)`")
 LINK = re.compile(r"\]\(([^)\s]+)\)")
@@ -236,9 +236,10 @@ def check_line(line: str, where: str, broken: list[str], in_code: bool) -> None:
         target = m.group(1).split("#", 1)[0]
         if not target or re.match(r"[a-z]+:", target):
             continue
-        doc_dir = (ROOT / where.split(":", 1)[0]).parent
-        if not (doc_dir / target).exists():
-            broken.append(f"{where}: link to missing {target}")
+        linked = ((ROOT / where.split(":", 1)[0]).parent / target).resolve()
+        if not linked.exists():
+            shown = linked.relative_to(ROOT).as_posix() if linked.is_relative_to(ROOT) else target
+            broken.append(f"{where}: no such path {shown}")
 
 
 def broken_citations() -> list[str]:
@@ -251,7 +252,7 @@ def broken_citations() -> list[str]:
                 in_code = not in_code
                 continue
             check_line(line, f"{rel}:{number}", broken, in_code)
-    return broken
+    return list(dict.fromkeys(broken))  # a link's text and target name the same path
 
 
 def test_every_cited_path_and_name_exists():
@@ -265,7 +266,8 @@ def test_the_check_finds_what_is_missing(tmp_path):
     check_line(
         "see `reflex_mlx/quantize.py`, docs/design.md §4, `reflex_mlx.quantize.DEFAULT_RECIPE`,"
         " `bench/speed.py: FLOOR_MS`, `FastReflex`, `DEFAULT_MAX_CYCLES`, `quantize.py`,"
-        " `~/.cache/reflex-mlx/x`, `../shared/corpus`, `$OUT/x.json`, `docs/results/verify_*.json`",
+        " `~/.cache/reflex-mlx/x`, `../shared/corpus`, `$OUT/x.json`, `docs/results/verify_*.json`,"
+        " [docs/design.md](docs/design.md), `python -m reflex_torch.train`, `spec.HUB_REPO`, `Machine.reset`",
         "README.md:1",
         broken,
         in_code=False,
@@ -273,12 +275,13 @@ def test_the_check_finds_what_is_missing(tmp_path):
     assert broken == []
     check_line(
         "`tests/test_prompt.py`, `reflex_mlx.quantize.NO_SUCH`, `convert.nothing_here`, `TorchPredictor`,"
-        " `bench/speed.py: NO_SUCH_FLOOR`, `nowhere.py`, [x](missing.md), docs/results/nothing_*.json",
+        " `bench/speed.py: NO_SUCH_FLOOR`, `nowhere.py`, [x](missing.md), docs/results/nothing_*.json,"
+        " `spec.NO_SUCH_CONSTANT`, `python -m reflex_torch.no_trainer`",
         "README.md:2",
         broken,
         in_code=False,
     )
-    assert len(broken) == 8, broken
+    assert len(broken) == 10, broken
     code: list[str] = []
     check_line("python -m reflex_mlx.no_such_module", "README.md:3", code, in_code=True)
     check_line("from reflex_core.predict import Predictor, NoSuchThing", "README.md:4", code, in_code=True)
