@@ -7,11 +7,14 @@ What counts as a citation:
 - a markdown link to a relative path (resolved from the citing file's folder);
 - a bare `name.py` in backticks: some tracked file has that name;
 - a dotted name whose first part is one of the packages (`reflex_mlx.quantize.DEFAULT_RECIPE`,
-  `convert.calibrate.projected_seconds`): the module imports and has the attribute;
-  `python -m MODULE` names a module file; `from MODULE import a, b` in a code block resolves;
-- `path: NAME` or `path::NAME`: the file defines or names NAME;
-- a CamelCase or UPPER_CASE name alone in backticks (`FastReflex`, `DEFAULT_MAX_CYCLES`): it occurs
-  as a word in the repository's source, outside README.md and docs/.
+  `convert.calibrate.projected_seconds`): the module's source binds the name (else, for a lazy
+  export, the module imports and has it); `python -m MODULE` names a module file;
+  `from MODULE import a, b` in a code block resolves;
+- `path.py: NAME` or `path::NAME`: the file names NAME;
+- a CamelCase, UPPER_CASE or snake_case name alone in backticks (`FastReflex`, `DEFAULT_MAX_CYCLES`,
+  `render_prompt`), and `module.name` or `Class.name` with a module or class of the repository
+  (`spec.HUB_REPO`, `Machine.reset`): each part occurs as a word in the repository's source,
+  outside README.md and docs/.
 Paths outside the repository (`~/.cache/...`, `/tmp/...`, `../shared/...`) and placeholders
 (`$OUT`, `DIR`, `<...>`) are not citations.
 """
@@ -171,16 +174,15 @@ IDENTIFIER = re.compile(r"[A-Z][a-z0-9]+[A-Z]\w*|[A-Z][A-Z0-9]*_[A-Z0-9_]+|[a-z]
 # spec.HUB_REPO, Machine.reset: a module or class of the repository, then its attribute
 SHORT_DOTTED = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+")
 FILE_NAME = re.compile(rf"\.({FILE_EXTENSIONS})$")
-PATH = re.compile(r"(?<![\w./~$-])((?:[\w.-]+/)+[\w.*?{},-]*)")
+PATH = re.compile(r"(?<![\w./~$-])((?:[\w.-]+/)+[\w.*?{},-]*(?:::\w+)?)")
 DOTTED = re.compile(rf"(?<![\w./-])((?:{'|'.join(PACKAGES)})(?:\.[A-Za-z_]\w*)+)(?![\w/-])")
 BACKTICK = re.compile(r"`([^`\n]+)`")
 LINK = re.compile(r"\]\(([^)\s]+)\)")
-PATH_NAME = re.compile(r"((?:[\w.-]+/)+[\w.-]+\.py)(?:::|: )\s*([A-Za-z_]\w*)")
+PATH_NAME = re.compile(r"((?:[\w.-]+/)+[\w.-]+\.py): ([A-Za-z_]\w*)")
 
 
 def check_path(raw: str, broken: list[str], where: str) -> None:
-    path = raw.rstrip(".,;:)")
-    path = path.split("::", 1)[0]
+    path, _, name = raw.rstrip(".,;:)]").partition("::")
     first = path.split("/", 1)[0]
     if first not in top_level() or any(c in path for c in "<>$…") or "..." in path:
         return
@@ -188,6 +190,8 @@ def check_path(raw: str, broken: list[str], where: str) -> None:
         return
     if not path_exists(path):
         broken.append(f"{where}: no such path {path}")
+    elif name and not names_in(path, name):
+        broken.append(f"{where}: {path} does not name {name}")
 
 
 def check_line(line: str, where: str, broken: list[str], in_code: bool) -> None:
@@ -267,7 +271,8 @@ def test_the_check_finds_what_is_missing(tmp_path):
         "see `reflex_mlx/quantize.py`, docs/design.md §4, `reflex_mlx.quantize.DEFAULT_RECIPE`,"
         " `bench/speed.py: FLOOR_MS`, `FastReflex`, `DEFAULT_MAX_CYCLES`, `quantize.py`,"
         " `~/.cache/reflex-mlx/x`, `../shared/corpus`, `$OUT/x.json`, `docs/results/verify_*.json`,"
-        " [docs/design.md](docs/design.md), `python -m reflex_torch.train`, `spec.HUB_REPO`, `Machine.reset`",
+        " [docs/design.md](docs/design.md), `tests/core/test_prompt.py::test_three_prompt_forms`,"
+        " `python -m reflex_torch.train`, `spec.HUB_REPO`, `Machine.reset`",
         "README.md:1",
         broken,
         in_code=False,
@@ -276,12 +281,13 @@ def test_the_check_finds_what_is_missing(tmp_path):
     check_line(
         "`tests/test_prompt.py`, `reflex_mlx.quantize.NO_SUCH`, `convert.nothing_here`, `TorchPredictor`,"
         " `bench/speed.py: NO_SUCH_FLOOR`, `nowhere.py`, [x](missing.md), docs/results/nothing_*.json,"
-        " `spec.NO_SUCH_CONSTANT`, `python -m reflex_torch.no_trainer`",
+        " `spec.NO_SUCH_CONSTANT`, `tests/core/test_prompt.py::test_no_such_test`,"
+        " `python -m reflex_torch.no_trainer`",
         "README.md:2",
         broken,
         in_code=False,
     )
-    assert len(broken) == 10, broken
+    assert len(broken) == 11, broken
     code: list[str] = []
     check_line("python -m reflex_mlx.no_such_module", "README.md:3", code, in_code=True)
     check_line("from reflex_core.predict import Predictor, NoSuchThing", "README.md:4", code, in_code=True)
