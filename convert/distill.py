@@ -36,7 +36,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
 import numpy as np
-from mlx.utils import tree_unflatten
+from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
 from reflex_core import training
 from reflex_core.spec import INFONCE_TEMPERATURE
@@ -52,8 +52,10 @@ DEFAULT_BATCH = 16
 DEFAULT_SAMPLES = 2048  # calibration cycles (convert.calibrate.DEFAULT_SAMPLES): the teacher runs each once
 DEFAULT_LR = 1e-3  # per step, in units of each group's own quantization step (see `_Params`)
 # Adam is blind to a constant factor on the loss; the factor keeps a float16 backbone's
-# small activation gradients above float16's smallest numbers.
+# small activation gradients above float16's smallest numbers. A step whose gradients
+# overflow (inf or nan) is skipped and the factor halved, as mixed-precision training does.
 LOSS_SCALE = 1024.0
+MIN_LOSS_SCALE = 1.0 / 1024  # below this an overflow is not the scale's doing: training stops
 CHECK_FRACTION = 0.1  # of the calibration programs, kept apart for the before/after check
 
 
@@ -266,23 +268,33 @@ def distill(
 
     before = measure(check_batches, check_targets)
 
-    def loss_fn(delta, arrays, target):  # scaled: float16 activations' gradients must not flush to 0
-        return LOSS_SCALE * distill_loss(student_reflex, forward(delta, arrays), target, temperature)[0]
+    def loss_fn(delta, arrays, target, scale):  # scaled: float16 gradients must not flush to 0
+        return scale * distill_loss(student_reflex, forward(delta, arrays), target, temperature)[0]
 
     grad_fn = mx.value_and_grad(loss_fn)
     optimizer = optim.Adam(learning_rate=lr)
     optimizer.init(params.delta)
     bar = _bar(steps, "distill", progress)
-    train_started, losses = time.time(), []
+    train_started, losses, skipped, scale = time.time(), [], 0, LOSS_SCALE
     for step in range(steps):
         i = step % len(fit_batches)
         optimizer.learning_rate = training.lr_at(
             step, lr=lr, min_lr=lr / 10, warmup=min(10, steps // 10), steps=steps
         )
-        loss, grads = grad_fn(params.delta, fit_batches[i], fit_targets[i])
+        loss, grads = grad_fn(params.delta, fit_batches[i], fit_targets[i], mx.array(scale))
+        finite = mx.isfinite(loss)
+        for _, g in tree_flatten(grads):
+            finite = finite & mx.all(mx.isfinite(g))
+        if not finite.item():  # an overflow: skip the step, halve the factor
+            skipped += 1
+            scale /= 2
+            if scale < MIN_LOSS_SCALE:
+                break
+            continue
+        grads = tree_map(lambda g, s=scale: g / s, grads)  # Adam squares them: unscale first
         params.delta = optimizer.apply_gradients(grads, params.delta)
         mx.eval(loss, params.delta, optimizer.state)
-        losses.append(loss.item() / LOSS_SCALE)
+        losses.append(loss.item() / scale)
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{losses[-1]:.4f}")
@@ -317,8 +329,10 @@ def distill(
         "loss_before": before["loss"],
         "loss_after": after["loss"],
         "kept": kept,  # False: the check loss rose, so the plain quantization was restored
-        "train_loss_first": float(np.mean(losses[: min(10, len(losses))])),
-        "train_loss_last": float(np.mean(losses[-min(10, len(losses)) :])),
+        "train_loss_first": float(np.mean(losses[:10])) if losses else None,
+        "train_loss_last": float(np.mean(losses[-10:])) if losses else None,
+        "skipped_steps": skipped,  # gradients overflowed: the step was skipped, the loss factor halved
+        "loss_scale": scale,
         "device": str(mx.default_device()),
         "seconds": time.time() - started,
         "teacher_seconds": teacher_seconds,

@@ -8,8 +8,9 @@ the name of a calibration method when its values are chosen on data (None for
 a plain quantization). Adding a measured recipe is adding an entry here and its
 row to the table.
 
-`choose` ranks the entries by quality (the reference's pass set kept, then
-same-word agreement, then the smaller) and takes the first whose resident size
+`choose` ranks the entries by quality (the reference's pass set kept, then the
+runs that pass or fail as the reference's, the runs identical, same-word
+agreement, then the smaller) and takes the first whose resident size
 fits the Mac's working set (`reflex_core.spec.mac_working_set`). Sizes are
 counted at the checkpoint's own shape from a lazily built model (array shapes
 only, nothing allocated). A Reflex load never holds the backbone's untied text
@@ -48,6 +49,7 @@ class Measured:
     same_pass: int  # runs that pass or fail as the reference's
     runs: int
     calibration: str | None = None  # a convert/calibrate.py method; None: plain quantization
+    extra_bits: float = 0.0  # bits per quantized weight the method adds to the layout (sens)
 
     @property
     def same_word_rate(self) -> float:
@@ -58,9 +60,10 @@ class Measured:
         return self.same_pass == self.runs
 
     @property
-    def quality(self) -> tuple[bool, float]:
-        """What ranks entries before their size: the pass set kept, then same word."""
-        return self.same_pass_set, self.same_word_rate
+    def quality(self) -> tuple[bool, int, int, float]:
+        """What ranks entries before their size: the reference's pass set kept, then
+        the runs that pass or fail as its, the runs identical, and same-word agreement."""
+        return self.same_pass_set, self.same_pass, self.runs_identical, self.same_word_rate
 
     @property
     def name(self) -> str:
@@ -77,6 +80,18 @@ class Measured:
 
 def _plain(spec: str, same_word: int, cycles: int, identical: int, same_pass: int, runs: int) -> Measured:
     return Measured(spec, parse_recipe(spec), same_word, cycles, identical, same_pass, runs)
+
+
+def _calibrated(spec: str, same_word: int, cycles: int, ident: int, same_pass: int, runs: int) -> Measured:
+    """A row `METHOD<bits>-g<group>/ADAPTERS` (bench/precision.py's spelling): the
+    plain layout of those bits, its values chosen by METHOD on corpus data."""
+    from .calibrate import SENS_EXTRA_BPW
+
+    match = re.fullmatch(r"([a-z]+)(\d)(?:_\d)?-g(\d+)/(.+)", spec)
+    method, bits, group, adapters = match.groups()
+    recipe = parse_recipe(f"{bits}bit-g{group}/{adapters}")
+    extra = SENS_EXTRA_BPW if method == "sens" else 0.0
+    return Measured(spec, recipe, same_word, cycles, ident, same_pass, runs, method, extra)
 
 
 # docs/results/precision_reflex-smol.json, row by row (float16 before bfloat16 where
@@ -107,7 +122,37 @@ REGISTRY: tuple[Measured, ...] = (
     _plain("float16/4bit", 2186, 2188, 40, 40, 41),
     _plain("bfloat16/bfloat16", 2187, 2188, 41, 41, 41),
     _plain("mixed_4_6-g64/4bit", 2169, 2188, 37, 37, 41),
+    _calibrated("gptq4-g64/4bit", 2181, 2188, 38, 39, 41),
+    _calibrated("awq4-g64/4bit", 2169, 2188, 36, 36, 41),
+    _calibrated("gptq4-g32/4bit", 2181, 2188, 37, 38, 41),
+    _calibrated("sens4_6-g64/4bit", 2169, 2188, 36, 36, 41),
+    _calibrated("dwq4-g64/4bit", 2170, 2188, 37, 37, 41),
+    _calibrated("awq4-g32/4bit", 2181, 2188, 37, 38, 41),
+    _calibrated("dwq4-g32/4bit", 2182, 2188, 37, 37, 41),
+    _calibrated("distill4-g64/4bit", 2166, 2188, 36, 36, 41),
+    _calibrated("distill4-g32/4bit", 2179, 2188, 35, 35, 41),
 )
+
+
+SAME_WORD_FLOOR = 0.995  # docs/precision.md's rule for the default
+
+
+def default_entry(entries: tuple[Measured, ...] = REGISTRY) -> Measured:
+    """The converter's default by docs/precision.md's rule: the smallest plain
+    entry at the released 7B shape whose same-word agreement is >= SAME_WORD_FLOOR
+    and whose runs pass and fail as the reference's (no calibration: the default
+    conversion needs no corpus)."""
+    from reflex_core.shapes import RELEASE, checkpoint_config, decoder_config
+    from reflex_core.spec import ReflexArgs
+
+    config = decoder_config(RELEASE)
+    args = ReflexArgs.from_config(checkpoint_config(RELEASE), RELEASE.layers)
+    kept = [
+        e
+        for e in entries
+        if e.calibration is None and e.same_pass_set and e.same_word_rate >= SAME_WORD_FLOOR
+    ]
+    return min(kept, key=lambda e: recipe_sizes(config, args, e.recipe, _SIZES.setdefault("release", {}))[0])
 
 
 def parse_mac(text: str) -> int:
@@ -120,14 +165,18 @@ def parse_mac(text: str) -> int:
     return int(match[1])
 
 
-def recipe_sizes(backbone_config: dict, args, recipe: Recipe, _cache: dict | None = None) -> tuple[int, int]:
+def recipe_sizes(
+    backbone_config: dict, args, recipe: Recipe, _cache: dict | None = None, extra_bits: float = 0.0
+) -> tuple[int, int]:
     """(resident bytes of a Reflex model under `recipe` with the backbone's text head,
     the untied head's bytes or 0), counted on a lazily built model of this shape
-    (reflex_mlx.quantize.resident_bytes; nothing allocated)."""
+    (reflex_mlx.quantize.resident_bytes; nothing allocated). `extra_bits` per
+    quantized backbone weight are added (a calibration that raises some layers)."""
     cache = {} if _cache is None else _cache
     b_key = ("backbone", recipe.backbone_dtype, recipe.bits, recipe.group_size, recipe.mixed)
     a_key = ("adapters", recipe.adapter_dtype, recipe.adapter_bits)
     if b_key not in cache:
+        import mlx.nn as nn
         from mlx_lm.utils import _get_classes
 
         from reflex_mlx.quantize import nbytes, quantize_backbone
@@ -136,7 +185,12 @@ def recipe_sizes(backbone_config: dict, args, recipe: Recipe, _cache: dict | Non
         model = model_class(args_class.from_dict(backbone_config))
         quantize_backbone(model, recipe)
         head = nbytes(model["lm_head"]) if "lm_head" in model else 0
-        cache[b_key] = (nbytes(model), head)
+        quantized = sum(
+            m.weight.size * 32 // m.bits
+            for _, m in model.named_modules()
+            if isinstance(m, nn.QuantizedLinear | nn.QuantizedEmbedding)
+        )
+        cache[b_key] = (nbytes(model), head, quantized)
     if a_key not in cache:
         from reflex_mlx.model import Reflex
         from reflex_mlx.quantize import nbytes, quantize_adapters
@@ -144,8 +198,8 @@ def recipe_sizes(backbone_config: dict, args, recipe: Recipe, _cache: dict | Non
         reflex = Reflex(args)
         quantize_adapters(reflex, recipe)
         cache[a_key] = nbytes(reflex)
-    (backbone, head), adapters = cache[b_key], cache[a_key]
-    return backbone + adapters, head
+    (backbone, head, quantized), adapters = cache[b_key], cache[a_key]
+    return backbone + adapters + int(extra_bits * quantized / 8), head
 
 
 _SIZES: dict = {}  # counted sizes by shape: a shape is counted once per process
@@ -199,7 +253,7 @@ class Fit:
             mac = mac_for(need)
             parts.append(
                 f"the next better, {entry.name} ({100 * entry.same_word_rate:.2f} % same word), needs "
-                f"{human_bytes(need)}" + (f" (a {mac} GB Mac)" if mac else "")
+                f"{human_bytes(need)}" + (f" ({mac} GB Mac)" if mac else "")
             )
         return "; ".join(parts)
 
@@ -229,7 +283,7 @@ def choose(
     over for the best plain one when there is no corpus to calibrate on."""
     limit = mac_working_set(mac_gb)
     cache = _SIZES.setdefault((json.dumps(backbone_config, sort_keys=True, default=str), repr(args)), {})
-    sizes = {entry.row: recipe_sizes(backbone_config, args, entry.recipe, cache) for entry in entries}
+    sizes = {e.row: recipe_sizes(backbone_config, args, e.recipe, cache, e.extra_bits) for e in entries}
 
     def need(entry: Measured) -> tuple[int, bool]:
         """(bytes after a Reflex load, whether the head is kept)."""
@@ -258,7 +312,8 @@ def choose(
     if best.calibration is not None:
         calibration_available(best.calibration)
     resident, keep = need(best)
-    better = [e for e in ranked if e.quality > best.quality and e is not passed_over]
+    needs_data = {e.row for e in fitting if e.calibration is not None} if passed_over else set()
+    better = [e for e in ranked if e.quality > best.quality and e.row not in needs_data]
     nearest = min(better, key=lambda e: (e.quality, need(e)[0])) if better else None
     return Fit(
         mac_gb,

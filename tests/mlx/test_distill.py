@@ -81,6 +81,25 @@ def test_distillation_lowers_the_distance_on_programs_it_never_trained_on(run):
     assert record["loss_after"] < record["loss_before"]
 
 
+def test_overflowing_gradients_skip_the_step_and_halve_the_loss_scale(mlx_float32_dir, run):
+    """A loss factor beyond float32's range overflows every gradient: those steps are
+    skipped, the factor halves until the gradients are finite, and training goes on."""
+    from reflex_mlx.load import load_with_language_model
+    from reflex_mlx.quantize import Recipe
+
+    data = run[5]
+    fresh, _, _, backbone = load_with_language_model(mlx_float32_dir)
+    mp = pytest.MonkeyPatch()
+    mp.setattr(dist, "LOSS_SCALE", 2.0**140)  # the scaled loss and its gradients are inf in float32
+    try:
+        record = dist.distill(backbone, fresh.reflex, Recipe(**RECIPE), data, steps=24, batch=8)
+    finally:
+        mp.undo()
+    assert record["skipped_steps"] >= 12 and record["loss_scale"] < 2.0**128
+    assert record["skipped_steps"] < 24 and np.isfinite(record["train_loss_last"])
+    assert record["loss_after"] < record["loss_before"]
+
+
 def test_only_the_backbone_scales_and_biases_change(run):
     _, plain, plain_backbone, distilled, backbone, _, _ = run
     mine, theirs = dict(tree_flatten(backbone.parameters())), dict(tree_flatten(plain_backbone.parameters()))
