@@ -86,7 +86,7 @@ def fuse_projections(backbone: nn.Module) -> list[FusedLayer]:
     fused ones); the fast step runs one matmul where there were three (q, k, v)
     or two (gate, up). At one prompt per cycle the step is bound by kernel
     launches: this saves 1.4 ms over the 24 uncached layers of the release on
-    an H200 (bench/experiments/mlx_layers.py). Done once per backbone, however
+    an H200 (docs/results/mlx_layers_h200.txt). Done once per backbone, however
     many runners fuse it.
     """
 
