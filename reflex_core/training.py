@@ -10,8 +10,8 @@
   prompt of its program; `SampleTable.draw` gives the same batches to any
   backend for the same seed (so MLX and torch can be compared step for step,
   and data-parallel ranks take their shard of one global batch).
-* The learning-rate schedule, the held-out (cycle, prompt) pairs, and how a
-  codebook grows to new words.
+* The learning-rate schedule, the held-out (cycle, prompt) pairs and their
+  top-1 through any backend's runner, and how a codebook grows to new words.
 """
 
 from __future__ import annotations
@@ -657,6 +657,28 @@ def make_pairs(
         chosen = sorted(random.Random(seed).sample(range(len(pairs)), max_samples))
         pairs = [pairs[i] for i in chosen]
     return pairs
+
+
+def predict_pairs(runner, tokenizer, config: dict, pairs: Sequence[Pair], batch: int = 64) -> list[int]:
+    """Teacher-forced: the word a backend's runner (reflex_core.predict.Runner) picks
+    for each held-out (state, prompt), `batch` pairs at a time, each prompt its own row."""
+    tokens: dict[str, list[int]] = {}
+    words: list[int] = []
+    for start in range(0, len(pairs), batch):
+        chunk = pairs[start : start + batch]
+        for pair in chunk:
+            if pair.prompt not in tokens:
+                tokens[pair.prompt] = encode_prompt(tokenizer, pair.prompt, config).ids
+        prompts = runner.prefix([tokens[p.prompt] for p in chunk])
+        words += runner.words(prompts, [p.state for p in chunk])
+    return words
+
+
+def top1(runner, tokenizer, config: dict, pairs: Sequence[Pair], batch: int = 64) -> tuple[int, list[int]]:
+    """Held-out per-step top-1, the one definition both trainers and the held-out
+    tools use: (how many pairs' predicted word is the program's word, the predictions)."""
+    predicted = predict_pairs(runner, tokenizer, config, pairs, batch)
+    return sum(p == pair.word for p, pair in zip(predicted, pairs)), predicted
 
 
 # -------------------------------------------------------------------- codebook

@@ -51,7 +51,6 @@ from reflex_core.files import (
     remove_temporaries,
     write_atomically,
 )
-from reflex_core.prompt import encode_prompt
 from reflex_core.spec import (
     ADAPTERS_FILE,
     BACKBONE_DIR,
@@ -618,26 +617,13 @@ def trim_curve(out: Path, step: int) -> None:
 # -------------------------------------------------------------------- eval
 
 
-def predict_pairs(model: ReflexModel, tokenizer, config: dict, pairs, batch: int = 64) -> list[int]:
-    """Teacher-forced: the word the model picks for each held-out (state, prompt), one
-    prompt per row, right-padded to each batch's longest (the Reference runner)."""
-    runner = Reference(model, tokenizer.pad_token_id or 0)
-    tokens, words = {}, []
-    for start in range(0, len(pairs), batch):
-        chunk = pairs[start : start + batch]
-        for pair in chunk:
-            if pair.prompt not in tokens:
-                tokens[pair.prompt] = encode_prompt(tokenizer, pair.prompt, config).ids
-        prompts = runner.prefix([tokens[p.prompt] for p in chunk])
-        words += runner.words(prompts, [p.state for p in chunk])
-    return words
-
-
 def top1(model: ReflexModel, tokenizer, config: dict, pairs, batch: int = 64) -> float:
+    """Held-out top-1 (reflex_core.training.top1) through the Reference runner, each
+    batch right-padded to its longest prompt; NaN with no pairs."""
     if not pairs:
         return float("nan")
-    predicted = predict_pairs(model, tokenizer, config, pairs, batch)
-    return sum(p == pair.word for p, pair in zip(predicted, pairs)) / len(pairs)
+    runner = Reference(model, tokenizer.pad_token_id or 0)
+    return training.top1(runner, tokenizer, config, pairs, batch)[0] / len(pairs)
 
 
 # --------------------------------------------------------------------- main
