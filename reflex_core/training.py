@@ -592,6 +592,36 @@ def stop_reason(started: float, step: int, time_limit: float | None, stop_at: in
     return None
 
 
+# ------------------------------------------------------------------- options
+
+
+@dataclass
+class TrainDefaults:
+    """The options both trainers take, each with its one default (`reflex-mlx train`'s):
+    reflex_mlx.train.TrainOptions extends this class, and reflex_torch.train's
+    command line takes its defaults from it."""
+
+    heldout_fraction: float = 0.05
+    seed: int = 0
+    eval_filter: str = "punctuation"
+    max_programs: int | None = None
+    steps: int = 500
+    batch: int = 16
+    lr: float = 1e-4
+    min_lr: float | None = None  # None: lr / 100
+    warmup: int = 20
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    temperature: float = spec.INFONCE_TEMPERATURE
+    log_every: int = 10
+    eval_every: int = 100
+    eval_samples: int = 1000
+    eval_batch: int = 64
+    save_every: int = 100
+    time_limit: float | None = None
+    stop_at: int | None = None
+
+
 # ------------------------------------------------------------------- held out
 
 

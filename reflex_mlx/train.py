@@ -145,9 +145,11 @@ def as_arrays(batch: training.Batch) -> tuple[mx.array, ...]:
 # ------------------------------------------------------------------- options
 
 
-@dataclass
-class TrainOptions:
-    """Everything a run is made of; the CLI's options, one for one (see `reflex-mlx train --help`)."""
+@dataclass(kw_only=True)
+class TrainOptions(training.TrainDefaults):
+    """Everything a run is made of; the CLI's options, one for one (see `reflex-mlx train
+    --help`). The options the torch trainer takes too, and their defaults, are
+    reflex_core.training.TrainDefaults'."""
 
     out: Path
     model: str | None = None
@@ -157,31 +159,12 @@ class TrainOptions:
     families: tuple[str, ...] = ()
     exclude_families: tuple[str, ...] = ()
     skip_failing: bool = False
-    heldout_fraction: float = 0.05
-    seed: int = 0
-    eval_filter: str = "punctuation"
-    max_programs: int | None = None
     mode: str = "full"
     lora_rank: int = 16
     lora_alpha: float = 32.0
     lora_targets: str = "all"
     lora_output: str = "keep"
-    steps: int = 500
-    batch: int = 16
-    lr: float = 1e-4
-    min_lr: float | None = None
-    warmup: int = 20
-    weight_decay: float = 0.01
-    grad_clip: float = 1.0
-    temperature: float = INFONCE_TEMPERATURE
     backbone_dtype: str = "auto"
-    log_every: int = 10
-    eval_every: int = 100
-    eval_samples: int = 1000
-    eval_batch: int = 64
-    save_every: int = 100
-    time_limit: float | None = None
-    stop_at: int | None = None
     progress: bool = True
     extra: dict = field(default_factory=dict)
 
