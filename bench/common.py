@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 
 from reflex_core import files
+from reflex_core.spec import MAX_INSTR_TOKENS
 
 REPO = Path(__file__).resolve().parent.parent
 PROMPT_LEN = 60
-PAD_TO = 96  # max_instr_tokens: the released reference pads to it
+PAD_TO = MAX_INSTR_TOKENS  # the released reference pads to it
 PAD_ID = 151643  # Qwen2.5's <|endoftext|> (clipped to the vocab of smaller shapes)
 
 

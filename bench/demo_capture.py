@@ -3,7 +3,7 @@
     python -m bench.demo_capture --model DIR --task "compute 5 factorial" --out FILE [--width 160]
 
 Loads the model on the MLX backend, runs the task on both sides exactly as
-`reflex-mlx demo` does (reflex_core.demo), and renders the final screen with
+`reflex-mlx demo` does (reflex_mlx.ui), and renders the final screen with
 rich's recording console.
 """
 
@@ -18,8 +18,8 @@ from .common import write_file
 def main(argv=None) -> None:
     from rich.console import Console
 
-    from reflex_core.demo import Demo, Screen
     from reflex_mlx.backend import BACKEND
+    from reflex_mlx.ui import Demo, Screen
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", type=Path, default=None)

@@ -83,22 +83,6 @@ def parse_spec(spec: str):
     return parse_recipe(f"{m[2]}bit-g{m[4]}{sep}{adapters}"), method
 
 
-SAME_WORD_FLOOR = 0.995
-
-
-def choose_default(report: dict, floor: float = SAME_WORD_FLOOR) -> str:
-    """The converter's default by docs/precision.md's rule: the smallest recipe at
-    the released shape whose same-word agreement is >= floor and whose runs pass
-    and fail exactly as the reference's."""
-    kept = [
-        row
-        for row in report["rows"]
-        if row["lockstep"]["rate"] >= floor
-        and row["free_running"]["same_pass"] == row["free_running"]["runs"]
-    ]
-    return min(kept, key=lambda row: row["release"]["resident_bytes"])["recipe"]
-
-
 def all_recipes() -> list[str]:
     return [f"{b}/{a}" for b in BACKBONES for a in ADAPTERS]
 

@@ -38,16 +38,21 @@ from reflex_core.folder import FolderError, check_finite, write_manifest
 from reflex_core.hub import backbone_config, resolve_backbone, resolve_checkpoint
 from reflex_core.shapes import spell_rope_theta
 from reflex_core.spec import (
+    ADAPTER_BITS,
     ADAPTER_HEADS,
     ADAPTERS_FILE,
+    BACKBONE_BITS,
     BACKBONE_DIR,
     DEFAULT_RELEASE_DIR,
     FLOAT_DTYPES,
     IDENTITY_KEY,
+    MIXED_RECIPES,
     MLX_COMMUNITY_BACKBONE,
     MODEL_CONFIG_FILE,
     MODEL_FORMAT,
     MODEL_FORMAT_VERSION,
+    QUANT_GROUP_SIZE,
+    QUANT_GROUP_SIZES,
     ReflexArgs,
     adapter_layers,
     backbone_family,
@@ -542,20 +547,20 @@ def _mac_size(ctx, param, value):
 )
 @click.option(
     "--bits",
-    type=click.Choice(["3", "4", "5", "6", "8"]),
+    type=click.Choice([str(b) for b in BACKBONE_BITS]),
     default=None,
     help="Backbone quantization bits.  [default: 8, from docs/precision.md]",
 )
 @click.option(
     "--group-size",
-    type=click.Choice(["32", "64", "128"]),
+    type=click.Choice([str(g) for g in QUANT_GROUP_SIZES]),
     default=None,
-    help="Backbone quantization group size.  [default: 64]",
+    help=f"Backbone quantization group size.  [default: {QUANT_GROUP_SIZE}]",
 )
 @click.option(
     "--recipe",
     "mixed",
-    type=click.Choice(["mixed_2_6", "mixed_3_4", "mixed_3_6", "mixed_4_6"]),
+    type=click.Choice(MIXED_RECIPES),
     default=None,
     help="One of mlx-lm's mixed-precision recipes instead of --bits.",
 )
@@ -568,7 +573,7 @@ def _mac_size(ctx, param, value):
 )
 @click.option(
     "--adapter-bits",
-    type=click.Choice(["8", "4", "none"]),
+    type=click.Choice([*(str(b) for b in ADAPTER_BITS), "none"]),
     default=None,
     help="Quantize the adapter side's linear layers.  [default: 8]",
 )

@@ -134,6 +134,27 @@ REGISTRY: tuple[Measured, ...] = (
 )
 
 
+SAME_WORD_FLOOR = 0.995  # docs/precision.md's rule for the default
+
+
+def default_entry(entries: tuple[Measured, ...] = REGISTRY) -> Measured:
+    """The converter's default by docs/precision.md's rule: the smallest plain
+    entry at the released 7B shape whose same-word agreement is >= SAME_WORD_FLOOR
+    and whose runs pass and fail as the reference's (no calibration: the default
+    conversion needs no corpus)."""
+    from reflex_core.shapes import RELEASE, checkpoint_config, decoder_config
+    from reflex_core.spec import ReflexArgs
+
+    config = decoder_config(RELEASE)
+    args = ReflexArgs.from_config(checkpoint_config(RELEASE), RELEASE.layers)
+    kept = [
+        e
+        for e in entries
+        if e.calibration is None and e.same_pass_set and e.same_word_rate >= SAME_WORD_FLOOR
+    ]
+    return min(kept, key=lambda e: recipe_sizes(config, args, e.recipe, _SIZES.setdefault("release", {}))[0])
+
+
 def parse_mac(text: str) -> int:
     """A Mac's memory size as people write it ("8GB", "8gb", "8", "16 GB") -> 8, 16;
     ValueError in one line for a size no Mac is sold with."""

@@ -14,6 +14,11 @@ MESSAGE_LIMIT = 1000
 _ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
+class ReflexError(ValueError):
+    """Bad input to the Python API (an unknown model, an empty prompt, max_cycles < 1, a
+    model that cannot be loaded), said in one line: the CLI prints it as click's "Error: ..."."""
+
+
 def first_line(err: BaseException) -> str:
     """The first line of an exception's message, or its type's name when it has none."""
     text = str(err).strip()

@@ -8,12 +8,12 @@ driver (`run_many`) can ask one model call for the next word of many programs.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 
 from capstone import CS_ARCH_RISCV, CS_MODE_RISCV32, Cs
 
-from . import spec
+from . import rv32i, spec
 from .machine import Machine, MachineError
 from .spec import MASK32
 
@@ -38,14 +38,25 @@ def disassemble(word: int) -> str:
 
 @dataclass(frozen=True)
 class Cycle:
+    """One step of a run: where the word was written, the word, its assembly."""
+
     pc: int
     word: int
     asm: str
 
+    @property
+    def op(self) -> dict:
+        """The decoded instruction, e.g. {"op": "addi", "rd": 10, "rs1": 0, "imm": 5}."""
+        return rv32i.decode(self.word)
+
 
 @dataclass
 class RunResult:
-    """How a run ended, its trace, and the memory from DATA_ADDR to the end of the mapping."""
+    """How a run ended, its trace, and the memory from DATA_ADDR to the end of the mapping.
+
+    The prompt fields and `seconds` are filled in where a prompt was run (reflex_mlx.api);
+    `memory()` gives the reported windows.
+    """
 
     outcome: str  # "halted" | "error" | "limit"
     error: str | None
@@ -53,10 +64,27 @@ class RunResult:
     cycles: list[Cycle]
     registers: list[int] = field(default_factory=list)
     memory_snapshot: bytes = b""
+    prompt: str = ""
+    prompt_tokens: int = 0  # after truncation to max_instr_tokens
+    truncation: str = ""  # one line saying how the prompt was cut, "" when it was not
+    seconds: float = 0.0  # wall time of the run (of the whole batch, for a batched run)
 
     @property
     def halted(self) -> bool:
         return self.outcome == "halted"
+
+    @property
+    def truncated(self) -> bool:
+        return bool(self.truncation)
+
+    @property
+    def summary(self) -> str:
+        """How it ended, in the words every command and the demo print after "outcome: "."""
+        if self.outcome == "error":
+            return f"error ({self.error})"
+        if self.outcome == "limit":
+            return f"limit (stopped after {len(self.cycles)} cycles)"
+        return f"halted after {len(self.cycles)} cycles"
 
     def words(self, addr: int, n: int) -> list[int]:
         """n words of the final memory from addr; outside the snapshot reads as 0."""
@@ -139,18 +167,32 @@ class ProgramRun:
         )
 
 
+def steps(
+    predict: Predictor, max_cycles: int = spec.DEFAULT_MAX_CYCLES, program: ProgramRun | None = None
+) -> Generator[Cycle, None, RunResult]:
+    """Drive one program, yielding each cycle as it happens; returns the RunResult
+    (`result = yield from steps(...)`). A given program (a refinement pass) is driven as it is."""
+    program = program if program is not None else ProgramRun(max_cycles)
+    while not program.finished:
+        program.feed(predict(program.state()))
+        yield program.cycles[-1]
+    return program.result()
+
+
 def run(
     predict: Predictor,
     max_cycles: int = spec.DEFAULT_MAX_CYCLES,
     on_cycle: Callable[[Cycle], None] | None = None,
 ) -> RunResult:
     """Drive one program to its end; on_cycle sees each cycle as it happens."""
-    program = ProgramRun(max_cycles)
-    while not program.finished:
-        program.feed(predict(program.state()))
+    cycles = steps(predict, max_cycles)
+    while True:
+        try:
+            cycle = next(cycles)
+        except StopIteration as end:
+            return end.value
         if on_cycle is not None:
-            on_cycle(program.cycles[-1])
-    return program.result()
+            on_cycle(cycle)
 
 
 def run_many(

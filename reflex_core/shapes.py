@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .spec import DEFAULT_BACKBONE, backbone_family
+from .spec import DEFAULT_BACKBONE, MAX_INSTR_TOKENS, backbone_family
 
 
 @dataclass(frozen=True)
@@ -122,7 +122,7 @@ def checkpoint_config(shape: Shape, backbone_id: str = DEFAULT_BACKBONE, **overr
         "hidden": shape.hidden,
         "inject_every": shape.inject_every,
         "adapter_mlp_ratio": shape.mlp_ratio,
-        "max_instr_tokens": 96,
+        "max_instr_tokens": MAX_INSTR_TOKENS,
         "embed_dim": shape.embed_dim,
         "num_instrs": shape.num_instrs,
         "chat_template": True,

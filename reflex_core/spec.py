@@ -120,13 +120,16 @@ ADAPTER_HEADS = 8
 LAYER_NORM_EPS = 1e-5
 INFONCE_TEMPERATURE = 0.07  # the training objective's: cosine similarity / 0.07
 
+# The released model's prompt length: prompts are padded or cut to it.
+MAX_INSTR_TOKENS = 96
+
 # Defaults of the released config; a checkpoint's own config overrides them.
 CONFIG_DEFAULTS = {
     "backbone_id": DEFAULT_BACKBONE,
     "hidden": 3584,
     "inject_every": 4,
     "adapter_mlp_ratio": 2,  # the released loader's default when the key is absent
-    "max_instr_tokens": 96,
+    "max_instr_tokens": MAX_INSTR_TOKENS,
     "embed_dim": 256,
     "num_instrs": 691,
     "chat_template": True,
@@ -225,7 +228,6 @@ MODEL_CONFIG_FILE = "config.json"
 ADAPTERS_FILE = "adapters.safetensors"
 LORA_FILE = "lora.safetensors"  # reflex-mlx train --mode lora keeps its matrices here
 BACKBONE_DIR = "backbone"
-QUANT_GROUP_SIZE = 64
 # Where `make convert` / `python -m convert` put the released model by default,
 # and where `reflex-mlx run` looks for it before falling back to its own model.
 DEFAULT_RELEASE_DIR = "~/.cache/reflex-mlx/reflex-coder7b-mlx"
@@ -247,6 +249,12 @@ def mac_working_set(memory_gb: int) -> float:
 # bits or group size fails deep inside a matmul, or silently misreads the packed weights.
 QUANT_BITS = (2, 3, 4, 5, 6, 8)
 QUANT_GROUP_SIZES = (32, 64, 128)
+QUANT_GROUP_SIZE = 64  # mlx-lm's default: the backbone's unless a recipe says otherwise, and the adapters'
+# What the converter offers: backbone bits, adapter-linear bits, and mlx-lm's
+# mixed-precision recipes (mlx_lm.convert.QUANT_RECIPES).
+BACKBONE_BITS = (3, 4, 5, 6, 8)
+ADAPTER_BITS = (8, 4)
+MIXED_RECIPES = ("mixed_2_6", "mixed_3_4", "mixed_3_6", "mixed_4_6")
 # mlx-lm's other quantization modes, each with its one (bits, group size) pair.
 QUANT_MODES = {"affine": None, "mxfp4": (4, 32), "nvfp4": (4, 16), "mxfp8": (8, 32)}
 

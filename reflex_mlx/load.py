@@ -11,11 +11,9 @@ from reflex_core.errors import first_line
 from reflex_core.folder import FolderError, read_config, validate_folder
 from reflex_core.spec import ADAPTERS_FILE, MODEL_CONFIG_FILE, ReflexArgs
 
+from . import BUNDLED_MODEL  # noqa: F401  (the bundled reflex-tiny, named here too for the loaders' callers)
 from .model import Reflex, ReflexModel
 from .quantize import quantize_like
-
-# reflex-tiny, converted, shipped inside this package: the offline default.
-BUNDLED_MODEL = Path(__file__).resolve().parent / "models" / "reflex-tiny"
 
 
 class ModelError(Exception):

@@ -25,7 +25,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
-from reflex_core.spec import FLOAT_DTYPES, QUANT_GROUP_SIZES
+from reflex_core.spec import FLOAT_DTYPES, QUANT_GROUP_SIZE
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ class Recipe:
 
     backbone_dtype: str | None = "float16"  # None: the source's own float dtype
     bits: int | None = None
-    group_size: int = 64
+    group_size: int = QUANT_GROUP_SIZE
     mixed: str | None = None  # e.g. "mixed_4_6" (mlx-lm's recipes)
     adapter_dtype: str = "float32"
     adapter_bits: int | None = None
@@ -96,14 +96,9 @@ def parse_recipe(spec: str) -> Recipe:
 # The converter's defaults, chosen from reflex-smol's precision table
 # (docs/precision.md, docs/results/precision_reflex-smol.json) by its rule: the
 # smallest recipe whose same-word agreement is >= 99.5 % with the reference's
-# pass set (bench.precision.choose_default applies the rule; a test holds the two
+# pass set (convert.recipes.default_entry applies the rule; a test holds the two
 # together). For the released 7B shape: 8.70 GiB resident, fits a 16 GB Mac.
-DEFAULT_RECIPE = Recipe(bits=8, group_size=64, adapter_bits=8)
-# mlx-lm's mixed-precision recipes (mlx_lm.convert.QUANT_RECIPES).
-MIXED_RECIPES = ("mixed_2_6", "mixed_3_4", "mixed_3_6", "mixed_4_6")
-BACKBONE_BITS = (3, 4, 5, 6, 8)
-GROUP_SIZES = QUANT_GROUP_SIZES  # every group size MLX quantizes with
-ADAPTER_BITS = (8, 4)
+DEFAULT_RECIPE = Recipe(bits=8, adapter_bits=8)
 
 
 def quantize_backbone(model: nn.Module, recipe: Recipe) -> dict:
@@ -135,9 +130,6 @@ def unquantized_layers(model: nn.Module) -> list[str]:
     return [path for path, m in model.named_modules() if type(m) in (nn.Linear, nn.Embedding)]
 
 
-ADAPTER_GROUP_SIZE = 64
-
-
 def _adapter_linear(group_size: int):
     """The adapter side's matrices: attention, MLPs, value projection and head; not
     the codebook (instr_table), the byte and role embeddings, or the norms. Only
@@ -146,7 +138,7 @@ def _adapter_linear(group_size: int):
 
 
 def quantize_adapters(
-    reflex: nn.Module, recipe: Recipe, group_size: int = ADAPTER_GROUP_SIZE, within=None
+    reflex: nn.Module, recipe: Recipe, group_size: int = QUANT_GROUP_SIZE, within=None
 ) -> dict | None:
     """The Reflex modules in the recipe's dtype, their linear layers quantized if
     asked; returns what the loader needs to rebuild them (None when float).

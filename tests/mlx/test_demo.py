@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from reflex_core.demo import Demo, Screen
 from reflex_core.textmode import judge
+from reflex_mlx.ui import Demo, Screen
 
 ROOT = Path(__file__).resolve().parents[2]
 CLI = [sys.executable, "-m", "reflex_mlx"]

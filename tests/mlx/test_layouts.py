@@ -8,7 +8,6 @@ import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -223,11 +222,11 @@ def test_recipes_that_do_not_fit_are_one_line_errors(fixture_dir, tmp_path):
 
 
 def test_the_defaults_are_the_precision_tables_choice():
-    from bench.precision import choose_default, parse_recipe
+    from convert.recipes import default_entry
     from reflex_mlx.quantize import DEFAULT_RECIPE
 
-    table = json.loads((Path(__file__).parents[2] / "docs/results/precision_reflex-smol.json").read_text())
-    assert parse_recipe(choose_default(table)) == DEFAULT_RECIPE  # the 8 GB pick: tests/mlx/test_fit.py
+    # the registry is held to the table row by row in tests/mlx/test_fit.py, the 8 GB pick too
+    assert default_entry().recipe == DEFAULT_RECIPE and default_entry().row == "8bit-g64/8bit"
 
 
 def test_layouts_that_cannot_be_converted_are_one_line_errors(fixture_dir, tmp_path):

@@ -174,11 +174,12 @@ def test_internal_errors_hint_and_debug(monkeypatch):
     from click.testing import CliRunner
 
     import reflex_mlx.cli as cli
+    from reflex_mlx import api
 
     def broken(*a, **k):
         raise ZeroDivisionError("boom")
 
-    monkeypatch.setattr(cli, "_load", broken)
+    monkeypatch.setattr(api, "load", broken)
     result = CliRunner().invoke(cli.main, ["run", "say hi"])
     assert result.exit_code == 1 and "internal error: ZeroDivisionError: boom" in result.output
     assert "--debug" in result.output

@@ -228,12 +228,12 @@ def test_a_doctored_state_through_the_cli_is_one_error_line(saved_run, tmp_path)
 
 def test_a_broken_corpus_costs_the_eval_one_warning_not_its_report(tmp_path, monkeypatch, capsys):
     """eval adds a score without near-copies where it finds the corpus; a damaged one is said in one line."""
-    from reflex_mlx.cli import _near_copy_line
+    from reflex_mlx.cli.eval import near_copy_line
 
     family = tmp_path / "programs" / "cat"
     family.mkdir(parents=True)
     (family / "fam.json").write_text('{"programs": [' * 50_000)
     monkeypatch.setenv("REFLEX_CORPUS", str(tmp_path))
-    _near_copy_line({"sections": {}})
+    near_copy_line({"sections": {}})
     err = capsys.readouterr().err
     assert err.startswith("warning: no score without near-copies: ") and err.count("\n") == 1, err

@@ -1,11 +1,12 @@
-"""`reflex-mlx demo`: Reflex driving the CPU on the left, the same backbone writing
-RV32I assembly as text on the right, both run, both outcomes side by side.
+"""The demo's terminal UI: Reflex driving the CPU on the left, the same backbone
+writing RV32I assembly as text on the right, both run, both outcomes side by side,
+rendered by rich (`reflex-mlx demo`, reflex_mlx/cli/demo.py).
 
-Everything runs on one thread: each turn of the loop advances Reflex one cycle,
-takes the next chunk of text, reads any key pressed, and redraws at most every
-REFRESH_S. MLX streams are per thread, so no model array ever crosses threads.
-Backend-neutral: a backend's `Loaded` supplies the predictor runner and, where
-its backbone writes text, a `text_writer` (reflex_mlx/text.py).
+Everything runs on one thread: each turn of the loop advances Reflex one cycle
+(reflex_core.loop.steps), takes the next chunk of text, reads any key pressed, and
+redraws at most every REFRESH_S. MLX streams are per thread, so no model array ever
+crosses threads. Any backend's `Loaded` serves: it supplies the predictor runner and,
+where its backbone writes text, a `text_writer` (reflex_mlx/text.py).
 
 Keys: while a task runs, `s` stops it and `q` quits; between tasks, type the
 next task and press Enter, Esc (or Ctrl-D) quits.
@@ -26,10 +27,11 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from . import rv32i, spec
-from .loop import Cycle, ProgramRun
-from .textmode import TextOutcome, judge, write
-from .timing import human_bytes
+from reflex_core import spec
+from reflex_core.loop import Cycle, ProgramRun, steps
+from reflex_core.predict import Predictor
+from reflex_core.textmode import TextOutcome, judge, write
+from reflex_core.timing import human_bytes
 
 REFRESH_S = 0.05
 STREAM_ROWS = 14
@@ -152,7 +154,7 @@ class Screen:
                 parts.append(Text(f"does not assemble: {outcome.error}", style="red"))
             else:
                 parts.append(
-                    Text(f"assembled: {len(outcome.words)} words; outcome: {outcome_line(outcome.result)}")
+                    Text(f"assembled: {len(outcome.words)} words; outcome: {outcome.result.summary}")
                 )
                 parts += self._memory_lines(outcome.result.memory())
         elif self.text.status:
@@ -170,14 +172,6 @@ class Screen:
         if not self.running:
             prompt.append(f"\n> {self.prompt}", style="bold")
         return Panel(prompt, height=3 if self.running else 4)
-
-
-def outcome_line(result) -> str:
-    if result.outcome == "error":
-        return f"error ({result.error})"
-    if result.outcome == "limit":
-        return f"limit after {len(result.cycles)} cycles"
-    return f"halted after {len(result.cycles)} cycles"
 
 
 class Keys:
@@ -230,8 +224,6 @@ class Demo:
 
     def run_task(self, task: str, keys: Keys | None, redraw) -> str:
         """Run one task on both sides; returns "done", "stopped" or "quit"."""
-        from .predict import Predictor
-
         s = self.screen
         s.task, s.running = task, True
         s.reflex, s.text = ReflexSide(), TextSide(note=s.text.note)
@@ -239,16 +231,17 @@ class Demo:
         chunks = iter(write(self.loaded.text_writer, task)) if self.loaded.text_writer else None
         s.text.status = "writing..." if chunks else ""
         run, pass_no, spent, last_draw, verdict = ProgramRun(self.max_cycles), 1, 0.0, 0.0, "done"
+        cycles = steps(predictor, program=run)
         while run is not None or chunks is not None:
             if run is not None:
-                started = time.perf_counter()
-                word = predictor(run.state())
-                spent += time.perf_counter() - started
                 before = run.machine.registers()
-                run.feed(word)
+                started = time.perf_counter()
+                next(cycles)  # one cycle: predict, write, step
+                spent += time.perf_counter() - started
                 self._show_cycle(run, before, spent, pass_no)
                 if run.finished:
                     run, pass_no = self._next_pass(run, pass_no)
+                    cycles = steps(predictor, program=run) if run is not None else None
             if chunks is not None:
                 try:
                     s.text.text += next(chunks)
@@ -274,7 +267,7 @@ class Demo:
         r = self.screen.reflex
         cycle: Cycle = run.cycles[-1]
         r.cycles += 1
-        r.rows.append((r.cycles, cycle, rv32i.decode(cycle.word)))
+        r.rows.append((r.cycles, cycle, cycle.op))
         r.registers = run.machine.registers()
         r.changed = {i for i, (a, b) in enumerate(zip(before, r.registers)) if a != b}
         r.memory = {
@@ -285,7 +278,7 @@ class Demo:
             self.on_cycle(r.cycles, cycle, pass_no)
         r.passes = f" (pass {pass_no}/{self.passes})" if self.passes > 1 else ""
         if run.finished:
-            r.outcome = outcome_line(run.result())
+            r.outcome = run.result().summary
         else:
             r.outcome = "running"
         if self.loaded.peak_memory:

@@ -1,0 +1,102 @@
+"""The Python API (reflex_mlx.api) on the bundled reflex-tiny: docs/api.md's example as it
+stands, streaming, the batched form against single runs, and one exception type for bad input."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from reflex_core.errors import ReflexError
+from reflex_mlx import load, run, run_batch, stream
+
+ROOT = Path(__file__).resolve().parents[2]
+PROMPTS = ["compute 5 factorial", "add 2 and 3", "say hi"]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load("tiny", backend="mlx")
+
+
+def _docs_example() -> str:
+    text = (ROOT / "docs" / "api.md").read_text()
+    return re.search(r"```python\n(.*?)```", text, re.S).group(1)
+
+
+def test_the_docs_example_runs_as_written_without_torch():
+    """The block is run verbatim, where torch cannot be imported; no torch package module loads."""
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        + _docs_example()
+        + "\nprint('TORCH-SIDE', sorted(m for m in sys.modules if m.startswith('reflex_torch')))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    outcome, cycles, seconds, unit = lines[0].split()
+    assert outcome in {"halted", "error", "limit"} and 1 <= int(cycles) <= 200 and unit == "s"
+    assert float(seconds) > 0
+    assert lines[1].startswith("4096 {'op': ")  # the first cycle is at 0x1000, decoded
+    assert all(line.startswith("{'op': ") for line in lines[4:-1]) and len(lines) > 5
+    assert lines[-1] == "TORCH-SIDE []"
+
+
+def test_importing_the_model_leaves_the_application_layer_out():
+    code = (
+        "import sys\nimport reflex_mlx, reflex_mlx.model, reflex_mlx.load, reflex_mlx.backend\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('reflex_mlx.api', 'reflex_mlx.cli', "
+        "'reflex_mlx.ui', 'reflex_torch', 'click', 'rich'))))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
+def test_stream_yields_the_cycles_that_run_returns(tiny):
+    cycles = stream(tiny, "add 2 and 3", max_cycles=30)
+    seen = []
+    while True:
+        try:
+            seen.append(next(cycles))
+        except StopIteration as end:
+            streamed = end.value
+            break
+    result = run(tiny, "add 2 and 3", max_cycles=30)
+    assert seen == streamed.cycles == result.cycles and len(seen) >= 1
+    assert result.prompt == "add 2 and 3" and result.prompt_tokens > 0 and not result.truncated
+    assert result.seconds > 0 and result.summary.startswith(result.outcome)
+    assert set(result.memory()) == {"0x5000", "0x5200", "0x6000"}
+    assert seen[0].pc == 0x1000 and seen[0].op["op"] and seen[0].asm
+
+
+def test_run_batch_is_each_prompt_run_alone(tiny):
+    batch = run_batch(tiny, PROMPTS, max_cycles=40)
+    alone = [run(tiny, prompt, max_cycles=40) for prompt in PROMPTS]
+    assert [r.prompt for r in batch] == PROMPTS
+    for b, a in zip(batch, alone):
+        assert (b.outcome, b.error, b.cycles, b.registers) == (a.outcome, a.error, a.cycles, a.registers)
+        assert b.memory_snapshot == a.memory_snapshot and b.prompt_tokens == a.prompt_tokens
+    assert {len(r.cycles) for r in batch} != {1}  # the prompts ran programs, not one word
+
+
+@pytest.mark.parametrize(
+    "call, says",
+    [
+        (lambda m: load("no-such-model"), "no model directory at 'no-such-model'"),
+        (lambda m: load("tiny", backend="jax"), "unknown backend 'jax'"),
+        (lambda m: run(m, "   "), "the prompt is empty"),
+        (lambda m: run(m, "say hi", max_cycles=0), "max_cycles must be"),
+        (lambda m: stream(m, "say hi", max_cycles=-3), "max_cycles must be"),
+        (lambda m: run_batch(m, ["say hi", ""]), "the prompt is empty"),
+        (lambda m: run_batch(m, []), "at least one prompt"),
+        (lambda m: run_batch(m, "say hi"), "a list of prompts"),
+    ],
+)
+def test_bad_input_is_one_exception_in_one_line(tiny, call, says):
+    with pytest.raises(ReflexError) as err:
+        call(tiny)
+    assert says in str(err.value) and "\n" not in str(err.value)
