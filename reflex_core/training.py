@@ -10,8 +10,8 @@
   prompt of its program; `SampleTable.draw` gives the same batches to any
   backend for the same seed (so MLX and torch can be compared step for step,
   and data-parallel ranks take their shard of one global batch).
-* The learning-rate schedule, the held-out (cycle, prompt) pairs, and how a
-  codebook grows to new words.
+* The learning-rate schedule, the held-out (cycle, prompt) pairs and their
+  top-1 through any backend's runner, and how a codebook grows to new words.
 """
 
 from __future__ import annotations
@@ -592,6 +592,36 @@ def stop_reason(started: float, step: int, time_limit: float | None, stop_at: in
     return None
 
 
+# ------------------------------------------------------------------- options
+
+
+@dataclass
+class TrainDefaults:
+    """The options both trainers take, each with its one default (`reflex-mlx train`'s):
+    reflex_mlx.train.TrainOptions extends this class, and reflex_torch.train's
+    command line takes its defaults from it."""
+
+    heldout_fraction: float = 0.05
+    seed: int = 0
+    eval_filter: str = "punctuation"
+    max_programs: int | None = None
+    steps: int = 500
+    batch: int = 16
+    lr: float = 1e-4
+    min_lr: float | None = None  # None: lr / 100
+    warmup: int = 20
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    temperature: float = spec.INFONCE_TEMPERATURE
+    log_every: int = 10
+    eval_every: int = 100
+    eval_samples: int = 1000
+    eval_batch: int = 64
+    save_every: int = 100
+    time_limit: float | None = None
+    stop_at: int | None = None
+
+
 # ------------------------------------------------------------------- held out
 
 
@@ -657,6 +687,28 @@ def make_pairs(
         chosen = sorted(random.Random(seed).sample(range(len(pairs)), max_samples))
         pairs = [pairs[i] for i in chosen]
     return pairs
+
+
+def predict_pairs(runner, tokenizer, config: dict, pairs: Sequence[Pair], batch: int = 64) -> list[int]:
+    """Teacher-forced: the word a backend's runner (reflex_core.predict.Runner) picks
+    for each held-out (state, prompt), `batch` pairs at a time, each prompt its own row."""
+    tokens: dict[str, list[int]] = {}
+    words: list[int] = []
+    for start in range(0, len(pairs), batch):
+        chunk = pairs[start : start + batch]
+        for pair in chunk:
+            if pair.prompt not in tokens:
+                tokens[pair.prompt] = encode_prompt(tokenizer, pair.prompt, config).ids
+        prompts = runner.prefix([tokens[p.prompt] for p in chunk])
+        words += runner.words(prompts, [p.state for p in chunk])
+    return words
+
+
+def top1(runner, tokenizer, config: dict, pairs: Sequence[Pair], batch: int = 64) -> tuple[int, list[int]]:
+    """Held-out per-step top-1, the one definition both trainers and the held-out
+    tools use: (how many pairs' predicted word is the program's word, the predictions)."""
+    predicted = predict_pairs(runner, tokenizer, config, pairs, batch)
+    return sum(p == pair.word for p, pair in zip(predicted, pairs)), predicted
 
 
 # -------------------------------------------------------------------- codebook

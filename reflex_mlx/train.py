@@ -51,7 +51,6 @@ from reflex_core.files import (
     remove_temporaries,
     write_atomically,
 )
-from reflex_core.prompt import encode_prompt
 from reflex_core.spec import (
     ADAPTERS_FILE,
     BACKBONE_DIR,
@@ -146,9 +145,11 @@ def as_arrays(batch: training.Batch) -> tuple[mx.array, ...]:
 # ------------------------------------------------------------------- options
 
 
-@dataclass
-class TrainOptions:
-    """Everything a run is made of; the CLI's options, one for one (see `reflex-mlx train --help`)."""
+@dataclass(kw_only=True)
+class TrainOptions(training.TrainDefaults):
+    """Everything a run is made of; the CLI's options, one for one (see `reflex-mlx train
+    --help`). The options the torch trainer takes too, and their defaults, are
+    reflex_core.training.TrainDefaults'."""
 
     out: Path
     model: str | None = None
@@ -158,31 +159,12 @@ class TrainOptions:
     families: tuple[str, ...] = ()
     exclude_families: tuple[str, ...] = ()
     skip_failing: bool = False
-    heldout_fraction: float = 0.05
-    seed: int = 0
-    eval_filter: str = "punctuation"
-    max_programs: int | None = None
     mode: str = "full"
     lora_rank: int = 16
     lora_alpha: float = 32.0
     lora_targets: str = "all"
     lora_output: str = "keep"
-    steps: int = 500
-    batch: int = 16
-    lr: float = 1e-4
-    min_lr: float | None = None
-    warmup: int = 20
-    weight_decay: float = 0.01
-    grad_clip: float = 1.0
-    temperature: float = INFONCE_TEMPERATURE
     backbone_dtype: str = "auto"
-    log_every: int = 10
-    eval_every: int = 100
-    eval_samples: int = 1000
-    eval_batch: int = 64
-    save_every: int = 100
-    time_limit: float | None = None
-    stop_at: int | None = None
     progress: bool = True
     extra: dict = field(default_factory=dict)
 
@@ -618,26 +600,13 @@ def trim_curve(out: Path, step: int) -> None:
 # -------------------------------------------------------------------- eval
 
 
-def predict_pairs(model: ReflexModel, tokenizer, config: dict, pairs, batch: int = 64) -> list[int]:
-    """Teacher-forced: the word the model picks for each held-out (state, prompt), one
-    prompt per row, right-padded to each batch's longest (the Reference runner)."""
-    runner = Reference(model, tokenizer.pad_token_id or 0)
-    tokens, words = {}, []
-    for start in range(0, len(pairs), batch):
-        chunk = pairs[start : start + batch]
-        for pair in chunk:
-            if pair.prompt not in tokens:
-                tokens[pair.prompt] = encode_prompt(tokenizer, pair.prompt, config).ids
-        prompts = runner.prefix([tokens[p.prompt] for p in chunk])
-        words += runner.words(prompts, [p.state for p in chunk])
-    return words
-
-
 def top1(model: ReflexModel, tokenizer, config: dict, pairs, batch: int = 64) -> float:
+    """Held-out top-1 (reflex_core.training.top1) through the Reference runner, each
+    batch right-padded to its longest prompt; NaN with no pairs."""
     if not pairs:
         return float("nan")
-    predicted = predict_pairs(model, tokenizer, config, pairs, batch)
-    return sum(p == pair.word for p, pair in zip(predicted, pairs)) / len(pairs)
+    runner = Reference(model, tokenizer.pad_token_id or 0)
+    return training.top1(runner, tokenizer, config, pairs, batch)[0] / len(pairs)
 
 
 # --------------------------------------------------------------------- main

@@ -19,33 +19,21 @@ from pathlib import Path
 
 import torch
 
-from reflex_core.batching import pad_batch
-from reflex_core.prompt import encode_prompt
+from reflex_core import training
 from reflex_core.training import HELDOUT_FILE, Pair, heldout_cycles, make_pairs, read_heldout
 
+from .model import Reference
 
-@torch.no_grad()
+
 def predict(model, tokenizer, config: dict, pairs: list[Pair], batch: int = 64) -> list[int]:
-    """The decoded word for each pair; prompts right-padded to each batch's longest."""
-    device = next(model.reflex.parameters()).device
-    tokens = {}
-    words = []
-    for start in range(0, len(pairs), batch):
-        chunk = pairs[start : start + batch]
-        for pair in chunk:
-            if pair.prompt not in tokens:
-                tokens[pair.prompt] = encode_prompt(tokenizer, pair.prompt, config)
-        ids, mask = pad_batch([tokens[p.prompt].ids for p in chunk], tokenizer.pad_token_id)
-        input_ids, mask = torch.tensor(ids, device=device), torch.tensor(mask, device=device)
-        states = torch.tensor([p.state for p in chunk], dtype=torch.int64, device=device)
-        words += model.reflex.decode(model(input_ids, mask, states))
-    return words
+    """The decoded word for each pair through the Reference runner, each batch
+    right-padded to its longest prompt (reflex_core.training.predict_pairs)."""
+    return training.predict_pairs(Reference(model, tokenizer.pad_token_id), tokenizer, config, pairs, batch)
 
 
 def top1(model, tokenizer, config: dict, pairs: list[Pair], batch: int = 64) -> tuple[int, list[int]]:
     """(number of pairs whose predicted word is the program's word, the predictions)."""
-    predicted = predict(model, tokenizer, config, pairs, batch)
-    return sum(p == pair.word for p, pair in zip(predicted, pairs)), predicted
+    return training.top1(Reference(model, tokenizer.pad_token_id), tokenizer, config, pairs, batch)
 
 
 def main(argv: list[str] | None = None) -> float:

@@ -51,7 +51,6 @@ from reflex_core.shapes import TINY, checkpoint_config, decoder_config
 from reflex_core.spec import (
     BACKBONE_DIR,
     IDENTITY_KEY,
-    INFONCE_TEMPERATURE,
     SYSTEM_PROMPT,
     ReflexArgs,
     backbone_identity,
@@ -75,6 +74,10 @@ from .model import Reflex, ReflexModel
 STATE_FILE = "train_state.pt"
 CURVE_FILE = "curve.jsonl"
 MAX_FLOAT32_BACKBONE_BYTES = 16 * 2**20  # bigger from-scratch backbones are saved in bfloat16
+# The options both trainers take default as `reflex-mlx train` does; a backbone trained
+# from scratch (no --backbone) learns at a higher rate unless --lr is given.
+DEFAULTS = training.TrainDefaults()
+FROM_SCRATCH_LR = 1e-3
 
 # On --resume these always come from the saved run, so the data split and the model
 # are the same; every other setting does too unless given again on the command line.
@@ -111,7 +114,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.embed_dim is None:
         args.embed_dim = 256 if pretrained else 128
     if args.lr is None:
-        args.lr = 1e-4 if pretrained else 1e-3
+        args.lr = DEFAULTS.lr if pretrained else FROM_SCRATCH_LR
     if args.min_lr is None:
         args.min_lr = args.lr / 100
     return args
@@ -140,14 +143,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated families never trained on nor held out (a base for fine-tuning)",
     )
     p.add_argument(
-        "--max-programs", type=int, default=None, help="random subset of distinct programs (tests)"
+        "--max-programs",
+        type=int,
+        default=DEFAULTS.max_programs,
+        help="random subset of distinct programs (tests)",
     )
-    p.add_argument("--heldout-fraction", type=float, default=0.05)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--heldout-fraction", type=float, default=DEFAULTS.heldout_fraction)
+    p.add_argument("--seed", type=int, default=DEFAULTS.seed)
     p.add_argument(
         "--eval-filter",
         choices=sorted(EVAL_FILTERS),
-        default="punctuation",
+        default=DEFAULTS.eval_filter,
         help="which training prompts count as an evaluation prompt and are dropped: "
         "equal up to case and spacing (exact), or also up to punctuation and "
         "quotes (punctuation: 'say \"hi\"' is 'say hi')",
@@ -171,14 +177,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inject-every", type=int, default=4)
     p.add_argument("--max-instr-tokens", type=int, default=96)
     # optimisation
-    p.add_argument("--steps", type=int, default=8000)
-    p.add_argument("--batch", type=int, default=64, help="the global batch (split over torchrun ranks)")
-    p.add_argument("--lr", type=float, default=None, help="default 1e-3 from scratch, 1e-4 pretrained")
-    p.add_argument("--min-lr", type=float, default=None, help="default lr / 100")
-    p.add_argument("--warmup", type=int, default=200)
-    p.add_argument("--weight-decay", type=float, default=0.01)
-    p.add_argument("--temperature", type=float, default=INFONCE_TEMPERATURE)
-    p.add_argument("--grad-clip", type=float, default=1.0)
+    p.add_argument("--steps", type=int, default=DEFAULTS.steps)
+    p.add_argument(
+        "--batch", type=int, default=DEFAULTS.batch, help="the global batch (split over torchrun ranks)"
+    )
+    p.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help=f"default {FROM_SCRATCH_LR:g} from scratch, {DEFAULTS.lr:g} pretrained",
+    )
+    p.add_argument("--min-lr", type=float, default=DEFAULTS.min_lr, help="default lr / 100")
+    p.add_argument("--warmup", type=int, default=DEFAULTS.warmup)
+    p.add_argument("--weight-decay", type=float, default=DEFAULTS.weight_decay)
+    p.add_argument("--temperature", type=float, default=DEFAULTS.temperature)
+    p.add_argument("--grad-clip", type=float, default=DEFAULTS.grad_clip)
     p.add_argument(
         "--bf16",
         choices=("auto", "on", "off"),
@@ -190,11 +203,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--threads", type=int, default=None, help="CPU threads (1 avoids stalls on a busy small CPU)"
     )
     # progress, checkpoints
-    p.add_argument("--log-every", type=int, default=50)
-    p.add_argument("--eval-every", type=int, default=500)
-    p.add_argument("--eval-samples", type=int, default=2000)
-    p.add_argument("--eval-batch", type=int, default=128)
-    p.add_argument("--save-every", type=int, default=1000)
+    p.add_argument("--log-every", type=int, default=DEFAULTS.log_every)
+    p.add_argument("--eval-every", type=int, default=DEFAULTS.eval_every)
+    p.add_argument("--eval-samples", type=int, default=DEFAULTS.eval_samples)
+    p.add_argument("--eval-batch", type=int, default=DEFAULTS.eval_batch)
+    p.add_argument("--save-every", type=int, default=DEFAULTS.save_every)
     p.add_argument(
         "--save-backbone-dtype",
         choices=("auto", "float32", "bfloat16"),
@@ -209,9 +222,14 @@ def build_parser() -> argparse.ArgumentParser:
         "and the loaders cast it back to float32)",
     )
     p.add_argument(
-        "--time-limit", type=float, default=None, help="stop cleanly (saving) after this many seconds"
+        "--time-limit",
+        type=float,
+        default=DEFAULTS.time_limit,
+        help="stop cleanly (saving) after this many seconds",
     )
-    p.add_argument("--stop-at", type=int, default=None, help="stop cleanly (saving) after this step")
+    p.add_argument(
+        "--stop-at", type=int, default=DEFAULTS.stop_at, help="stop cleanly (saving) after this step"
+    )
     return p
 
 

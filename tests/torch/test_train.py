@@ -238,3 +238,17 @@ def test_frozen_backbone_recipe(trained, tmp_path):
         saved["state"]["embed_head.weight"],
         torch.load(full / "reflex.pt", weights_only=True)["state"]["embed_head.weight"],
     )
+
+
+def test_shared_options_default_as_the_mlx_trainer():
+    """`python -m reflex_torch.train` and `reflex-mlx train` take each shared option's
+    default from reflex_core.training.TrainDefaults (min LR: the LR / 100)."""
+    import dataclasses
+
+    from reflex_core.training import TrainDefaults
+
+    args = train.parse_args(["--out", "x", "--backbone", "some/backbone"])
+    for option in dataclasses.fields(TrainDefaults):
+        default = getattr(TrainDefaults(), option.name)
+        assert getattr(args, option.name) == (args.lr / 100 if option.name == "min_lr" else default)
+    assert train.parse_args(["--out", "x"]).lr == train.FROM_SCRATCH_LR
