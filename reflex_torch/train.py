@@ -51,6 +51,7 @@ from reflex_core.shapes import TINY, checkpoint_config, decoder_config
 from reflex_core.spec import (
     BACKBONE_DIR,
     IDENTITY_KEY,
+    MAX_INSTR_TOKENS,
     SYSTEM_PROMPT,
     ReflexArgs,
     backbone_identity,
@@ -175,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--embed-dim", type=int, default=None, help="default 128 from scratch, 256 pretrained")
     p.add_argument("--adapter-mlp-ratio", type=int, default=4)
     p.add_argument("--inject-every", type=int, default=4)
-    p.add_argument("--max-instr-tokens", type=int, default=96)
+    p.add_argument("--max-instr-tokens", type=int, default=MAX_INSTR_TOKENS)
     # optimisation
     p.add_argument("--steps", type=int, default=DEFAULTS.steps)
     p.add_argument(
