@@ -8,6 +8,8 @@ imports torch at collection: the tests of reflex_core run without it.
 from __future__ import annotations
 
 import importlib.util
+import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +18,15 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 TINY_TORCH = ROOT / "reflex_torch" / "models" / "reflex-tiny"
 TINY_MLX = ROOT / "reflex_mlx" / "models" / "reflex-tiny"
+
+
+def pytest_configure(config):
+    # Under pytest-xdist each worker is one of `make test`'s processes on a core of its
+    # own: a torch or BLAS pool of one thread per worker (inherited by the subprocesses
+    # the tests start). Two threads each spin against the other worker's and were
+    # measured 3.4x slower on the 2-core machine. Set before any test imports torch.
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -156,6 +167,52 @@ def tiny_tokenizer():
 
     config = reflex_config(json.loads((TINY_MLX / "config.json").read_text()))
     return AutoTokenizer.from_pretrained(TINY_MLX / "backbone"), config
+
+
+@pytest.fixture(scope="session")
+def tiny_reference_eval(tmp_path_factory):
+    """(report, recording) of the 41-task eval run by the torch reference on the bundled
+    reflex-tiny (float32, hooks, padded to 96; bench.agreement.recorded_eval).
+
+    Computed once per `pytest` run and shared by the xdist workers through a file in
+    their common temporary folder, under a lock: the MLX sides of tests/parity that
+    compare against it run on both workers at once.
+    """
+    from filelock import FileLock
+
+    from bench.agreement import Recording
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # shared by the workers of this run
+    saved = root / "tiny_reference_eval.json"
+    with FileLock(str(saved) + ".lock"):
+        if not saved.is_file():
+            report, recording = _tiny_reference_eval()
+            payload = {"report": report, "prompts": recording.prompts, "calls": recording.calls}
+            tmp = saved.with_suffix(".tmp")
+            tmp.write_text(json.dumps(payload))
+            tmp.replace(saved)
+        payload = json.loads(saved.read_text())
+    calls = [(list(i), [list(s) for s in states], list(w)) for i, states, w in payload["calls"]]
+    return payload["report"], Recording(prompts=payload["prompts"], calls=calls)
+
+
+def _tiny_reference_eval():
+    import torch
+
+    from bench.agreement import batched, recorded_eval
+    from reflex_torch.load import load_model
+    from reflex_torch.model import Reference
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # see one_torch_thread
+    try:
+        model, tokenizer, config = load_model(TINY_TORCH / "reflex.pt", device="cpu")
+        reference = Reference(model, tokenizer.pad_token_id, config["max_instr_tokens"])
+        return recorded_eval(batched(reference, tokenizer, config))
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
