@@ -215,6 +215,40 @@ def _tiny_reference_eval():
         torch.set_num_threads(threads)
 
 
+HANG_S = 300.0  # far beyond any call these tests make, on a machine 4x slower than idle
+
+
+def call_or_fail_if_hung(fn, *args, seconds: float = HANG_S, **kwargs):
+    """fn(*args, **kwargs) in a daemon thread: its value, or its exception raised here;
+    a call still running after `seconds` fails the test as hung (a blocking open of a
+    FIFO never returns: this turns that into a failure rather than a stuck run)."""
+    import threading
+
+    outcome: dict = {}
+
+    def target():
+        try:
+            outcome["value"] = fn(*args, **kwargs)
+        except BaseException as err:  # re-raised in the test's thread
+            outcome["error"] = err
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        pytest.fail(f"{getattr(fn, '__name__', fn)} was still running after {seconds:.0f} s: it hung")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome.get("value")
+
+
+@pytest.fixture(scope="session")
+def no_hang():
+    """no_hang(fn, *args, **kwargs): fn's result; fails the test if fn blocks (see
+    call_or_fail_if_hung). Asserts no duration: speed belongs in the benches."""
+    return call_or_fail_if_hung
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """On a small shared CPU two torch threads spin against each other (20x slower here)."""
