@@ -15,7 +15,7 @@ TINY_MLX = Path(__file__).resolve().parents[2] / "reflex_mlx" / "models" / "refl
 
 
 @pytest.mark.slow
-def test_free_running_eval_passes_the_same_tasks_on_both_backends(tiny_reference_eval):
+def test_free_running_eval_passes_the_same_tasks_on_both_backends(request):
     """Every prompt in one batch (as `eval` drives MLX): the same tasks pass as on the
     torch float32 reference (hooks, padded to 96)."""
     from bench.agreement import batched, outcome_agreement
@@ -23,10 +23,11 @@ def test_free_running_eval_passes_the_same_tasks_on_both_backends(tiny_reference
     from reflex_mlx.fast import FastReflex
     from reflex_mlx.load import load_model as load_mlx
 
-    reference, _ = tiny_reference_eval
     mlx_model, mlx_tok, mlx_cfg = load_mlx(TINY_MLX)
     fast = FastReflex(mlx_model, fuse=True, compile=True)
     own = evaluate(make_batch_predictor=batched(fast, mlx_tok, mlx_cfg))
+    # asked for only now: the other worker computes it meanwhile, for its own half
+    reference, _ = request.getfixturevalue("tiny_reference_eval")
     outcomes = outcome_agreement(reference, own)
     print(
         f"reference {reference['passed']}/{reference['total']}, "
