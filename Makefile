@@ -35,7 +35,7 @@ setup: $(VENV)/.installed
 # thread. The slowest tests are listed at the end (docs/testing.md keeps the table).
 TEST_WORKERS  ?= 2
 test: setup
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=15
 
 # The hostile-checkpoint, model-folder and assembly-text tests with a larger fuzz count than `make test` (FUZZ_CASES).
 FUZZ_CASES    ?= 3000

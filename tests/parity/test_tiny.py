@@ -79,7 +79,7 @@ def test_heldout_top1_is_at_least_95_percent():
     assert float(match.group(1)) >= 95.0
 
 
-@pytest.mark.slow
+@pytest.mark.slow(minutes=5)
 def test_eval_replay_agrees_between_backends(tiny_reference_eval):
     """The whole 41-task eval, lock-step: MLX as shipped (one prompt at a time, as `run`
     drives it) is fed every state the torch float32 reference saw and picks its words.

@@ -14,7 +14,7 @@ import pytest
 TINY_MLX = Path(__file__).resolve().parents[2] / "reflex_mlx" / "models" / "reflex-tiny"
 
 
-@pytest.mark.slow
+@pytest.mark.slow(minutes=5)
 def test_free_running_eval_passes_the_same_tasks_on_both_backends(request):
     """Every prompt in one batch (as `eval` drives MLX): the same tasks pass as on the
     torch float32 reference (hooks, padded to 96)."""
