@@ -152,4 +152,5 @@ def test_eval_refuses_a_read_only_report_before_the_work(mlx_float32_dir, tmp_pa
         timeout=600,
     )
     assert "read-only" in _one_line(result)
+    assert result.stdout == "", "the eval ran before the report was refused"
     assert report.read_text() == "kept"
