@@ -202,7 +202,7 @@ def test_interrupted_conversion_leaves_nothing_after_the_next_run(fixture_dir, t
     ]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     partial = None
-    deadline = time.time() + 120
+    deadline = time.time() + 600
     while time.time() < deadline and partial is None and proc.poll() is None:
         partial = next(iter(tmp_path.glob(".out.partial-*")), None)
         time.sleep(0.02)

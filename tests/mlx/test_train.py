@@ -282,7 +282,7 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(full_run, mlx_float32_dir
         "2",
     ]
     process = subprocess.Popen([sys.executable, "-m", "reflex_mlx", *map(str, args)], stderr=subprocess.PIPE)
-    deadline = time.time() + 120
+    deadline = time.time() + 600
     while not (out / "train_state.safetensors").exists() and time.time() < deadline:
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
