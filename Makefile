@@ -31,9 +31,11 @@ $(VENV)/.installed: pyproject.toml
 setup: $(VENV)/.installed
 
 # Two workers (pytest-xdist), a test file each at a time: the suite is one core's work otherwise.
+# The files holding `slow` tests start first (tests/conftest.py); each worker runs torch on one
+# thread. The slowest tests are listed at the end (docs/testing.md keeps the table).
 TEST_WORKERS  ?= 2
 test: setup
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=15
 
 # The hostile-checkpoint, model-folder and assembly-text tests with a larger fuzz count than `make test` (FUZZ_CASES).
 FUZZ_CASES    ?= 3000

@@ -8,6 +8,8 @@ imports torch at collection: the tests of reflex_core run without it.
 from __future__ import annotations
 
 import importlib.util
+import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -18,11 +20,25 @@ TINY_TORCH = ROOT / "reflex_torch" / "models" / "reflex-tiny"
 TINY_MLX = ROOT / "reflex_mlx" / "models" / "reflex-tiny"
 
 
+def pytest_configure(config):
+    # Under pytest-xdist each worker is one of `make test`'s processes on a core of its
+    # own: a torch or BLAS pool of one thread per worker (inherited by the subprocesses
+    # the tests start). Two threads each spin against the other worker's and were
+    # measured 3.4x slower on the 2-core machine. Set before any test imports torch.
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
 def pytest_collection_modifyitems(config, items):
-    # The files holding slow tests go first: with `make test`'s two workers (one file
-    # each at a time), the longest file starts at once instead of running alone at the end.
-    slow_files = {item.path for item in items if "slow" in item.keywords}
-    items.sort(key=lambda item: item.path not in slow_files)
+    # The files holding slow tests go first, the heaviest (`slow(minutes=N)`, a rough
+    # estimate for scheduling only) before the rest: with `make test`'s two workers (one
+    # file each at a time, in this order: --no-loadscope-reorder), the longest files start
+    # at once instead of running alone at the end.
+    weight: dict = {}
+    for item in items:
+        for mark in item.iter_markers("slow"):
+            weight[item.path] = max(weight.get(item.path, 0), mark.kwargs.get("minutes", 1))
+    items.sort(key=lambda item: -weight.get(item.path, 0))
     gpu = [item for item in items if "gpu" in item.keywords]
     if not gpu:
         return
@@ -156,6 +172,86 @@ def tiny_tokenizer():
 
     config = reflex_config(json.loads((TINY_MLX / "config.json").read_text()))
     return AutoTokenizer.from_pretrained(TINY_MLX / "backbone"), config
+
+
+@pytest.fixture(scope="session")
+def tiny_reference_eval(tmp_path_factory):
+    """(report, recording) of the 41-task eval run by the torch reference on the bundled
+    reflex-tiny (float32, hooks, padded to 96; bench.agreement.recorded_eval).
+
+    Computed once per `pytest` run and shared by the xdist workers through a file in
+    their common temporary folder, under a lock: the MLX sides of tests/parity that
+    compare against it run on both workers at once.
+    """
+    from filelock import FileLock
+
+    from bench.agreement import Recording
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # shared by the workers of this run
+    saved = root / "tiny_reference_eval.json"
+    with FileLock(str(saved) + ".lock"):
+        if not saved.is_file():
+            report, recording = _tiny_reference_eval()
+            payload = {"report": report, "prompts": recording.prompts, "calls": recording.calls}
+            tmp = saved.with_suffix(".tmp")
+            tmp.write_text(json.dumps(payload))
+            tmp.replace(saved)
+        payload = json.loads(saved.read_text())
+    calls = [(list(i), [list(s) for s in states], list(w)) for i, states, w in payload["calls"]]
+    return payload["report"], Recording(prompts=payload["prompts"], calls=calls)
+
+
+def _tiny_reference_eval():
+    import torch
+
+    from bench.agreement import batched, recorded_eval
+    from reflex_torch.load import load_model
+    from reflex_torch.model import Reference
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # see one_torch_thread
+    try:
+        model, tokenizer, config = load_model(TINY_TORCH / "reflex.pt", device="cpu")
+        reference = Reference(model, tokenizer.pad_token_id, config["max_instr_tokens"])
+        return recorded_eval(batched(reference, tokenizer, config))
+    finally:
+        torch.set_num_threads(threads)
+
+
+HANG_S = 300.0  # far beyond any call these tests make, on a machine 4x slower than idle
+
+
+def call_or_fail_if_hung(fn, *args, seconds: float = HANG_S, **kwargs):
+    """fn(*args, **kwargs) in a daemon thread: its value, or its exception raised here;
+    a call still running after `seconds` fails the test as hung (a blocking open of a
+    FIFO never returns: this turns that into a failure rather than a stuck run)."""
+    import threading
+
+    outcome: dict = {}
+
+    def target():
+        try:
+            outcome["value"] = fn(*args, **kwargs)
+        except BaseException as err:  # re-raised in the test's thread
+            outcome["error"] = err
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        pytest.fail(f"{getattr(fn, '__name__', fn)} was still running after {seconds:.0f} s: it hung")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome.get("value")
+
+
+@pytest.fixture(scope="session")
+def no_hang():
+    """no_hang(fn, *args, **kwargs): fn's result; fails the test if fn blocks (see
+    call_or_fail_if_hung). Asserts no duration: speed belongs in the benches."""
+    return call_or_fail_if_hung
 
 
 @pytest.fixture(scope="module")

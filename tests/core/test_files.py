@@ -150,7 +150,7 @@ def test_a_folder_is_held_by_one_process_and_a_killed_holders_lock_is_reclaimed(
         assert f"another train (pid {holder.pid})" in message and "\n" not in message
         assert str(folder) in message
         holder.send_signal(signal.SIGKILL)  # the kernel drops a dead process's flock
-        holder.wait(timeout=30)
+        holder.wait(timeout=600)
     finally:
         holder.kill()
     assert lock_path(folder).exists()  # left by the dead holder, and no obstacle

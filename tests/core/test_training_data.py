@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 import tracemalloc
 
 import pytest
@@ -25,12 +24,10 @@ def record(**changes) -> bytes:
     return json.dumps({**OK, **changes}, ensure_ascii=False).encode() + b"\n"
 
 
-def refused(path, within: float = 30.0, **options) -> str:
-    """read_data's one-line refusal, within `within` seconds."""
-    started = time.monotonic()
+def refused(path, **options) -> str:
+    """read_data's one-line refusal."""
     with pytest.raises(DataError) as err:
         read_data(path, say=lambda *a: None, **options)
-    assert time.monotonic() - started < within
     message = str(err.value)
     assert "\n" not in message and len(message) < 400, message
     return message
@@ -60,7 +57,7 @@ def test_a_million_records_are_refused_before_any_is_read(tmp_path):
 def test_too_many_records_are_refused_before_any_program_is_replayed(tmp_path):
     path = tmp_path / "many.jsonl"
     path.write_bytes(record(program=["0x0000006f"]) * (corpus.MAX_PROGRAMS + 1))
-    message = refused(path, within=60.0)
+    message = refused(path)
     assert message.startswith(f"many.jsonl:{corpus.MAX_PROGRAMS + 1}: more than 100,000 records")
 
 
@@ -69,7 +66,7 @@ def test_the_replayed_cycles_of_one_source_are_bounded(tmp_path, monkeypatch):
     monkeypatch.setattr(training, "MAX_REPLAY_CYCLES", 15_000)
     path = tmp_path / "loops.jsonl"
     path.write_bytes(record(program="addi x5, x5, 1\njal x0, -4", prompt="count") * 3)
-    message = refused(path, within=60.0, skip_failing=True)  # rejected programs count too
+    message = refused(path, skip_failing=True)  # rejected programs count too
     assert message.startswith("loops.jsonl:2: the programs of ") and "more than 15,000 cycles" in message
 
 

@@ -360,7 +360,7 @@ def test_import_and_read_without_torch(reflex_ckpt, tmp_path):
         """
     )
     res = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=120
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=600
     )
     assert res.returncode == 0, res.stderr
     assert res.stdout.startswith("OK")

@@ -77,7 +77,7 @@ def test_the_demo_in_a_real_terminal():
         screen = tmux.wait_for("(stopped)")
         assert "Enter run  Esc quit" in screen
         tmux.keys("Escape")
-        tmux.wait_for("DEMO-EXITED", timeout=30)
+        tmux.wait_for("DEMO-EXITED", timeout=300)
     finally:
         tmux.close()
 

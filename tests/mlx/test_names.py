@@ -47,7 +47,7 @@ def cli(*args, env=None):
         capture_output=True,
         text=True,
         env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})},
-        timeout=120,
+        timeout=600,
     )
 
 
@@ -104,7 +104,7 @@ def test_convert_refuses_hostile_names_in_one_line(tmp_path):
             [sys.executable, "-m", "convert", option, name],
             capture_output=True,
             text=True,
-            timeout=120,
+            timeout=600,
             cwd=tmp_path,
         )
         assert proc.returncode == 1

@@ -61,6 +61,7 @@ def _compare(torch_fixture, mlx_model, task, states):
     return rel, agree, ref_words
 
 
+@pytest.mark.slow
 def test_float32_parity_on_random_states(family, torch_model, mlx_model, random_states):
     rel, agree, words = _compare(torch_model, mlx_model, TASK, random_states(256, 1))
     print(f"{family} float32: max relative error {rel.max():.2e}, word agreement {agree:.4f}")
@@ -99,6 +100,7 @@ def test_float32_parity_on_replayed_programs(family, torch_model, mlx_model, rep
         assert agree == 1.0
 
 
+@pytest.mark.slow
 def test_4bit_agreement_is_measured(family, torch_model, mlx_4bit, random_states):
     from reflex_mlx.load import load_model
 

@@ -79,32 +79,25 @@ def test_heldout_top1_is_at_least_95_percent():
     assert float(match.group(1)) >= 95.0
 
 
-@pytest.mark.slow
-def test_eval_replay_agrees_between_backends():
-    """The whole 41-task eval: torch float32 vs MLX as shipped, on the same states."""
-    from bench.agreement import batched, lockstep_agreement, one_by_one, outcome_agreement, recorded_eval
-    from reflex_core.evaluation import evaluate
+@pytest.mark.slow(minutes=5)
+def test_eval_replay_agrees_between_backends(tiny_reference_eval):
+    """The whole 41-task eval, lock-step: MLX as shipped (one prompt at a time, as `run`
+    drives it) is fed every state the torch float32 reference saw and picks its words.
+    The free-running half is tests/parity/test_tiny_free_run.py (on the other worker)."""
+    from bench.agreement import lockstep_agreement, one_by_one
     from reflex_mlx.fast import FastReflex
     from reflex_mlx.load import load_model as load_mlx
-    from reflex_torch.load import load_model as load_torch
-    from reflex_torch.model import Reference
 
-    torch_model, torch_tok, torch_cfg = load_torch(TINY_TORCH / "reflex.pt", device="cpu")
-    reference, recording = recorded_eval(
-        batched(Reference(torch_model, torch_tok.pad_token_id, 96), torch_tok, torch_cfg)
-    )
+    reference, recording = tiny_reference_eval
     mlx_model, mlx_tok, mlx_cfg = load_mlx(TINY_MLX)
     fast = FastReflex(mlx_model, fuse=True, compile=True)
     lockstep = lockstep_agreement(recording, one_by_one(fast, mlx_tok, mlx_cfg))
-    own = evaluate(make_batch_predictor=batched(fast, mlx_tok, mlx_cfg))
-    outcomes = outcome_agreement(reference, own)
     print(
-        f"reference {reference['passed']}/{reference['total']}, mlx {own['passed']}/{own['total']}; "
-        f"lockstep words {lockstep['agree']}/{lockstep['cycles']}; outcomes {outcomes}"
+        f"reference {reference['passed']}/{reference['total']}; lockstep words {lockstep['agree']}/"
+        f"{lockstep['cycles']}; tasks with a disagreement {lockstep['tasks_with_disagreement']}"
     )
+    assert lockstep["cycles"] == sum(len(indices) for indices, _, _ in recording.calls) > 0
     assert lockstep["agree"] >= 0.99 * lockstep["cycles"]
-    passed = lambda report: [row["pass"] for s in report["sections"].values() for row in s["rows"]]
-    assert passed(reference) == passed(own)
 
 
 def test_eval_on_the_torch_backend(tmp_path):

@@ -159,6 +159,7 @@ def test_heldout_programs_are_not_trained_on(trained):
     assert len(held) == 3  # 5% of 60
 
 
+@pytest.mark.slow
 def test_full_split_leaks_no_eval_prompt():
     split = train.split_programs(train.parse_args(["--out", "unused"]))
     from reflex_core.evaluation import bare, eval_prompts, near_copy_tags
@@ -181,6 +182,7 @@ def test_full_split_leaks_no_eval_prompt():
     assert len(held) == round(0.05 * split.counts["distinct_programs"])
 
 
+@pytest.mark.slow
 def test_resume_continues_to_the_same_model(trained, tmp_path):
     """Stop at step 15, resume: the result equals the run that never stopped."""
     full, _ = trained
@@ -202,6 +204,7 @@ def test_resume_continues_to_the_same_model(trained, tmp_path):
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
 
 
+@pytest.mark.slow
 def test_frozen_backbone_recipe(trained, tmp_path):
     """--backbone: a pretrained Qwen2 is loaded and frozen; only the Reflex modules
     learn, and reflex.pt names the backbone instead of shipping one."""
