@@ -26,7 +26,6 @@ COMMANDS = {
     "demo": "demo",
     "train": "train",
     "info": "info",
-    "convert": "convert",
 }
 
 

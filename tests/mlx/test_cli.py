@@ -124,7 +124,7 @@ def test_every_command_is_listed_and_loads_its_module():
     result = CliRunner().invoke(main, ["--help"])
     assert result.exit_code == 0, result.output
     listed = [line.split()[0] for line in result.output.split("Commands:")[1].splitlines() if line.strip()]
-    assert listed == sorted(["run", "eval", "bench", "demo", "info", "train", "convert"])
+    assert listed == sorted(["run", "eval", "bench", "demo", "info", "train"])
     for name in listed:
         assert CliRunner().invoke(main, [name, "--help"]).exit_code == 0
 
@@ -142,15 +142,3 @@ def test_train_options_default_to_the_dataclass():
     assert len(scalar) >= 25
     for param in scalar:
         assert param.default == fields[param.name], param.name
-
-
-def test_convert_is_the_converter_under_the_one_cli(tmp_path):
-    from convert.convert import main as convert_main
-
-    runner = CliRunner()
-    assert main.get_command(None, "convert") is convert_main
-    result = runner.invoke(
-        main, ["convert", "--checkpoint", str(tmp_path / "none.pt"), "--out", str(tmp_path / "o")]
-    )
-    assert result.exit_code != 0 and "no checkpoint at" in result.output and "Traceback" not in result.output
-    assert not (tmp_path / "o").exists()
