@@ -79,12 +79,12 @@ def test_a_damaged_conversion_shows_low_agreement(verified, tmp_path):
     )
     assert report["same_word"] / report["cycles"] < 0.9, report
     assert report["runs_identical"] < report["runs"]
-    # The source drove the diverged runs itself: the same outcomes as where it agreed with
-    # the undamaged conversion on every word.
-    assert report["source_drove_diverged_runs"] is True
+    # The source drove the diverged runs itself. Its runs here stop at 60 cycles, the
+    # undamaged verify's at the default, so a task it passes here it passed there too.
+    assert report["source_drove_diverged_runs"] is True and report["source_passed"] > 0
     undamaged = json.loads((verified / "config.json").read_text())["fidelity"]
-    assert report["source_passed"] == undamaged["source_passed"]
-    assert [t["source_pass"] for t in report["per_task"]] == [t["source_pass"] for t in undamaged["per_task"]]
+    for here, there in zip(report["per_task"], undamaged["per_task"], strict=True):
+        assert there["source_pass"] or not here["source_pass"], (here, there)
 
 
 @pytest.mark.skipif(mx.is_available(mx.gpu), reason="the CPU's default")
