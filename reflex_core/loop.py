@@ -185,7 +185,14 @@ def run(
     on_cycle: Callable[[Cycle], None] | None = None,
 ) -> RunResult:
     """Drive one program to its end; on_cycle sees each cycle as it happens."""
-    cycles = steps(predict, max_cycles)
+    return drain(steps(predict, max_cycles), on_cycle)
+
+
+def drain(
+    cycles: Generator[Cycle, None, RunResult], on_cycle: Callable[[Cycle], None] | None = None
+) -> RunResult:
+    """The RunResult a cycle generator (`steps`, or the API's `stream`) returns once
+    exhausted; on_cycle sees each cycle on the way."""
     while True:
         try:
             cycle = next(cycles)

@@ -162,14 +162,7 @@ def run(
 ) -> RunResult:
     """Let the model drive the CPU for `prompt`, one instruction a cycle, until it halts,
     fails or reaches max_cycles; on_cycle sees each cycle as it happens."""
-    cycles = stream(model, prompt, max_cycles)
-    while True:
-        try:
-            cycle = next(cycles)
-        except StopIteration as end:
-            return end.value
-        if on_cycle is not None:
-            on_cycle(cycle)
+    return loop.drain(stream(model, prompt, max_cycles), on_cycle)
 
 
 def run_batch(model: Loaded, prompts: Sequence[str], max_cycles: int = DEFAULT_MAX_CYCLES) -> list[RunResult]:
