@@ -33,9 +33,16 @@ setup: $(VENV)/.installed
 # Two workers (pytest-xdist), a test file each at a time: the suite is one core's work otherwise.
 # The files holding `slow` tests start first (tests/conftest.py); each worker runs torch on one
 # thread. The slowest tests are listed at the end (docs/testing.md keeps the table).
+# MLX's Linux CPU wheel multiplies float32 through a slow reference BLAS: the tests preload
+# a forward of cblas_sgemm to numpy's OpenBLAS where it builds (tests/fastblas, docs/testing.md).
 TEST_WORKERS  ?= 2
-test: setup
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=15
+FASTBLAS      := $(VENV)/lib/libreflex_sgemm.so
+$(FASTBLAS): tests/fastblas/openblas_sgemm.c tests/fastblas/build.py $(VENV)/.installed
+	$(PY) tests/fastblas/build.py $@
+
+test: setup $(FASTBLAS)
+	LD_PRELOAD="$$([ -f $(FASTBLAS) ] && echo $(abspath $(FASTBLAS)))" OPENBLAS_NUM_THREADS=1 \
+		$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=15
 
 # The hostile-checkpoint, model-folder and assembly-text tests with a larger fuzz count than `make test` (FUZZ_CASES).
 FUZZ_CASES    ?= 3000

@@ -120,6 +120,14 @@ def mlx_float32_dir(fixture_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_mlx_float32_dir(tmp_path_factory):
+    """reflex-tiny converted with a float32 backbone: the subject of the whole-eval parity
+    tests. MLX's CPU backend multiplies float16 slowly and without BLAS; the shipped float16
+    conversion is checked on a sample of the same cycles (tests/parity/test_tiny.py)."""
+    return _float32(TINY_TORCH, tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
 def mlx_4bit_dir(fixture_dir, tmp_path_factory):
     """The fixture converted as shipped for the release: 4-bit backbone, group size 64."""
     return _convert(

@@ -79,24 +79,46 @@ def test_heldout_top1_is_at_least_95_percent():
     assert float(match.group(1)) >= 95.0
 
 
-@pytest.mark.slow(minutes=5)
-def test_eval_replay_agrees_between_backends(tiny_reference_eval):
-    """The whole 41-task eval, lock-step: MLX as shipped (one prompt at a time, as `run`
-    drives it) is fed every state the torch float32 reference saw and picks its words.
-    The free-running half is tests/parity/test_tiny_free_run.py (on the other worker)."""
+def _lockstep(model_dir, recording):
     from bench.agreement import lockstep_agreement, one_by_one
     from reflex_mlx.fast import FastReflex
     from reflex_mlx.load import load_model as load_mlx
 
-    reference, recording = tiny_reference_eval
-    mlx_model, mlx_tok, mlx_cfg = load_mlx(TINY_MLX)
+    mlx_model, mlx_tok, mlx_cfg = load_mlx(model_dir)
     fast = FastReflex(mlx_model, fuse=True, compile=True)
-    lockstep = lockstep_agreement(recording, one_by_one(fast, mlx_tok, mlx_cfg))
+    return lockstep_agreement(recording, one_by_one(fast, mlx_tok, mlx_cfg))
+
+
+@pytest.mark.slow(minutes=2)
+def test_eval_replay_agrees_between_backends(tiny_reference_eval, tiny_mlx_float32_dir):
+    """The whole 41-task eval, lock-step: MLX (one prompt at a time, as `run` drives it)
+    is fed every state the torch float32 reference saw and picks its words. The
+    free-running half is tests/parity/test_tiny_free_run.py (on the other worker)."""
+    reference, recording = tiny_reference_eval
+    lockstep = _lockstep(tiny_mlx_float32_dir, recording)
     print(
         f"reference {reference['passed']}/{reference['total']}; lockstep words {lockstep['agree']}/"
         f"{lockstep['cycles']}; tasks with a disagreement {lockstep['tasks_with_disagreement']}"
     )
     assert lockstep["cycles"] == sum(len(indices) for indices, _, _ in recording.calls) > 0
+    assert lockstep["agree"] >= 0.99 * lockstep["cycles"]
+
+
+SHIPPED_SAMPLE = 8  # every 8th call of the reference's eval: about 280 cycles, every task
+
+
+@pytest.mark.slow(minutes=1)
+def test_the_shipped_float16_conversion_agrees_on_a_sample_of_the_eval(tiny_reference_eval):
+    """The bundled float16 model, as users run it, on every 8th of the reference's calls
+    (MLX's CPU float16 matmul is too slow for all of them in a test)."""
+    from bench.agreement import Recording
+
+    reference, recording = tiny_reference_eval
+    sample = Recording(prompts=recording.prompts, calls=recording.calls[::SHIPPED_SAMPLE])
+    lockstep = _lockstep(TINY_MLX, sample)
+    print(f"shipped float16: lockstep words {lockstep['agree']}/{lockstep['cycles']}")
+    assert lockstep["cycles"] == sum(len(indices) for indices, _, _ in sample.calls) >= 200
+    assert {recording.prompts[i] for indices, _, _ in sample.calls for i in indices} == set(recording.prompts)
     assert lockstep["agree"] >= 0.99 * lockstep["cycles"]
 
 
