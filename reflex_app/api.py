@@ -1,6 +1,6 @@
 """The Python API, in mlx-lm's shape: `load` a model, then `run`, `stream` or `run_batch` prompts.
 
-    from reflex_mlx import load, run
+    from reflex_app import load, run
     model = load("tiny")
     result = run(model, "compute 5 factorial", max_cycles=200)
 
@@ -24,8 +24,7 @@ from reflex_core.loop import Cycle, RunResult
 from reflex_core.prompt import truncation_notice
 from reflex_core.smol import MODEL_NAMES
 from reflex_core.spec import DEFAULT_MAX_CYCLES, DEFAULT_RELEASE_DIR
-
-from . import BUNDLED_MODEL
+from reflex_mlx import BUNDLED_MODEL
 
 __all__ = ["Cycle", "Loaded", "ReflexError", "RunResult", "load", "run", "run_batch", "stream"]
 

@@ -1,25 +1,26 @@
 """The demo's screen after one task, as plain text (the README's capture).
 
-    python -m bench.demo_capture --model DIR --task "compute 5 factorial" --out FILE [--width 160]
+    python -m reflex_app.demo_capture --model DIR --task "compute 5 factorial" --out FILE [--width 160]
 
 Loads the model on the MLX backend, runs the task on both sides exactly as
-`reflex-mlx demo` does (reflex_mlx.ui), and renders the final screen with
+`reflex-mlx demo` does (reflex_app.ui), and renders the final screen with
 rich's recording console.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
-from .common import write_file
+from reflex_core import files
 
 
 def main(argv=None) -> None:
     from rich.console import Console
 
+    from reflex_app.ui import Demo, Screen
     from reflex_mlx.backend import BACKEND
-    from reflex_mlx.ui import Demo, Screen
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", type=Path, default=None)
@@ -35,7 +36,10 @@ def main(argv=None) -> None:
     console = Console(record=True, width=args.width, height=args.height)
     console.print(demo.screen.render())
     text = console.export_text()
-    write_file(args.out, text)
+    try:  # reflex_core.files' policy: atomic over a file, refused over a folder or a read-only file
+        files.write_report(args.out, text)
+    except files.OutputError as err:
+        sys.exit(f"error: {err}")
     print(text)
 
 

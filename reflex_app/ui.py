@@ -1,6 +1,6 @@
 """The demo's terminal UI: Reflex driving the CPU on the left, the same backbone
 writing RV32I assembly as text on the right, both run, both outcomes side by side,
-rendered by rich (`reflex-mlx demo`, reflex_mlx/cli/demo.py).
+rendered by rich (`reflex-mlx demo`, reflex_app/cli/demo.py).
 
 Everything runs on one thread: each turn of the loop advances Reflex one cycle
 (reflex_core.loop.steps), takes the next chunk of text, reads any key pressed, and

@@ -1,4 +1,4 @@
-"""The Python API (reflex_mlx.api) on the bundled reflex-tiny: docs/api.md's example as it
+"""The Python API (reflex_app.api) on the bundled reflex-tiny: docs/api.md's example as it
 stands, streaming, the batched form against single runs, and one exception type for bad input."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from reflex_app import load, run, run_batch, stream
 from reflex_core.errors import ReflexError
-from reflex_mlx import load, run, run_batch, stream
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMPTS = ["compute 5 factorial", "add 2 and 3", "say hi"]
@@ -48,8 +48,19 @@ def test_the_docs_example_runs_as_written_without_torch():
 def test_importing_the_model_leaves_the_application_layer_out():
     code = (
         "import sys\nimport reflex_mlx, reflex_mlx.model, reflex_mlx.load, reflex_mlx.backend\n"
-        "print(sorted(m for m in sys.modules if m.startswith(('reflex_mlx.api', 'reflex_mlx.cli', "
-        "'reflex_mlx.ui', 'reflex_torch', 'click', 'rich'))))\n"
+        "print(sorted(m for m in sys.modules"
+        " if m.startswith(('reflex_app', 'reflex_torch', 'click', 'rich'))))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
+def test_importing_the_application_layer_imports_no_framework():
+    """The API and the command group load; mlx and torch wait for a model to be loaded on them."""
+    code = (
+        "import sys\nimport reflex_app, reflex_app.cli\nfrom reflex_app import load, run, stream, run_batch\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'mlx', 'mlx_lm', 'torch', 'reflex_torch'}))\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from reflex_app.cli import main
 from reflex_core import rv32i
-from reflex_mlx.cli import main
 
 MEMORY_KEYS = {"0x5000", "0x5200", "0x6000"}
 
@@ -112,7 +112,7 @@ def test_console_script(mlx_float32_dir):
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["prompt_tokens"] > 0
     bad = subprocess.run(
-        [sys.executable, "-m", "reflex_mlx", "run", "x", "--model", "/nonexistent"],
+        [sys.executable, "-m", "reflex_app", "run", "x", "--model", "/nonexistent"],
         capture_output=True,
         text=True,
     )
@@ -133,7 +133,7 @@ def test_train_options_default_to_the_dataclass():
     """Each train option that sets a TrainOptions field shows that field's default, written once."""
     import dataclasses
 
-    from reflex_mlx.cli.train import command
+    from reflex_app.cli.train import command
     from reflex_mlx.train import TrainOptions
 
     fields = {f.name: f.default for f in dataclasses.fields(TrainOptions) if f.init and f.name != "out"}

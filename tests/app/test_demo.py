@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from reflex_app.ui import Demo, Screen
 from reflex_core.textmode import judge
-from reflex_mlx.ui import Demo, Screen
 
 ROOT = Path(__file__).resolve().parents[2]
-CLI = [sys.executable, "-m", "reflex_mlx"]
+CLI = [sys.executable, "-m", "reflex_app"]
 needs_tmux = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
 
 
