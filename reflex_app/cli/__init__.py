@@ -1,9 +1,11 @@
-"""`reflex-mlx`: run Reflex on a prompt, evaluate it, time it, demo it, train it; with MLX or PyTorch.
+"""`reflex-mlx`: run Reflex on a prompt, evaluate it, time it, demo it, train it, convert it;
+with MLX or PyTorch.
 
-One module per command, each a thin layer over the Python API (reflex_app.api) and
-imported only when its command runs (or --help lists it); reflex_app/cli/common.py holds
-what they share: the error policy, the model and backend options. The backends' frameworks
-are imported by the backend a command loads, and by `train`, which trains in MLX.
+One module per command, each a thin layer over the Python API (reflex_app.api), the MLX
+trainer or the converter, imported only when its command runs (or --help lists it);
+reflex_app/cli/common.py holds what they share: the error policy, the model and backend
+options. The backends' frameworks are imported by the backend a command loads, and by
+`train` and `convert`, which work in MLX.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ COMMANDS = {
     "demo": "demo",
     "train": "train",
     "info": "info",
+    "convert": "convert",
 }
 
 

@@ -1,4 +1,5 @@
-"""`reflex-mlx run` on a converted fixture: the trace, the JSON schema, and clean errors."""
+"""`reflex-mlx run` on a converted fixture: the trace, the JSON schema, and clean errors;
+the command group, and `reflex-mlx convert` (the converter's own command) on the fixture."""
 
 from __future__ import annotations
 
@@ -124,7 +125,7 @@ def test_every_command_is_listed_and_loads_its_module():
     result = CliRunner().invoke(main, ["--help"])
     assert result.exit_code == 0, result.output
     listed = [line.split()[0] for line in result.output.split("Commands:")[1].splitlines() if line.strip()]
-    assert listed == sorted(["run", "eval", "bench", "demo", "info", "train"])
+    assert listed == sorted(["run", "eval", "bench", "demo", "info", "train", "convert"])
     for name in listed:
         assert CliRunner().invoke(main, [name, "--help"]).exit_code == 0
 
@@ -142,3 +143,46 @@ def test_train_options_default_to_the_dataclass():
     assert len(scalar) >= 25
     for param in scalar:
         assert param.default == fields[param.name], param.name
+
+
+def _cli(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "reflex_app", *map(str, args)], capture_output=True, text=True, timeout=900
+    )
+
+
+def test_convert_writes_the_model_the_converter_writes(fixture_dir, mlx_float32_dir, tmp_path):
+    """`reflex-mlx convert` is convert's own command, options and all: a float32 conversion of
+    the fixture drives the CPU exactly as the session's float32 conversion (convert_checkpoint)
+    does, and `info` shows the command as it was typed."""
+    from convert.convert import main as converter
+    from reflex_app import load, run
+
+    assert main.get_command(None, "convert") is converter
+    out = tmp_path / "model"
+    sources = ["--checkpoint", fixture_dir / "reflex.pt", "--backbone", fixture_dir / "backbone"]
+    recipe = ["--no-quantize", "--backbone-dtype", "float32", "--dtype", "float32", "--no-verify"]
+    proc = _cli("convert", *sources, "--out", out, *recipe)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-1].startswith("wrote ") and (out / "config.json").is_file()
+    info = CliRunner().invoke(main, ["info", str(out)])
+    assert info.exit_code == 0, info.output
+    assert f"converted with: reflex-mlx convert --checkpoint {fixture_dir / 'reflex.pt'}" in info.output
+    ours, theirs = load(out, backend="mlx"), load(mlx_float32_dir, backend="mlx")
+    for prompt in ("compute 5 factorial", "say hi"):
+        ran = run(ours, prompt, max_cycles=8)
+        assert ran.cycles == run(theirs, prompt, max_cycles=8).cycles and ran.cycles
+
+
+@pytest.mark.parametrize("command", [["-m", "reflex_app", "convert"], ["-m", "convert"]])
+def test_convert_refuses_a_missing_checkpoint_in_one_line(command, tmp_path):
+    proc = subprocess.run(
+        [sys.executable, *command, "--checkpoint", str(tmp_path / "none.pt"), "--out", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode != 0 and proc.stdout == ""
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and "no checkpoint at" in lines[0], proc.stderr
+    assert list(tmp_path.iterdir()) == []  # no output folder, no partial
