@@ -100,6 +100,17 @@ def test_corrupt_model_dir(mlx_float32_dir, tmp_path, damage):
     _assert_one_line_error(_run("say hi", "--model", broken))
 
 
+def test_the_console_script_names_the_command_group():
+    """pyproject.toml's `reflex-mlx` is the group this file tests (the installed script may
+    predate it until `make setup` reinstalls)."""
+    import importlib
+    import re
+
+    text = (Path(__file__).resolve().parents[2] / "pyproject.toml").read_text()
+    module, name = re.search(r'^reflex-mlx = "([\w.]+):(\w+)"$', text, re.M).groups()
+    assert getattr(importlib.import_module(module), name) is main
+
+
 def test_console_script(mlx_float32_dir):
     beside = Path(sys.executable).parent / "reflex-mlx"
     exe = str(beside) if beside.exists() else shutil.which("reflex-mlx")
