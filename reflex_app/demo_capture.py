@@ -10,6 +10,7 @@ rich's recording console.
 from __future__ import annotations
 
 import argparse
+import io
 import sys
 from pathlib import Path
 
@@ -33,7 +34,8 @@ def main(argv=None) -> None:
     loaded = BACKEND.load(args.model)
     demo = Demo(loaded, Screen(model=(args.model or Path("reflex-tiny")).name), passes=args.passes)
     demo.run_task(args.task, None, lambda: None)
-    console = Console(record=True, width=args.width, height=args.height)
+    # recorded, not shown: the text is printed once, below
+    console = Console(record=True, width=args.width, height=args.height, file=io.StringIO())
     console.print(demo.screen.render())
     text = console.export_text()
     try:  # reflex_core.files' policy: atomic over a file, refused over a folder or a read-only file
