@@ -185,15 +185,18 @@ def test_convert_writes_the_model_the_converter_writes(fixture_dir, mlx_float32_
         assert ran.cycles == run(theirs, prompt, max_cycles=8).cycles and ran.cycles
 
 
-@pytest.mark.parametrize("command", [["-m", "reflex_app", "convert"], ["-m", "convert"]])
-def test_convert_refuses_a_missing_checkpoint_in_one_line(command, tmp_path):
-    proc = subprocess.run(
-        [sys.executable, *command, "--checkpoint", str(tmp_path / "none.pt"), "--out", str(tmp_path / "o")],
-        capture_output=True,
-        text=True,
-        timeout=600,
+def test_convert_refuses_a_missing_checkpoint_in_one_line(tmp_path):
+    """One `Error:` line and a non-zero exit, under the group and as `python -m convert`; nothing written."""
+    args = ["--checkpoint", str(tmp_path / "none.pt"), "--out", str(tmp_path / "o")]
+    grouped = CliRunner().invoke(main, ["convert", *args])
+    alone = subprocess.run(
+        [sys.executable, "-m", "convert", *args], capture_output=True, text=True, timeout=600
     )
-    assert proc.returncode != 0 and proc.stdout == ""
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: ") and "no checkpoint at" in lines[0], proc.stderr
+    for code, out, err in (
+        (grouped.exit_code, grouped.stdout, grouped.stderr),
+        (alone.returncode, alone.stdout, alone.stderr),
+    ):
+        lines = err.strip().splitlines()
+        assert code != 0 and out == "" and len(lines) == 1, err
+        assert lines[0].startswith("Error: ") and "no checkpoint at" in lines[0]
     assert list(tmp_path.iterdir()) == []  # no output folder, no partial
