@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> dict:
     with open(args.out / "train.log", "w") as log:
         log.write("$ " + " ".join(command) + "\n")
         log.flush()
-        done = subprocess.run([sys.executable, "-m", "reflex_mlx", *command[1:]], stderr=log, stdout=log)
+        done = subprocess.run([sys.executable, "-m", "reflex_app", *command[1:]], stderr=log, stdout=log)
     train_seconds = time.time() - started
     if done.returncode:
         sys.exit(f"error: training failed (see {args.out / 'train.log'})")

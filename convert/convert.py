@@ -515,6 +515,12 @@ def _recipe(bits, group_size, mixed, no_quantize, dtype, backbone_dtype, adapter
     )
 
 
+def _command_line() -> str:
+    """The command as typed, for the model card and `info`: `python -m convert ...`, or
+    `reflex-mlx convert ...` where the one CLI ran it (its name, then every argument)."""
+    return " ".join([click.get_current_context().find_root().info_name, shlex.join(sys.argv[1:])])
+
+
 def _mac_size(ctx, param, value):
     """--fit's value as a Mac's memory in GB, or one line saying which sizes are."""
     if value is None:
@@ -692,7 +698,7 @@ def main(
             sets_backbone=any((bits, group_size, mixed, no_quantize, backbone_dtype)),
             fit=fit,
             calibration_data=calibration_data,
-            command="python -m convert " + shlex.join(sys.argv[1:]),
+            command=_command_line(),
         )
     except (ConvertError, CheckpointError, OutputError, FileNotFoundError, OSError, ValueError) as err:
         raise click.ClickException(first_line(err)) from None

@@ -1,8 +1,6 @@
-"""Reflex on MLX. The Python API (reflex_mlx.api) is exported lazily:
+"""Reflex on MLX: the model, its fast path, loading, quantization and training in MLX.
 
-    from reflex_mlx import load, run, stream, run_batch
-
-so that importing the model or the backend modules does not pull in the application layer.
+The Python API over both backends is the application layer's (`from reflex_app import load, run`).
 """
 
 from __future__ import annotations
@@ -12,13 +10,4 @@ from pathlib import Path
 # reflex-tiny, converted, shipped inside this package: the offline default.
 BUNDLED_MODEL = Path(__file__).resolve().parent / "models" / "reflex-tiny"
 
-_API = ("load", "run", "stream", "run_batch", "RunResult", "Cycle", "ReflexError")
-__all__ = ["BUNDLED_MODEL", *_API]
-
-
-def __getattr__(name: str):
-    if name in _API:
-        from . import api
-
-        return getattr(api, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__all__ = ["BUNDLED_MODEL"]

@@ -31,7 +31,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 SELF = Path(__file__).resolve().relative_to(ROOT).as_posix()
-PACKAGES = ("reflex_core", "reflex_mlx", "reflex_torch", "convert", "bench")
+PACKAGES = ("reflex_app", "reflex_core", "reflex_mlx", "reflex_torch", "convert", "bench")
 FILE_EXTENSIONS = "py|md|json|jsonl|txt|log|pt|safetensors|sh|toml|yml|yaml|gguf|csv|png|svg|npz|cfg|ini|lock"
 # Names the documents quote from other projects (or the shell): nothing in this repository defines them.
 EXTERNAL = {"OMP_NUM_THREADS", "LoRALinear"}

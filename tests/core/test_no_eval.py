@@ -8,7 +8,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("reflex_core", "reflex_mlx", "reflex_torch", "convert", "bench")
+PACKAGES = ("reflex_app", "reflex_core", "reflex_mlx", "reflex_torch", "convert", "bench")
 BUILTINS = {"eval", "exec", "compile", "__import__"}
 # An assembler that evaluates its operands; the project assembles with its own parser.
 FORBIDDEN_IMPORTS = {"bronzebeard"}

@@ -22,7 +22,7 @@ from reflex_core import folder as folder_mod
 from reflex_core.folder import MANIFEST_FILE, FolderError, validate_folder, write_manifest
 from reflex_core.rv32i import decode
 
-CLI = [sys.executable, "-m", "reflex_mlx"]
+CLI = [sys.executable, "-m", "reflex_app"]
 
 
 def _copy(src: Path, dst: Path) -> Path:
@@ -431,7 +431,7 @@ _DTYPES = ["F16", "BF16", "U32", "I64", "F8_E4M3", "Q4"]
 def test_fuzzed_folders_validate_or_refuse_in_one_line(mlx_float32_dir, tmp_path):
     """Seeded damage to config values and safetensors headers: each case validates (and
     then loads, or is refused by the loader in one line) or is refused in one line, quickly."""
-    from reflex_mlx.cli.info import describe_model
+    from reflex_app.cli.info import describe_model
     from reflex_mlx.load import ModelError, load_model
 
     rng = np.random.default_rng(21)

@@ -20,7 +20,7 @@ TINY = ROOT / "reflex_torch" / "models" / "reflex-tiny"
 
 def _cli(args, env, timeout=300):
     return subprocess.run(
-        [sys.executable, "-m", "reflex_mlx", *args], capture_output=True, text=True, timeout=timeout, env=env
+        [sys.executable, "-m", "reflex_app", *args], capture_output=True, text=True, timeout=timeout, env=env
     )
 
 

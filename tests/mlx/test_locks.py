@@ -25,7 +25,7 @@ FAST += ["--save-every", "2", "--eval-samples", "8", "--heldout-fraction", "0.2"
 
 
 def _cli(*args) -> list[str]:
-    return [sys.executable, "-m", "reflex_mlx", *map(str, args)]
+    return [sys.executable, "-m", "reflex_app", *map(str, args)]
 
 
 def _wait_for(test, what: str, process: subprocess.Popen, timeout: float = 120):

@@ -18,7 +18,7 @@ import mlx.core as mx
 import pytest
 from click.testing import CliRunner
 
-from reflex_mlx.cli import MODEL_ENV, main
+from reflex_app.cli import MODEL_ENV, main
 
 HOSTILE = {
     "newline": "no-such\nmodel",
@@ -43,7 +43,7 @@ def one_error_line(output: str) -> str:
 
 def cli(*args, env=None):
     return subprocess.run(
-        [sys.executable, "-m", "reflex_mlx", *args],
+        [sys.executable, "-m", "reflex_app", *args],
         capture_output=True,
         text=True,
         env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})},
@@ -228,7 +228,7 @@ def test_a_doctored_state_through_the_cli_is_one_error_line(saved_run, tmp_path)
 
 def test_a_broken_corpus_costs_the_eval_one_warning_not_its_report(tmp_path, monkeypatch, capsys):
     """eval adds a score without near-copies where it finds the corpus; a damaged one is said in one line."""
-    from reflex_mlx.cli.eval import near_copy_line
+    from reflex_app.cli.eval import near_copy_line
 
     family = tmp_path / "programs" / "cat"
     family.mkdir(parents=True)

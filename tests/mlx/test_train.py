@@ -45,7 +45,7 @@ def write_jsonl(path: Path, pairs=PAIRS) -> Path:
 
 def cli(*args, env=None):
     return subprocess.run(
-        [sys.executable, "-m", "reflex_mlx", *map(str, args)], capture_output=True, text=True, env=env
+        [sys.executable, "-m", "reflex_app", *map(str, args)], capture_output=True, text=True, env=env
     )
 
 
@@ -281,7 +281,7 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(full_run, mlx_float32_dir
         "--save-every",
         "2",
     ]
-    process = subprocess.Popen([sys.executable, "-m", "reflex_mlx", *map(str, args)], stderr=subprocess.PIPE)
+    process = subprocess.Popen([sys.executable, "-m", "reflex_app", *map(str, args)], stderr=subprocess.PIPE)
     deadline = time.time() + 600
     while not (out / "train_state.safetensors").exists() and time.time() < deadline:
         time.sleep(0.05)

@@ -46,7 +46,7 @@ def test_a_float16_conversion_agrees_with_its_source(verified):
     assert f"same word on {report['cycles']}/{report['cycles']} cycles" in card
     assert "| factorial 5 |" in card
     info = subprocess.run(
-        [sys.executable, "-m", "reflex_mlx", "info", str(verified), "--tasks"],
+        [sys.executable, "-m", "reflex_app", "info", str(verified), "--tasks"],
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert info.returncode == 0, info.stderr

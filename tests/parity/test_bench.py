@@ -69,7 +69,7 @@ def test_agreement_replays_the_reference_calls():
 
 
 def test_bench_command_prints_the_ratio_last(fixture_dir, mlx_float32_dir):
-    from reflex_mlx.cli import main
+    from reflex_app.cli import main
 
     result = CliRunner().invoke(
         main, ["bench", "--model", str(mlx_float32_dir), "--torch", str(fixture_dir), "--cycles", "3"]
@@ -85,7 +85,7 @@ def test_bench_command_prints_the_ratio_last(fixture_dir, mlx_float32_dir):
 def test_bench_without_torch_says_so(monkeypatch):
     import importlib.util
 
-    from reflex_mlx.cli import main
+    from reflex_app.cli import main
 
     real = importlib.util.find_spec
     monkeypatch.setattr(

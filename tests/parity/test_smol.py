@@ -60,7 +60,7 @@ def test_the_backbone_directory_is_one_model_for_transformers_and_mlx_lm(smol_ba
 def test_reflex_smol_computes_5_factorial_on_torch(smol_backbone):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "reflex_mlx", "run", "compute 5 factorial", "--model", "smol",
+        [sys.executable, "-m", "reflex_app", "run", "compute 5 factorial", "--model", "smol",
          "--backend", "torch", "--json"],
         capture_output=True, env=env, timeout=600,
     )  # fmt: skip

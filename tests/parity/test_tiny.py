@@ -27,7 +27,7 @@ def test_weight_files_fit_the_budget():
 
 def test_default_run_computes_5_factorial(tmp_path, monkeypatch):
     """No flags, no network: the bundled model halts with 120 at 0x5000."""
-    from reflex_mlx.cli import MODEL_ENV, main
+    from reflex_app.cli import MODEL_ENV, main
 
     monkeypatch.setenv("HOME", str(tmp_path))  # no converted release in the default place
     monkeypatch.delenv(MODEL_ENV, raising=False)
@@ -43,8 +43,8 @@ def test_default_run_computes_5_factorial(tmp_path, monkeypatch):
 def test_release_dir_is_preferred_and_named(tmp_path, monkeypatch):
     import shutil
 
+    from reflex_app.cli import MODEL_ENV, main
     from reflex_core.spec import DEFAULT_RELEASE_DIR
-    from reflex_mlx.cli import MODEL_ENV, main
 
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.delenv(MODEL_ENV, raising=False)
@@ -125,7 +125,7 @@ def test_the_shipped_float16_conversion_agrees_on_a_sample_of_the_eval(tiny_refe
 def test_eval_on_the_torch_backend(tmp_path):
     """The whole evaluation of the bundled model through `reflex-mlx eval --backend torch`
     (the Linux default): reflex-tiny's published 31/41, in seconds on a CPU."""
-    from reflex_mlx.cli import main
+    from reflex_app.cli import main
 
     out = tmp_path / "eval.json"
     result = CliRunner().invoke(main, ["eval", "--backend", "torch", "--json", str(out)])

@@ -1,6 +1,6 @@
 """The Python API, in mlx-lm's shape: `load` a model, then `run`, `stream` or `run_batch` prompts.
 
-    from reflex_mlx import load, run
+    from reflex_app import load, run
     model = load("tiny")
     result = run(model, "compute 5 factorial", max_cycles=200)
 
@@ -21,11 +21,11 @@ from reflex_core import backends, hub, loop, predict
 from reflex_core.backends import Loaded
 from reflex_core.errors import ReflexError, one_line, user_path
 from reflex_core.loop import Cycle, RunResult
+from reflex_core.machine import Machine
 from reflex_core.prompt import truncation_notice
 from reflex_core.smol import MODEL_NAMES
 from reflex_core.spec import DEFAULT_MAX_CYCLES, DEFAULT_RELEASE_DIR
-
-from . import BUNDLED_MODEL
+from reflex_mlx import BUNDLED_MODEL
 
 __all__ = ["Cycle", "Loaded", "ReflexError", "RunResult", "load", "run", "run_batch", "stream"]
 
@@ -138,19 +138,39 @@ def _described(result: RunResult, prompt: str, tokens, config: dict, seconds: fl
 
 
 def stream(
-    model: Loaded, prompt: str, max_cycles: int = DEFAULT_MAX_CYCLES
+    model: Loaded,
+    prompt: str,
+    max_cycles: int = DEFAULT_MAX_CYCLES,
+    *,
+    machine: Machine | None = None,
+    refine: bool = False,
 ) -> Generator[Cycle, None, RunResult]:
     """Yield each cycle as it happens; the generator returns the RunResult
-    (`result = yield from stream(...)`). The prompt is checked before the first cycle."""
+    (`result = yield from stream(...)`). The prompt is checked before the first cycle.
+
+    machine: the CPU to drive, for a caller that reads its registers and memory between
+    cycles (the demo); it is reset first, unless refine: a refinement pass, as the
+    original's demo runs them, keeps the registers and data the last run left, clears the
+    code region and starts again at CODE_START.
+    """
     check_prompt(prompt)
     _check_cycles(max_cycles)
-    return _stream(model, prompt, max_cycles)
+    if machine is not None and not isinstance(machine, Machine):
+        raise ReflexError(f"machine must be a reflex_core.machine.Machine, not {type(machine).__name__}")
+    if refine and machine is None:
+        raise ReflexError("refine continues a machine: pass the machine the last run drove")
+    return _stream(model, prompt, max_cycles, machine, refine)
 
 
-def _stream(model: Loaded, prompt: str, max_cycles: int) -> Generator[Cycle, None, RunResult]:
+def _stream(
+    model: Loaded, prompt: str, max_cycles: int, machine: Machine | None, refine: bool
+) -> Generator[Cycle, None, RunResult]:
     started = time.perf_counter()
     predictor = predict.Predictor(model.runner, model.tokenizer, prompt, model.config)
-    result = yield from loop.steps(predictor, max_cycles)
+    if refine:
+        machine.new_pass()
+    program = loop.ProgramRun(max_cycles, machine=machine, keep_state=refine)
+    result = yield from loop.steps(predictor, program=program)
     return _described(result, prompt, predictor.tokens, model.config, time.perf_counter() - started)
 
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import click
 
+from reflex_app import api
 from reflex_core import backends
 from reflex_core.errors import MESSAGE_LIMIT, one_line
 from reflex_core.files import OutputError, writable_file, write_report
-from reflex_mlx import api
 
 from .common import backend_option, checked_path, load, model_option, peak_line
 

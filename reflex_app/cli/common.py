@@ -8,11 +8,11 @@ from pathlib import Path
 
 import click
 
+from reflex_app import api
+from reflex_app.api import MODEL_ENV
 from reflex_core import backends
 from reflex_core.errors import MESSAGE_LIMIT, ReflexError, first_line, one_line, user_path
 from reflex_core.loop import Cycle
-from reflex_mlx import api
-from reflex_mlx.api import MODEL_ENV
 
 DEBUG_ENV = "REFLEX_MLX_DEBUG"
 ISSUES_HINT = "please report it with the command that failed (run it with --debug for the traceback)"

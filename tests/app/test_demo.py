@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from reflex_app.ui import Demo, Screen
 from reflex_core.textmode import judge
-from reflex_mlx.ui import Demo, Screen
 
 ROOT = Path(__file__).resolve().parents[2]
-CLI = [sys.executable, "-m", "reflex_mlx"]
+CLI = [sys.executable, "-m", "reflex_app"]
 needs_tmux = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
 
 
@@ -173,3 +173,15 @@ def test_eval_text_mode(mlx_float32_dir):
         assert row["text"] and (row["outcome"] in ("halted", "error", "limit"))
         if row["error"] and row["error"].startswith("does not assemble"):
             assert not row["pass"] and row["ops"] == 0
+
+
+def test_the_capture_writes_the_final_screen(tmp_path, capsys):
+    """reflex_app/demo_capture.py (docs/demo.md's capture) on the bundled reflex-tiny."""
+    from reflex_app import demo_capture
+
+    out = tmp_path / "screen.txt"
+    demo_capture.main(["--task", "add 7 and 8 and store the result", "--out", str(out), "--passes", "2"])
+    text = out.read_text()
+    assert "Reflex drives the CPU" in text and "cycles 12 (pass 2/2)" in text
+    assert "outcome: halted after 6 cycles" in text and "0x5000: 15 0" in text
+    assert capsys.readouterr().out.strip() == text.strip()

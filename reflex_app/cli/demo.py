@@ -1,4 +1,4 @@
-"""`reflex-mlx demo`: the full-screen UI (reflex_mlx.ui) in a terminal, plain lines without one."""
+"""`reflex-mlx demo`: the full-screen UI (reflex_app.ui) in a terminal, plain lines without one."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import click
 
+from reflex_app import api
 from reflex_core.spec import DEFAULT_MAX_CYCLES
-from reflex_mlx import api
 
 from .common import backend_option, format_cycle, load, memory_lines, model_option, peak_line
 
@@ -31,7 +31,7 @@ from .common import backend_option, format_cycle, load, memory_lines, model_opti
 )
 @click.option("--max-cycles", type=click.IntRange(min=1), default=DEFAULT_MAX_CYCLES, show_default=True)
 def command(tasks, model, backend, passes: int, max_cycles: int) -> None:
-    from reflex_mlx.ui import Demo, Screen, interactive
+    from reflex_app.ui import Demo, Screen, interactive
 
     for task in tasks:
         api.check_prompt(task)
@@ -57,7 +57,7 @@ def command(tasks, model, backend, passes: int, max_cycles: int) -> None:
 
 def plain_sides(screen) -> list[str]:
     """The end of one demo task as lines: Reflex's outcome and memory, then the text side's."""
-    from reflex_mlx.ui import display_text
+    from reflex_app.ui import display_text
 
     lines = [f"reflex: {screen.reflex.outcome}", *memory_lines(screen.reflex.memory, "reflex ")]
     text = screen.text

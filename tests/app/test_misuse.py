@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-CLI = [sys.executable, "-m", "reflex_mlx"]
+CLI = [sys.executable, "-m", "reflex_app"]
 
 
 def _cli(args, **kw):
@@ -171,8 +171,8 @@ def test_output_to_a_full_device_and_a_closed_pipe(mlx_float32_dir):
 def test_internal_errors_hint_and_debug(monkeypatch):
     from click.testing import CliRunner
 
-    import reflex_mlx.cli as cli
-    from reflex_mlx import api
+    import reflex_app.cli as cli
+    from reflex_app import api
 
     def broken(*a, **k):
         raise ZeroDivisionError("boom")

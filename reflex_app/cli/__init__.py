@@ -1,9 +1,11 @@
-"""`reflex-mlx`: run Reflex on a prompt, evaluate it, time it, demo it, train it; with MLX or PyTorch.
+"""`reflex-mlx`: run Reflex on a prompt, evaluate it, time it, demo it, train it, convert it;
+with MLX or PyTorch.
 
-One module per command, each a thin layer over the Python API (reflex_mlx.api) and
-imported only when its command runs (or --help lists it); reflex_mlx/cli/common.py holds
-what they share: the error policy, the model and backend options. The backends' frameworks
-are imported by the backend a command loads, and by `train`, which trains in MLX.
+One module per command, each a thin layer over the Python API (reflex_app.api), the MLX
+trainer or the converter, imported only when its command runs (or --help lists it);
+reflex_app/cli/common.py holds what they share: the error policy, the model and backend
+options. The backends' frameworks are imported by the backend a command loads, and by
+`train` and `convert`, which work in MLX.
 """
 
 from __future__ import annotations
@@ -12,13 +14,13 @@ import importlib
 
 import click
 
-from reflex_mlx.api import MODEL_ENV
+from reflex_app.api import MODEL_ENV
 
 from .common import DEBUG_ENV, OneLineErrors
 
 __all__ = ["COMMANDS", "MODEL_ENV", "main"]
 
-# command name -> the module under reflex_mlx/cli that defines `command`
+# command name -> the module under reflex_app/cli that defines `command`
 COMMANDS = {
     "run": "run",
     "eval": "eval",
@@ -26,6 +28,7 @@ COMMANDS = {
     "demo": "demo",
     "train": "train",
     "info": "info",
+    "convert": "convert",
 }
 
 

@@ -1,12 +1,13 @@
 """The demo's terminal UI: Reflex driving the CPU on the left, the same backbone
 writing RV32I assembly as text on the right, both run, both outcomes side by side,
-rendered by rich (`reflex-mlx demo`, reflex_mlx/cli/demo.py).
+rendered by rich (`reflex-mlx demo`, reflex_app/cli/demo.py).
 
 Everything runs on one thread: each turn of the loop advances Reflex one cycle
-(reflex_core.loop.steps), takes the next chunk of text, reads any key pressed, and
-redraws at most every REFRESH_S. MLX streams are per thread, so no model array ever
-crosses threads. Any backend's `Loaded` serves: it supplies the predictor runner and,
-where its backbone writes text, a `text_writer` (reflex_mlx/text.py).
+(the API's `stream`, over a machine the screen reads), takes the next chunk of
+text, reads any key pressed, and redraws at most every REFRESH_S. MLX streams are
+per thread, so no model array ever crosses threads. Any backend's `Loaded` serves:
+it supplies the predictor runner and, where its backbone writes text, a
+`text_writer` (reflex_mlx/text.py).
 
 Keys: while a task runs, `s` stops it and `q` quits; between tasks, type the
 next task and press Enter, Esc (or Ctrl-D) quits.
@@ -28,10 +29,12 @@ from rich.table import Table
 from rich.text import Text
 
 from reflex_core import spec
-from reflex_core.loop import Cycle, ProgramRun, steps
-from reflex_core.predict import Predictor
+from reflex_core.loop import Cycle, RunResult
+from reflex_core.machine import Machine
 from reflex_core.textmode import TextOutcome, judge, write
 from reflex_core.timing import human_bytes
+
+from . import api
 
 REFRESH_S = 0.05
 STREAM_ROWS = 14
@@ -227,21 +230,23 @@ class Demo:
         s = self.screen
         s.task, s.running = task, True
         s.reflex, s.text = ReflexSide(), TextSide(note=s.text.note)
-        predictor = Predictor(self.loaded.runner, self.loaded.tokenizer, task, self.loaded.config)
         chunks = iter(write(self.loaded.text_writer, task)) if self.loaded.text_writer else None
         s.text.status = "writing..." if chunks else ""
-        run, pass_no, spent, last_draw, verdict = ProgramRun(self.max_cycles), 1, 0.0, 0.0, "done"
-        cycles = steps(predictor, program=run)
-        while run is not None or chunks is not None:
-            if run is not None:
-                before = run.machine.registers()
+        machine = Machine()  # the API drives it; the screen reads its registers and memory
+        cycles = api.stream(self.loaded, task, self.max_cycles, machine=machine)
+        pass_no, spent, last_draw, verdict = 1, 0.0, 0.0, "done"
+        while cycles is not None or chunks is not None:
+            if cycles is not None:
+                before = machine.registers()
                 started = time.perf_counter()
-                next(cycles)  # one cycle: predict, write, step
-                spent += time.perf_counter() - started
-                self._show_cycle(run, before, spent, pass_no)
-                if run.finished:
-                    run, pass_no = self._next_pass(run, pass_no)
-                    cycles = steps(predictor, program=run) if run is not None else None
+                try:
+                    cycle = next(cycles)  # one cycle: predict, write, step
+                except StopIteration as end:  # this pass has ended: its outcome, maybe the next pass
+                    s.reflex.outcome = end.value.summary
+                    cycles, pass_no = self._next_pass(end.value, task, machine, pass_no)
+                else:
+                    spent += time.perf_counter() - started
+                    self._show_cycle(cycle, machine, before, spent, pass_no)
             if chunks is not None:
                 try:
                     s.text.text += next(chunks)
@@ -252,7 +257,7 @@ class Demo:
             key = keys.read() if keys is not None else None
             if key and key.lower() in ("s", "q"):
                 verdict = "quit" if key.lower() == "q" else "stopped"
-                s.reflex.outcome += " (stopped)" if run is not None else ""
+                s.reflex.outcome += " (stopped)" if cycles is not None else ""
                 if chunks is not None:
                     s.text.status = "stopped"
                 break
@@ -263,34 +268,31 @@ class Demo:
         redraw()
         return verdict
 
-    def _show_cycle(self, run: ProgramRun, before: list[int], spent: float, pass_no: int) -> None:
+    def _show_cycle(
+        self, cycle: Cycle, machine: Machine, before: list[int], spent: float, pass_no: int
+    ) -> None:
         r = self.screen.reflex
-        cycle: Cycle = run.cycles[-1]
         r.cycles += 1
         r.rows.append((r.cycles, cycle, cycle.op))
-        r.registers = run.machine.registers()
+        r.registers = machine.registers()
         r.changed = {i for i, (a, b) in enumerate(zip(before, r.registers)) if a != b}
         r.memory = {
-            f"0x{addr:x}": run.machine.read_words(addr, spec.WINDOW_WORDS) for addr in spec.REPORTED_WINDOWS
+            f"0x{addr:x}": machine.read_words(addr, spec.WINDOW_WORDS) for addr in spec.REPORTED_WINDOWS
         }
         r.ms_per_cycle = 1e3 * spent / r.cycles
         if self.on_cycle is not None:
             self.on_cycle(r.cycles, cycle, pass_no)
         r.passes = f" (pass {pass_no}/{self.passes})" if self.passes > 1 else ""
-        if run.finished:
-            r.outcome = run.result().summary
-        else:
-            r.outcome = "running"
+        r.outcome = "running"
         if self.loaded.peak_memory:
             self.screen.peak = human_bytes(self.loaded.peak_memory())
 
-    def _next_pass(self, run: ProgramRun, pass_no: int):
-        """As the original: a halted pass is refined by another one that keeps the
-        registers and data, restarts at CODE_START and clears the code region."""
-        if not run.result().halted or pass_no >= self.passes:
+    def _next_pass(self, result: RunResult, task: str, machine: Machine, pass_no: int):
+        """As the original: a halted pass is refined by another one over the same machine
+        (api.stream's refine); (the next pass's cycles or None, its number)."""
+        if not result.halted or pass_no >= self.passes:
             return None, pass_no
-        run.machine.new_pass()
-        return ProgramRun(self.max_cycles, machine=run.machine, keep_state=True), pass_no + 1
+        return api.stream(self.loaded, task, self.max_cycles, machine=machine, refine=True), pass_no + 1
 
 
 def interactive(demo: Demo, console, tasks: list[str]) -> None:

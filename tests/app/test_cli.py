@@ -1,4 +1,5 @@
-"""`reflex-mlx run` on a converted fixture: the trace, the JSON schema, and clean errors."""
+"""`reflex-mlx run` on a converted fixture: the trace, the JSON schema, and clean errors;
+the command group, and `reflex-mlx convert` (the converter's own command) on the fixture."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from reflex_app.cli import main
 from reflex_core import rv32i
-from reflex_mlx.cli import main
 
 MEMORY_KEYS = {"0x5000", "0x5200", "0x6000"}
 
@@ -99,6 +100,17 @@ def test_corrupt_model_dir(mlx_float32_dir, tmp_path, damage):
     _assert_one_line_error(_run("say hi", "--model", broken))
 
 
+def test_the_console_script_names_the_command_group():
+    """pyproject.toml's `reflex-mlx` is the group this file tests (the installed script may
+    predate it until `make setup` reinstalls)."""
+    import importlib
+    import re
+
+    text = (Path(__file__).resolve().parents[2] / "pyproject.toml").read_text()
+    module, name = re.search(r'^reflex-mlx = "([\w.]+):(\w+)"$', text, re.M).groups()
+    assert getattr(importlib.import_module(module), name) is main
+
+
 def test_console_script(mlx_float32_dir):
     beside = Path(sys.executable).parent / "reflex-mlx"
     exe = str(beside) if beside.exists() else shutil.which("reflex-mlx")
@@ -112,7 +124,7 @@ def test_console_script(mlx_float32_dir):
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["prompt_tokens"] > 0
     bad = subprocess.run(
-        [sys.executable, "-m", "reflex_mlx", "run", "x", "--model", "/nonexistent"],
+        [sys.executable, "-m", "reflex_app", "run", "x", "--model", "/nonexistent"],
         capture_output=True,
         text=True,
     )
@@ -124,7 +136,7 @@ def test_every_command_is_listed_and_loads_its_module():
     result = CliRunner().invoke(main, ["--help"])
     assert result.exit_code == 0, result.output
     listed = [line.split()[0] for line in result.output.split("Commands:")[1].splitlines() if line.strip()]
-    assert listed == sorted(["run", "eval", "bench", "demo", "info", "train"])
+    assert listed == sorted(["run", "eval", "bench", "demo", "info", "train", "convert"])
     for name in listed:
         assert CliRunner().invoke(main, [name, "--help"]).exit_code == 0
 
@@ -133,7 +145,7 @@ def test_train_options_default_to_the_dataclass():
     """Each train option that sets a TrainOptions field shows that field's default, written once."""
     import dataclasses
 
-    from reflex_mlx.cli.train import command
+    from reflex_app.cli.train import command
     from reflex_mlx.train import TrainOptions
 
     fields = {f.name: f.default for f in dataclasses.fields(TrainOptions) if f.init and f.name != "out"}
@@ -142,3 +154,49 @@ def test_train_options_default_to_the_dataclass():
     assert len(scalar) >= 25
     for param in scalar:
         assert param.default == fields[param.name], param.name
+
+
+def _cli(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "reflex_app", *map(str, args)], capture_output=True, text=True, timeout=900
+    )
+
+
+def test_convert_writes_the_model_the_converter_writes(fixture_dir, mlx_float32_dir, tmp_path):
+    """`reflex-mlx convert` is convert's own command, options and all: a float32 conversion of
+    the fixture drives the CPU exactly as the session's float32 conversion (convert_checkpoint)
+    does, and `info` shows the command as it was typed."""
+    from convert.convert import main as converter
+    from reflex_app import load, run
+
+    assert main.get_command(None, "convert") is converter
+    out = tmp_path / "model"
+    sources = ["--checkpoint", fixture_dir / "reflex.pt", "--backbone", fixture_dir / "backbone"]
+    recipe = ["--no-quantize", "--backbone-dtype", "float32", "--dtype", "float32", "--no-verify"]
+    proc = _cli("convert", *sources, "--out", out, *recipe)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-1].startswith("wrote ") and (out / "config.json").is_file()
+    info = CliRunner().invoke(main, ["info", str(out)])
+    assert info.exit_code == 0, info.output
+    assert f"converted with: reflex-mlx convert --checkpoint {fixture_dir / 'reflex.pt'}" in info.output
+    ours, theirs = load(out, backend="mlx"), load(mlx_float32_dir, backend="mlx")
+    for prompt in ("compute 5 factorial", "say hi"):
+        ran = run(ours, prompt, max_cycles=8)
+        assert ran.cycles == run(theirs, prompt, max_cycles=8).cycles and ran.cycles
+
+
+def test_convert_refuses_a_missing_checkpoint_in_one_line(tmp_path):
+    """One `Error:` line and a non-zero exit, under the group and as `python -m convert`; nothing written."""
+    args = ["--checkpoint", str(tmp_path / "none.pt"), "--out", str(tmp_path / "o")]
+    grouped = CliRunner().invoke(main, ["convert", *args])
+    alone = subprocess.run(
+        [sys.executable, "-m", "convert", *args], capture_output=True, text=True, timeout=600
+    )
+    for code, out, err in (
+        (grouped.exit_code, grouped.stdout, grouped.stderr),
+        (alone.returncode, alone.stdout, alone.stderr),
+    ):
+        lines = err.strip().splitlines()
+        assert code != 0 and out == "" and len(lines) == 1, err
+        assert lines[0].startswith("Error: ") and "no checkpoint at" in lines[0]
+    assert list(tmp_path.iterdir()) == []  # no output folder, no partial

@@ -1,4 +1,4 @@
-"""The Python API (reflex_mlx.api) on the bundled reflex-tiny: docs/api.md's example as it
+"""The Python API (reflex_app.api) on the bundled reflex-tiny: docs/api.md's example as it
 stands, streaming, the batched form against single runs, and one exception type for bad input."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from reflex_app import load, run, run_batch, stream
 from reflex_core.errors import ReflexError
-from reflex_mlx import load, run, run_batch, stream
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMPTS = ["compute 5 factorial", "add 2 and 3", "say hi"]
@@ -48,8 +48,19 @@ def test_the_docs_example_runs_as_written_without_torch():
 def test_importing_the_model_leaves_the_application_layer_out():
     code = (
         "import sys\nimport reflex_mlx, reflex_mlx.model, reflex_mlx.load, reflex_mlx.backend\n"
-        "print(sorted(m for m in sys.modules if m.startswith(('reflex_mlx.api', 'reflex_mlx.cli', "
-        "'reflex_mlx.ui', 'reflex_torch', 'click', 'rich'))))\n"
+        "print(sorted(m for m in sys.modules"
+        " if m.startswith(('reflex_app', 'reflex_torch', 'click', 'rich'))))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
+def test_importing_the_application_layer_imports_no_framework():
+    """The API and the command group load; mlx and torch wait for a model to be loaded on them."""
+    code = (
+        "import sys\nimport reflex_app, reflex_app.cli\nfrom reflex_app import load, run, stream, run_batch\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'mlx', 'mlx_lm', 'torch', 'reflex_torch'}))\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
@@ -83,6 +94,26 @@ def test_run_batch_is_each_prompt_run_alone(tiny):
     assert {len(r.cycles) for r in batch} != {1}  # the prompts ran programs, not one word
 
 
+def test_stream_drives_a_given_machine_and_refines_it(tiny):
+    """The caller's machine is the one driven (the demo reads it between cycles): reset first,
+    or, for a refinement pass, kept: the data a halted run left stay, the code restarts at 0x1000."""
+    from reflex_core.loop import drain
+    from reflex_core.machine import Machine
+    from reflex_core.spec import CODE_START, DATA_ADDR
+
+    task, marker = "add 7 and 8 and store the result", DATA_ADDR + 0x80
+    machine = Machine()
+    machine.write_word(marker, 1234)  # a word no run of this task writes
+    seen = []
+    first = drain(stream(tiny, task, machine=machine), lambda c: seen.append(machine.registers()))
+    assert first.halted and first.cycles == run(tiny, task).cycles  # reset first: the same run
+    assert first.words(marker, 1) == [0] and seen[-1] == first.registers == machine.registers()
+    machine.write_word(marker, 1234)
+    second = drain(stream(tiny, task, machine=machine, refine=True))
+    assert second.cycles[0].pc == CODE_START and second.words(marker, 1) == [1234]
+    assert second.words(DATA_ADDR, 1) == first.words(DATA_ADDR, 1) == [15]
+
+
 @pytest.mark.parametrize(
     "call, says",
     [
@@ -94,6 +125,8 @@ def test_run_batch_is_each_prompt_run_alone(tiny):
         (lambda m: run_batch(m, ["say hi", ""]), "the prompt is empty"),
         (lambda m: run_batch(m, []), "at least one prompt"),
         (lambda m: run_batch(m, "say hi"), "a list of prompts"),
+        (lambda m: stream(m, "say hi", refine=True), "refine continues a machine"),
+        (lambda m: stream(m, "say hi", machine="cpu"), "machine must be a reflex_core.machine.Machine"),
     ],
 )
 def test_bad_input_is_one_exception_in_one_line(tiny, call, says):

@@ -7,8 +7,8 @@ import sys
 
 import click
 
+from reflex_app import api
 from reflex_core.spec import DEFAULT_MAX_CYCLES
-from reflex_mlx import api
 
 from .common import backend_option, format_cycle, load, memory_lines, model_option, peak_line, say
 

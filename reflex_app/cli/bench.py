@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from reflex_mlx import api
+from reflex_app import api
 
 from .common import load, model_option, peak_line
 from .eval import evaluate
