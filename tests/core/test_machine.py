@@ -268,6 +268,7 @@ def test_corpus_loads(corpus_programs):
         assert all(0 <= w <= 0xFFFFFFFF for w in program.words)
 
 
+@pytest.mark.slow
 def test_every_corpus_program_replays(corpus_programs):
     """Every program, driven by its own words, halts; all outside SOURCE_DATA_FAMILIES
     meet their expected result, and at least one of every family but the

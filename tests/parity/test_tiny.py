@@ -104,12 +104,12 @@ def test_eval_replay_agrees_between_backends(tiny_reference_eval, tiny_mlx_float
     assert lockstep["agree"] >= 0.99 * lockstep["cycles"]
 
 
-SHIPPED_SAMPLE = 8  # every 8th call of the reference's eval: about 280 cycles, every task
+SHIPPED_SAMPLE = 16  # every 16th call of the reference's eval: about 140 cycles, every task
 
 
 @pytest.mark.slow(minutes=1)
 def test_the_shipped_float16_conversion_agrees_on_a_sample_of_the_eval(tiny_reference_eval):
-    """The bundled float16 model, as users run it, on every 8th of the reference's calls
+    """The bundled float16 model, as users run it, on every 16th of the reference's calls
     (MLX's CPU float16 matmul is too slow for all of them in a test)."""
     from bench.agreement import Recording
 
@@ -117,7 +117,7 @@ def test_the_shipped_float16_conversion_agrees_on_a_sample_of_the_eval(tiny_refe
     sample = Recording(prompts=recording.prompts, calls=recording.calls[::SHIPPED_SAMPLE])
     lockstep = _lockstep(TINY_MLX, sample)
     print(f"shipped float16: lockstep words {lockstep['agree']}/{lockstep['cycles']}")
-    assert lockstep["cycles"] == sum(len(indices) for indices, _, _ in sample.calls) >= 200
+    assert lockstep["cycles"] == sum(len(indices) for indices, _, _ in sample.calls) >= 100
     assert {recording.prompts[i] for indices, _, _ in sample.calls for i in indices} == set(recording.prompts)
     assert lockstep["agree"] >= 0.99 * lockstep["cycles"]
 
