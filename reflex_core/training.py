@@ -1,4 +1,5 @@
-"""What both trainers share (reflex_torch/train.py, reflex_mlx/train.py), written once.
+"""Training, written once for both backends (reflex_mlx/train.py, reflex_torch/train.py
+hold only their model, optimizer, gradients and files).
 
 * Data: a corpus folder in the released format (docs/design.md §7) or a user's
   JSONL of (prompt, program); a program as assembly text or as words. Every
@@ -12,6 +13,10 @@
   and data-parallel ranks take their shard of one global batch).
 * The learning-rate schedule, the held-out (cycle, prompt) pairs and their
   top-1 through any backend's runner, and how a codebook grows to new words.
+* The options (TrainDefaults, MLXOptions, TorchOptions: each default once),
+  their ranges, and the one resume rule.
+* The loop (`fit`): steps, schedule, logging, evaluation, checkpoints, clean
+  stops and resume, over a backend's `Steps`.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import random
 import sys
 import time
 from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Protocol
@@ -47,7 +53,17 @@ from .corpus import (
 )
 from .errors import one_line, short_repr, user_path
 from .evaluation import EVAL_FILTERS, eval_prompts
-from .files import append_record, keep_records, open_regular, parse_json, read_regular, write_atomically
+from .files import (
+    OutputError,
+    append_record,
+    keep_records,
+    open_regular,
+    output_lock,
+    parse_json,
+    read_regular,
+    remove_temporaries,
+    write_atomically,
+)
 from .prompt import encode_prompt
 from .shapes import TINY
 
@@ -867,6 +883,18 @@ class Steps(Protocol):
         """Wait for every rank (nothing without data parallelism)."""
 
 
+@contextmanager
+def holding(out: Path):
+    """OUT held by this run, one process at a time (reflex_core.files.output_lock), and
+    cleared of the half-written files a killed run left; TrainError naming the holder."""
+    try:
+        with output_lock(out, "train"):
+            remove_temporaries(Path(out))
+            yield
+    except OutputError as err:
+        raise TrainError(str(err)) from None
+
+
 def write_heldout(out: Path, seed: int, fraction: float, counts: dict, programs: list[dict]) -> None:
     """OUT/heldout.json: the programs a run holds out, with how it chose them."""
     record = {"seed": seed, "fraction": fraction, "counts": counts, "programs": programs}
@@ -922,9 +950,8 @@ def fit(
             say(line)
         return result
 
-    last, stop, window = None, "done", (time.time(), step)
-    if step == 0:
-        last = evaluate()
+    last, stop = evaluate() if step == 0 else None, "done"
+    window = (time.time(), step)
     try:
         while step < opts.steps:
             if reason := stop_reason(started, step, opts.time_limit, opts.stop_at):

@@ -8,8 +8,9 @@ frozen backbone (quantized or not: a 4-bit backbone is what a Mac holds).
 
 The objective is the released one (InfoNCE over the whole codebook, as in
 reflex_torch/train.py; tests/parity/test_training_parity.py holds the two
-equal). Data, split, sample format, schedule and held-out pairs come from
-reflex_core/training.py, shared with the torch trainer. Words of the new data
+equal). Data, split, sample format, options, schedule, held-out pairs and the
+training loop itself (reflex_core.training.fit, over this module's `Run`) come
+from reflex_core/training.py, shared with the torch trainer. Words of the new data
 that the codebook lacks get new rows (reflex_core.training.grow_codebook);
 old rows keep their place. Modes: full (every Reflex weight but the
 codebook's words) or LoRA on the Reflex linear layers (mlx-lm's LoRALinear;
@@ -42,10 +43,7 @@ from mlx.utils import tree_flatten, tree_unflatten
 from reflex_core import training
 from reflex_core.errors import first_line, one_line, user_path
 from reflex_core.files import (
-    OutputError,
-    output_lock,
     parse_json,
-    remove_temporaries,
     write_atomically,
 )
 from reflex_core.spec import (
@@ -579,11 +577,8 @@ class Run(Trainer):
 def train(opts: TrainOptions, given: set[str] = frozenset(), say=None) -> dict:
     """Run (or resume) a training run, holding OUT's lock; returns a summary. Raises
     TrainError in one line (also when another process holds OUT)."""
-    try:
-        with output_lock(opts.out, "train"):
-            return _train(opts, given, say)
-    except OutputError as err:
-        raise TrainError(str(err)) from None
+    with training.holding(opts.out):
+        return _train(opts, given, say)
 
 
 def _train(opts: TrainOptions, given: set[str], say) -> dict:
@@ -591,7 +586,6 @@ def _train(opts: TrainOptions, given: set[str], say) -> dict:
     started = time.time()
     out = opts.out = Path(opts.out).expanduser()
     saved_arrays, step, rng = None, 0, None
-    remove_temporaries(out)
     if opts.extra.get("resume"):
         saved_arrays, metadata = read_state(out)
         fresh = {f.name: getattr(opts, f.name) for f in dataclasses.fields(opts)}

@@ -1,6 +1,7 @@
 """Train a Reflex model on the corpus and write it in the released format.
 
     python -m reflex_torch.train --out runs/small --steps 8000 --batch 256 --time-limit 540
+    reflex-mlx train --backend torch --out runs/small ...           # the same, through the one CLI
     python -m reflex_torch.train --out runs/small --resume          # continue a stopped run
     python -m reflex_torch.heldout runs/small                      # score the held-out programs
 
@@ -11,7 +12,9 @@ loaded, frozen, and only the Reflex modules learn (the released recipe,
 docs/design.md §7). Samples are (state, word) cycles from replaying every corpus
 program on the shared machine; 5% of the distinct programs are held out, and
 no prompt equal to one of the evaluation prompts (up to case, spacing and, by
-default, punctuation and quotes) is trained on.
+default, punctuation and quotes) is trained on. The options, the data and
+the training loop are reflex_core.training's (`fit`, over this module's `Run`),
+shared with the MLX trainer.
 
 OUT gets reflex.pt (docs/design.md §2 format), backbone/ (the from-scratch
 backbone and tokenizer, which `load_model` finds via backbone_id "backbone"),
@@ -37,7 +40,7 @@ import torch.nn.functional as F
 
 from reflex_core import training
 from reflex_core.corpus import find_corpus
-from reflex_core.files import OutputError, output_lock, remove_temporaries, write_atomically
+from reflex_core.files import remove_temporaries, write_atomically
 from reflex_core.hub import named_backbone_dir, resolve_backbone
 from reflex_core.shapes import TINY, checkpoint_config, decoder_config
 from reflex_core.spec import BACKBONE_DIR, IDENTITY_KEY, SYSTEM_PROMPT, ReflexArgs, backbone_identity
@@ -391,16 +394,13 @@ def run(options: dict, given, started: float | None = None) -> dict:
     args.out = Path(args.out)
     if int(os.environ.get("RANK", "0")) != 0:  # torchrun's other ranks: rank 0 holds OUT
         return _main(args, given, started)
-    try:
-        with output_lock(args.out, "train"):
-            recover(args.out, args.resume)
-            return _main(args, given, started)
-    except OutputError as err:
-        raise TrainError(str(err)) from None
+    with training.holding(args.out):
+        recover(args.out, args.resume)
+        return _main(args, given, started)
 
 
 def recover(out: Path, resume: bool) -> None:
-    """OUT as a killed run left it, made whole (OUT locked): half-written files go, a
+    """OUT as a killed run left it, made whole (OUT held): half-written files go, a
     backbone/ swap cut short is finished; a fresh run drops the old curve and state, so
     that nothing of an earlier run mixes into this one."""
     if not out.is_dir():
@@ -478,7 +478,7 @@ def _main(args: argparse.Namespace, given, started: float) -> dict:
     held_cycles = split.held_cycles
     train_prompts = list(dict.fromkeys(p for g in split.train for p in g["prompts"]))
     train_cycles = split.cycles
-    codebook = sorted({w for cycles in train_cycles + held_cycles for _, w in cycles})
+    codebook, _ = training.grow_codebook([], (w for cycles in train_cycles + held_cycles for _, w in cycles))
 
     causal, backbone, tokenizer, backbone_id = build_backbone(args, train_prompts, device, args.resume)
     shape = TINY.with_(
