@@ -45,8 +45,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from reflex_core import training
 from reflex_core.evaluation import corpus_near_copy_tags, evaluate, score_without
-from reflex_core.predict import Predictor
 from reflex_core.spec import EVAL_MAX_CYCLES
 
 from .agreement import batched, lockstep_agreement, outcome_agreement, recorded_eval
@@ -183,15 +183,8 @@ def release_counts(
 
 
 def heldout_top1(runner, tokenizer, config: dict, pairs) -> float:
-    """Teacher-forced next-word top-1 over the pairs, one prompt at a time."""
-    by_prompt: dict[str, list[int]] = {}
-    for i, pair in enumerate(pairs):
-        by_prompt.setdefault(pair.prompt, []).append(i)
-    correct = 0
-    for prompt, index in by_prompt.items():
-        words = Predictor(runner, tokenizer, prompt, config).predict_many([pairs[i].state for i in index])
-        correct += sum(w == pairs[i].word for w, i in zip(words, index))
-    return correct / max(len(pairs), 1)
+    """Held-out teacher-forced top-1 through any runner (reflex_core.training.top1)."""
+    return training.top1(runner, tokenizer, config, pairs)[0] / max(len(pairs), 1)
 
 
 def run(args) -> dict:
@@ -199,9 +192,9 @@ def run(args) -> dict:
     import torch
 
     from reflex_core.corpus import find_corpus
+    from reflex_core.training import HELDOUT_FILE, heldout_cycles, make_pairs, read_heldout
     from reflex_mlx.fast import FastReflex as MLXFast
     from reflex_mlx.quantize import bits_per_weight, bytes_per_cycle, weight_bytes
-    from reflex_torch.heldout import HELDOUT_FILE, heldout_cycles, make_pairs, read_heldout, top1
     from reflex_torch.load import load_model
     from reflex_torch.model import Reference
 
@@ -227,7 +220,7 @@ def run(args) -> dict:
     if (torch_dir / HELDOUT_FILE).is_file():
         entries = read_heldout(torch_dir)
         pairs = make_pairs(entries, heldout_cycles(entries), max_samples=args.heldout_samples)
-    ref_top1 = top1(model, tokenizer, config, pairs)[0] / len(pairs) if pairs else None
+    ref_top1 = heldout_top1(reference, tokenizer, config, pairs) if pairs else None
     print(
         f"reference: {ref_report['passed']}/{ref_report['total']} passed"
         + (f", held-out top-1 {ref_top1:.4f} ({len(pairs)} cycles)" if pairs else "")

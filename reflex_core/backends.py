@@ -46,6 +46,11 @@ class Backend(Protocol):
     def load(self, model: Path | None, fast: bool = True) -> Loaded:
         """model: a directory this backend reads, or None for its bundled default."""
 
+    def train(self, out: Path, options: dict, given: set[str], resume: bool) -> dict:
+        """A training run into `out` with reflex_core.training's options (TrainDefaults'
+        and this backend's own), `given` naming those the user set; a summary (with
+        "peak_memory" where known). reflex_core.training.TrainError in one line."""
+
 
 class BackendError(Exception):
     """A one-line reason a backend cannot be used."""

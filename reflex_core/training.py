@@ -1,4 +1,5 @@
-"""What both trainers share (reflex_torch/train.py, reflex_mlx/train.py), written once.
+"""Training, written once for both backends (reflex_mlx/train.py, reflex_torch/train.py
+hold only their model, optimizer, gradients and files).
 
 * Data: a corpus folder in the released format (docs/design.md §7) or a user's
   JSONL of (prompt, program); a program as assembly text or as words. Every
@@ -12,16 +13,25 @@
   and data-parallel ranks take their shard of one global batch).
 * The learning-rate schedule, the held-out (cycle, prompt) pairs and their
   top-1 through any backend's runner, and how a codebook grows to new words.
+* The options (TrainDefaults, MLXOptions, TorchOptions: each default once),
+  their ranges, and the one resume rule.
+* The loop (`fit`): steps, schedule, logging, evaluation, checkpoints, clean
+  stops and resume, over a backend's `Steps`.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import random
+import sys
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from contextlib import contextmanager
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -43,16 +53,32 @@ from .corpus import (
 )
 from .errors import one_line, short_repr, user_path
 from .evaluation import EVAL_FILTERS, eval_prompts
-from .files import open_regular, parse_json, read_regular
+from .files import (
+    OutputError,
+    append_record,
+    keep_records,
+    open_regular,
+    output_lock,
+    parse_json,
+    read_regular,
+    remove_temporaries,
+    write_atomically,
+)
 from .prompt import encode_prompt
+from .shapes import TINY
 
 HELDOUT_FILE = "heldout.json"
+CURVE_FILE = "curve.jsonl"  # one JSON record a line: losses and evaluations by step
 HELDOUT_LIMIT = 64 << 20  # bytes of a heldout.json read (reflex-smol's: 0.6 MB)
 EVAL_SEED = 0  # the fixed sample of held-out (cycle, prompt) pairs every eval uses
 
 
 class DataError(ValueError):
     """A one-line reason training data cannot be used, naming the file, line or program."""
+
+
+class TrainError(Exception):
+    """A one-line reason training cannot go on (either trainer)."""
 
 
 # ------------------------------------------------------------------------ data
@@ -582,9 +608,7 @@ def lr_at(step: int, *, lr: float, min_lr: float, warmup: int, steps: int) -> fl
 
 
 def stop_reason(started: float, step: int, time_limit: float | None, stop_at: int | None) -> str | None:
-    """Why a run stops cleanly before its next step (both trainers): its time limit or --stop-at."""
-    import time
-
+    """Why a run stops cleanly before its next step: its time limit or --stop-at."""
     if time_limit is not None and time.time() - started > time_limit:
         return f"time limit {time_limit:g}s"
     if stop_at is not None and step >= stop_at:
@@ -595,31 +619,384 @@ def stop_reason(started: float, step: int, time_limit: float | None, stop_at: in
 # ------------------------------------------------------------------- options
 
 
-@dataclass
-class TrainDefaults:
-    """The options both trainers take, each with its one default (`reflex-mlx train`'s):
-    reflex_mlx.train.TrainOptions extends this class, and reflex_torch.train's
-    command line takes its defaults from it."""
+def option(default, help: str = "", **kw):
+    """A training option: its one default, and what the command lines show for it
+    (help; `choices`; `at_least`, the smallest value it takes; `cli`: False where a
+    command line does not offer it)."""
+    return field(default=default, metadata={"help": help, **kw})
 
-    heldout_fraction: float = 0.05
-    seed: int = 0
-    eval_filter: str = "punctuation"
-    max_programs: int | None = None
-    steps: int = 500
-    batch: int = 16
-    lr: float = 1e-4
-    min_lr: float | None = None  # None: lr / 100
-    warmup: int = 20
-    weight_decay: float = 0.01
-    grad_clip: float = 1.0
-    temperature: float = spec.INFONCE_TEMPERATURE
-    log_every: int = 10
-    eval_every: int = 100
-    eval_samples: int = 1000
-    eval_batch: int = 64
-    save_every: int = 100
-    time_limit: float | None = None
-    stop_at: int | None = None
+
+@dataclass(kw_only=True)
+class TrainDefaults:
+    """The options both trainers take, each with its one default: `reflex-mlx train`
+    and `python -m reflex_torch.train` build their options from these fields."""
+
+    data: tuple[str, ...] = option(
+        (),
+        "Training data: a corpus folder (released format) or a JSONL of {prompt, program, "
+        "expected_result}; repeatable.",
+    )
+    families: tuple[str, ...] = option((), "Only these families of corpus folders (comma-separated).")
+    exclude_families: tuple[str, ...] = option(
+        (), "Leave these families of corpus folders out: never trained on nor held out (comma-separated)."
+    )
+    skip_failing: bool = option(False, "Leave out JSONL programs that fail verification.")
+    heldout_fraction: float = option(0.05, "Share of the distinct programs held out.", rule="in [0, 1)")
+    seed: int = option(0, at_least=0)
+    eval_filter: str = option(
+        "punctuation",
+        "Which training prompts count as an evaluation prompt and are dropped: equal up to case and "
+        "spacing (exact), or also up to punctuation and quotes (punctuation).",
+        choices=tuple(EVAL_FILTERS),
+    )
+    max_programs: int | None = option(None, "A random subset of distinct programs.", at_least=1)
+    steps: int = option(500, at_least=1)
+    batch: int = option(16, "The global batch (split over torchrun's ranks).", at_least=1)
+    lr: float = option(
+        1e-4, "Peak learning rate (the torch trainer without --backbone: 1e-3 unless given).", rule="above 0"
+    )
+    min_lr: float | None = option(
+        None, "Learning rate the cosine ends at (default: lr / 100).", rule="of at least 0"
+    )
+    warmup: int = option(20, at_least=0)
+    weight_decay: float = option(0.01, rule="of at least 0")
+    grad_clip: float = option(1.0, rule="above 0")
+    temperature: float = option(spec.INFONCE_TEMPERATURE, "InfoNCE temperature.", rule="above 0")
+    log_every: int = option(10, at_least=1)
+    eval_every: int = option(100, at_least=1)
+    eval_samples: int = option(1000, "Held-out (cycle, prompt) pairs each evaluation scores.", at_least=1)
+    eval_batch: int = option(64, at_least=1)
+    save_every: int = option(100, at_least=1)
+    time_limit: float | None = option(
+        None, "Stop cleanly (saving) after this many seconds.", rule="of at least 0"
+    )  # 0: stop at once, saving what the model is
+    stop_at: int | None = option(None, "Stop cleanly (saving) after this step.")
+
+
+@dataclass(kw_only=True)
+class MLXOptions:
+    """The options only the MLX trainer takes: it teaches a converted model new programs."""
+
+    model: str | None = option(None, "The model to start from: a directory, tiny, smol or a hub id.")
+    rehearse: tuple[str, ...] = option((), "Old data replayed beside the new, so the model keeps it.")
+    rehearse_fraction: float = option(0.5, "Share of each batch drawn from --rehearse.", rule="in [0, 1)")
+    mode: str = option("full", "Train every Reflex weight, or a LoRA.", choices=("full", "lora"))
+    lora_rank: int = option(16, at_least=1)
+    lora_alpha: float = option(32.0, "Scale alpha / rank.", rule="above 0")
+    lora_targets: str = option(
+        "all",
+        "Linear layers: all, or some of value_proj, q_proj, k_proj, v_proj, out_proj, mlp.fc1, "
+        "mlp.fc2, head_mlp.fc1, head_mlp.fc2, embed_head.",
+    )
+    lora_output: str = option(
+        "keep",
+        "Keep the LoRA beside the model (lora.safetensors) or merge it into the layers.",
+        choices=("keep", "fuse"),
+    )
+    backbone_dtype: str = option(
+        "auto",
+        "What an unquantized backbone computes in (auto: float32 for a half-precision one on a CPU).",
+        choices=("auto", "as-stored", "float32", "float16", "bfloat16"),
+    )
+    progress: bool = option(True, cli=False)
+
+
+# Without --backbone a new backbone learns at this rate unless --lr is given (TorchOptions).
+FROM_SCRATCH_LR = 1e-3
+# A from-scratch backbone bigger than this is saved in bfloat16 (--save-backbone-dtype auto).
+MAX_FLOAT32_BACKBONE_BYTES = 16 << 20
+
+
+@dataclass(kw_only=True)
+class TorchOptions:
+    """The options only the torch trainer takes: it trains a new model, its backbone
+    from scratch or a pretrained one frozen, data-parallel under torchrun."""
+
+    backbone: str | None = option(
+        None,
+        "Pretrained decoder, frozen (hub id, folder, or a named local backbone such as "
+        "SmolLM2-135M-Instruct-Q4_1); default: a new one trained from scratch.",
+    )
+    hidden: int = option(TINY.hidden, "From scratch: the backbone's width.", at_least=1)
+    layers: int = option(TINY.layers, at_least=1)
+    heads: int = option(TINY.heads, at_least=1)
+    kv_heads: int = option(TINY.kv_heads, at_least=1)
+    intermediate: int = option(TINY.intermediate, at_least=1)
+    vocab: int = option(TINY.vocab, "From scratch: the tokenizer's vocabulary.", at_least=1)
+    rope_theta: float = option(TINY.rope_theta)
+    embed_dim: int | None = option(None, "Default 128 from scratch, 256 pretrained.", at_least=1)
+    adapter_mlp_ratio: int = option(TINY.mlp_ratio, at_least=1)
+    inject_every: int = option(TINY.inject_every, at_least=1)
+    max_instr_tokens: int = option(spec.MAX_INSTR_TOKENS, at_least=1)
+    bf16: str = option(
+        "auto", "bf16 autocast of the forward (auto: on with CUDA).", choices=("auto", "on", "off")
+    )
+    device: str | None = option(None, "cpu, cuda or cuda:N (default: cuda where there is one).")
+    threads: int | None = option(None, "CPU threads (1 avoids stalls on a busy small CPU).", at_least=1)
+    save_backbone_dtype: str = option(
+        "auto",
+        f"From scratch: auto is float32 unless that exceeds {MAX_FLOAT32_BACKBONE_BYTES >> 20} MiB.",
+        choices=("auto", "float32", "bfloat16"),
+    )
+    save_dtype: str = option(
+        "float32",
+        "dtype of reflex.pt's float tensors (bfloat16 halves the file; the loaders cast it back).",
+        choices=("float32", "bfloat16"),
+    )
+
+
+# Each backend's own options; an option of one given to the other is refused in one line.
+BACKEND_OPTIONS = {"mlx": MLXOptions, "torch": TorchOptions}
+
+
+def options_of(cls) -> dict:
+    """name -> dataclasses.Field of a class's options."""
+    return {f.name: f for f in fields(cls) if f.init}
+
+
+def check_backend_options(backend: str, given) -> None:
+    """An option of another backend given for this one: TrainError in one line."""
+    own = options_of(BACKEND_OPTIONS[backend])
+    for other, cls in BACKEND_OPTIONS.items():
+        wrong = sorted(n for n in given if n in options_of(cls) and n not in own)
+        if wrong:
+            flags = ", ".join("--" + n.replace("_", "-") for n in wrong)
+            raise TrainError(f"{flags} applies to --backend {other} only, not {backend}")
+
+
+# The numeric options' ranges (an option's `rule`): a value outside them cannot train
+# (a NaN rate, no programs left to train on) and would otherwise fail deep inside a run.
+_RULES = {
+    "above 0": lambda v: v > 0,
+    "of at least 0": lambda v: v >= 0,
+    "in [0, 1)": lambda v: 0 <= v < 1,
+}
+
+
+def check_values(values: dict, *classes) -> None:
+    """The options in `values` that the classes define, each in its range and choices:
+    TrainError in one line naming the option otherwise."""
+    for cls in classes:
+        for name, f in options_of(cls).items():
+            value, meta = values.get(name), f.metadata
+            if value is None:
+                continue
+            flag = "--" + name.replace("_", "-")
+            if "choices" in meta and value not in meta["choices"]:
+                raise TrainError(f"{flag} must be one of {', '.join(meta['choices'])}, not {value!r}")
+            if "at_least" in meta and value < meta["at_least"]:
+                raise TrainError(f"{flag} must be at least {meta['at_least']}, not {value}")
+            if "rule" in meta and not (math.isfinite(value) and _RULES[meta["rule"]](value)):
+                raise TrainError(f"{flag} must be a finite number {meta['rule']}, not {value}")
+
+
+# What a saved run's options may hold, by the type of their field (integers within 64
+# bits, numbers finite: a value past them cannot be computed with).
+_is_int = lambda v: isinstance(v, int) and not isinstance(v, bool) and -(2**63) < v < 2**63
+_OPTION_TYPES = {
+    "int": (_is_int, "an integer"),
+    "float": (lambda v: _is_int(v) or (isinstance(v, float) and math.isfinite(v)), "a number"),
+    "bool": (lambda v: isinstance(v, bool), "true or false"),
+    "str": (lambda v: isinstance(v, str), "a string"),
+    "Path": (lambda v: isinstance(v, str), "a string"),
+    "dict": (lambda v: isinstance(v, dict), "an object"),
+    "tuple[str, ...]": (
+        lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
+        "a list of strings",
+    ),
+}
+
+
+def saved_options(saved, cls, shown: str) -> dict:
+    """The options a saved run recorded, each a field of `cls` of its type, range and
+    choices; TrainError in one line naming `shown` (the file) and the option otherwise."""
+    if not isinstance(saved, dict):
+        raise TrainError(f"{shown}: its options are not a JSON object")
+    known = options_of(cls)
+    for name, value in saved.items():
+        if name not in known:
+            raise TrainError(f"{shown}: unknown option '{one_line(name, 60)}'")
+        kind = known[name].type
+        if value is None and kind.endswith(" | None"):
+            continue
+        check, words = _OPTION_TYPES[kind.removesuffix(" | None")]
+        if not check(value):
+            raise TrainError(f"{shown}: option '{name}' must be {words}")
+        try:
+            check_values({name: value}, cls)
+        except TrainError as err:
+            raise TrainError(f"{shown}: option '{name}' {str(err).split(' ', 1)[1]}") from None
+    return saved
+
+
+# On --resume every option comes from the saved run, so that it trains on to the model
+# it would have become, but for these: how far and how often to log, evaluate and save
+# (given again to change them) ...
+RESUMABLE = ("steps", "log_every", "eval_every", "save_every")
+# ... and what each invocation says anew: where, on which device, when to stop this time.
+PER_INVOCATION = ("out", "resume", "time_limit", "stop_at", "progress", "device", "threads")
+
+
+def resumed_options(saved: dict, fresh: dict, given) -> dict:
+    """A resumed run's options: the saved run's, with the RESUMABLE ones given again and
+    the PER_INVOCATION ones from this invocation; any other option given is refused."""
+    refused = sorted(set(given) - set(RESUMABLE) - set(PER_INVOCATION))
+    if refused:
+        names = ", ".join("--" + n.replace("_", "-") for n in refused)
+        raise TrainError(
+            "--resume takes its settings from the saved run; only --steps, --time-limit, --stop-at "
+            f"and the --*-every options may be given again (got {names})"
+        )
+    merged = dict(saved)
+    for name, value in fresh.items():
+        if name in PER_INVOCATION or (name in RESUMABLE and name in given):
+            merged[name] = value
+    return merged
+
+
+# ------------------------------------------------------------------- the loop
+
+
+class Steps(Protocol):
+    """What the one training loop (`fit`) asks of a backend's trainer: its model,
+    optimizer, gradients and files stay the backend's."""
+
+    rank: int  # this process's place among data-parallel ranks (0 of 1 without them)
+    world: int
+
+    def step(self, batch: Batch, lr: float):
+        """One optimisation step on this rank's shard of the global batch; the loss,
+        as the backend holds it."""
+
+    def mean(self, loss) -> float:
+        """The loss averaged over the ranks, as a number (every rank calls it at the same steps)."""
+
+    def evaluate(self) -> dict | None:
+        """Held-out scores ({"heldout_top1", "n", ...} through `top1`); None with
+        nothing held out. Rank 0 only."""
+
+    def save(self, step: int, rng: np.random.Generator) -> None:
+        """A checkpoint: the model and the state to resume from, each file written
+        atomically in the backend's order. Rank 0 only."""
+
+    def barrier(self) -> None:
+        """Wait for every rank (nothing without data parallelism)."""
+
+
+@contextmanager
+def holding(out: Path):
+    """OUT held by this run, one process at a time (reflex_core.files.output_lock), and
+    cleared of the half-written files a killed run left; TrainError naming the holder."""
+    try:
+        with output_lock(out, "train"):
+            remove_temporaries(Path(out))
+            yield
+    except OutputError as err:
+        raise TrainError(str(err)) from None
+
+
+def write_heldout(out: Path, seed: int, fraction: float, counts: dict, programs: list[dict]) -> None:
+    """OUT/heldout.json: the programs a run holds out, with how it chose them."""
+    record = {"seed": seed, "fraction": fraction, "counts": counts, "programs": programs}
+    write_atomically(Path(out, HELDOUT_FILE), json.dumps(record, indent=1))
+
+
+def fit(
+    steps: Steps,
+    samples: SampleTable,
+    opts: TrainDefaults,
+    out: Path,
+    *,
+    step: int = 0,
+    rng: np.random.Generator | None = None,
+    started: float | None = None,
+    say=print,
+    progress: bool = False,
+    written: str = "",
+) -> dict:
+    """The training loop both trainers run: from `step` (a resumed run's, whose
+    curve is cut back to it) to opts.steps or a clean stop (the time limit,
+    --stop-at), each step on the global batch `samples` draws (the same for
+    every rank and backend for one seed), learning rate `lr_at`; the loss
+    logged every log_every steps (and the first), held-out top-1 at the start
+    and every eval_every steps, a checkpoint every save_every steps; at the end
+    an evaluation if the last step had none, and a checkpoint. Rank 0 alone
+    evaluates, writes and speaks. Returns {"step", "stop", "last_eval"}."""
+    started = time.time() if started is None else started
+    main = steps.rank == 0
+    say = say if main else (lambda *a, **k: None)
+    min_lr = opts.min_lr if opts.min_lr is not None else opts.lr / 100
+    curve = Path(out, CURVE_FILE)
+    if step:
+        if main:
+            keep_records(curve, lambda record: type(record.get("step")) is int and record["step"] <= step)
+        say(f"resumed at step {step}")
+    rng = rng if rng is not None else sampler(opts.seed)
+    bar = None
+    if progress and main and steps.world == 1 and sys.stderr.isatty():
+        from tqdm import tqdm
+
+        bar = tqdm(total=opts.steps, initial=step, desc="train", unit="step", leave=False)
+        say = lambda *a, _say=say: bar.write(" ".join(str(x) for x in a), file=sys.stderr)
+
+    def evaluate() -> dict | None:
+        result = steps.evaluate() if main else None
+        if result is not None:
+            result = {"step": step, **result, "elapsed": time.time() - started}
+            append_record(curve, result)
+            line = f"step {step} | held-out top-1 {100 * result['heldout_top1']:.2f}% ({result['n']} pairs)"
+            if "rehearse_top1" in result:
+                line += f" | rehearsed data {100 * result['rehearse_top1']:.2f}%"
+            say(line)
+        return result
+
+    last, stop = evaluate() if step == 0 else None, "done"
+    window = (time.time(), step)
+    try:
+        while step < opts.steps:
+            if reason := stop_reason(started, step, opts.time_limit, opts.stop_at):
+                stop = reason
+                break
+            lr = lr_at(step, lr=opts.lr, min_lr=min_lr, warmup=opts.warmup, steps=opts.steps)
+            batch = samples.draw(opts.batch, rng)
+            loss = steps.step(batch.shard(steps.rank, steps.world) if steps.world > 1 else batch, lr)
+            step += 1
+            logs = step % opts.log_every == 0 or step == 1
+            if bar is not None or logs:
+                value = steps.mean(loss)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{value:.4f}")
+            if logs:
+                rate = (step - window[1]) / max(time.time() - window[0], 1e-9)
+                elapsed = time.time() - started
+                if main:
+                    record = {"step": step, "loss": value, "lr": lr, "steps_per_s": rate, "elapsed": elapsed}
+                    append_record(curve, record)
+                say(
+                    f"step {step}/{opts.steps} | loss {value:.4f} | lr {lr:.2e} | {rate:.2f} steps/s | "
+                    f"{elapsed:.0f}s"
+                )
+                window = (time.time(), step)
+            if step % opts.eval_every == 0:
+                last = evaluate() or last
+            if step % opts.save_every == 0 and main:
+                steps.save(step, rng)
+            if step % opts.eval_every == 0 or step % opts.save_every == 0:
+                steps.barrier()
+                window = (time.time(), step)  # steps/s counts training steps only
+    finally:
+        if bar is not None:
+            bar.close()
+    if last is None or last["step"] != step:
+        last = evaluate() or last
+    if main:
+        steps.save(step, rng)
+    steps.barrier()
+    say(
+        f"stopped at step {step}/{opts.steps} ({stop}); wrote {written or out} ({time.time() - started:.0f}s)"
+    )
+    return {"step": step, "stop": stop, "last_eval": last}
 
 
 # ------------------------------------------------------------------- held out

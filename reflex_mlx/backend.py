@@ -57,6 +57,15 @@ class MLXBackend:
             runner, tokenizer, config, str(model or BUNDLED_MODEL), device, mx.get_peak_memory, writer, note
         )
 
+    def train(self, out: Path, options: dict, given: set[str], resume: bool) -> dict:
+        """reflex_mlx.train: a converted model taught new programs (OUT: a model directory)."""
+        import mlx.core as mx
+
+        from .train import TrainOptions, train
+
+        summary = train(TrainOptions(out=out, extra={"resume": resume}, **options), given)
+        return {**summary, "peak_memory": mx.get_peak_memory()}
+
 
 def text_note(config: dict) -> str:
     """Why this model's backbone cannot write text ("" when it can)."""

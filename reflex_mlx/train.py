@@ -8,8 +8,9 @@ frozen backbone (quantized or not: a 4-bit backbone is what a Mac holds).
 
 The objective is the released one (InfoNCE over the whole codebook, as in
 reflex_torch/train.py; tests/parity/test_training_parity.py holds the two
-equal). Data, split, sample format, schedule and held-out pairs come from
-reflex_core/training.py, shared with the torch trainer. Words of the new data
+equal). Data, split, sample format, options, schedule, held-out pairs and the
+training loop itself (reflex_core.training.fit, over this module's `Run`) come
+from reflex_core/training.py, shared with the torch trainer. Words of the new data
 that the codebook lacks get new rows (reflex_core.training.grow_codebook);
 old rows keep their place. Modes: full (every Reflex weight but the
 codebook's words) or LoRA on the Reflex linear layers (mlx-lm's LoRALinear;
@@ -26,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import shutil
 import sys
@@ -43,12 +43,7 @@ from mlx.utils import tree_flatten, tree_unflatten
 from reflex_core import training
 from reflex_core.errors import first_line, one_line, user_path
 from reflex_core.files import (
-    OutputError,
-    append_record,
-    keep_records,
-    output_lock,
     parse_json,
-    remove_temporaries,
     write_atomically,
 )
 from reflex_core.spec import (
@@ -57,20 +52,15 @@ from reflex_core.spec import (
     INFONCE_TEMPERATURE,
     MODEL_CONFIG_FILE,
 )
-from reflex_core.training import HELDOUT_FILE, DataError
+from reflex_core.training import CURVE_FILE, HELDOUT_FILE, DataError, TrainError
 
 from .model import Reference, ReflexModel, states_array
 
 STATE_FILE = "train_state.safetensors"
 STATE_FORMAT = "reflex-mlx-train-state"
-CURVE_FILE = "curve.jsonl"
 # What a run writes into OUT before its first checkpoint (heldout.json first): a
 # folder holding only these a fresh run may take over.
 BEFORE_FIRST_CHECKPOINT = (HELDOUT_FILE, CURVE_FILE, BACKBONE_DIR, BACKBONE_DIR + ".partial")
-
-
-class TrainError(Exception):
-    """A one-line reason training cannot go on."""
 
 
 # ------------------------------------------------------------------ objective
@@ -118,7 +108,10 @@ def set_lr(optimizer: optim.Optimizer, lr: float) -> None:
 
 
 class Trainer:
-    """One optimisation step at a time: loss, gradients, clipping, AdamW."""
+    """One optimisation step at a time: loss, gradients, clipping, AdamW; one
+    process (rank 0 of 1) of reflex_core.training.fit's Steps."""
+
+    rank, world = 0, 1
 
     def __init__(self, model: ReflexModel, optimizer, temperature: float, grad_clip: float):
         self.model, self.optimizer, self.grad_clip = model, optimizer, grad_clip
@@ -131,6 +124,12 @@ class Trainer:
         self.optimizer.update(self.model, grads)
         mx.eval(loss, self.model.trainable_parameters(), self.optimizer.state)
         return loss
+
+    def mean(self, loss: mx.array) -> float:
+        return loss.item()
+
+    def barrier(self) -> None:
+        pass
 
 
 def as_arrays(batch: training.Batch) -> tuple[mx.array, ...]:
@@ -146,36 +145,15 @@ def as_arrays(batch: training.Batch) -> tuple[mx.array, ...]:
 
 
 @dataclass(kw_only=True)
-class TrainOptions(training.TrainDefaults):
-    """Everything a run is made of; the CLI's options, one for one (see `reflex-mlx train
-    --help`). The options the torch trainer takes too, and their defaults, are
-    reflex_core.training.TrainDefaults'."""
+class TrainOptions(training.TrainDefaults, training.MLXOptions):
+    """Everything a run is made of: the options both trainers take and the MLX
+    trainer's own (reflex_core.training), each with its one default."""
 
     out: Path
-    model: str | None = None
-    data: tuple[str, ...] = ()
-    rehearse: tuple[str, ...] = ()
-    rehearse_fraction: float = 0.5
-    families: tuple[str, ...] = ()
-    exclude_families: tuple[str, ...] = ()
-    skip_failing: bool = False
-    mode: str = "full"
-    lora_rank: int = 16
-    lora_alpha: float = 32.0
-    lora_targets: str = "all"
-    lora_output: str = "keep"
-    backbone_dtype: str = "auto"
-    progress: bool = True
     extra: dict = field(default_factory=dict)
 
     def record(self) -> dict:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()}
-
-
-# What a resumed run may be told anew; everything else comes from the saved run.
-RESUME_OVERRIDES = ("steps", "log_every", "eval_every", "save_every")
-# Per invocation: when to stop this time, and how to show progress.
-NOT_RESUMED = ("time_limit", "stop_at", "progress")
 
 
 # ---------------------------------------------------------------------- data
@@ -473,59 +451,14 @@ def read_state(out: Path) -> tuple[dict, dict]:
     return arrays, metadata
 
 
-# The options a saved run may record, by the type their TrainOptions field has
-# (integers within 64 bits, numbers finite: a value past them cannot be computed with).
-_is_int = lambda v: isinstance(v, int) and not isinstance(v, bool) and -(2**63) < v < 2**63
-_OPTION_TYPES = {
-    "int": _is_int,
-    "float": lambda v: _is_int(v) or (isinstance(v, float) and math.isfinite(v)),
-    "bool": lambda v: isinstance(v, bool),
-    "str": lambda v: isinstance(v, str),
-    "Path": lambda v: isinstance(v, str),
-    "dict": lambda v: isinstance(v, dict),
-    "tuple[str, ...]": lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
-}
-_TYPE_WORDS = {"int": "an integer", "float": "a number", "bool": "true or false", "dict": "an object"}
-_TYPE_WORDS.update({"str": "a string", "Path": "a string", "tuple[str, ...]": "a list of strings"})
-# Options with a fixed set of values (the CLI's choices).
-BACKBONE_DTYPES = ("auto", "as-stored", "float32", "float16", "bfloat16")
-_OPTION_CHOICES = {
-    "mode": ("full", "lora"),
-    "lora_output": ("keep", "fuse"),
-    "eval_filter": tuple(training.EVAL_FILTERS),
-    "backbone_dtype": BACKBONE_DTYPES,
-}
-# Counts that must be at least 1 (or 0), as the CLI's ranges have them.
-_AT_LEAST = {"steps": 1, "batch": 1, "lora_rank": 1, "warmup": 0, "log_every": 1, "eval_every": 1}
-_AT_LEAST.update({"eval_samples": 1, "eval_batch": 1, "save_every": 1, "max_programs": 1, "seed": 0})
-
-
 def saved_options(metadata: dict, path: Path) -> dict:
-    """The options a saved run recorded, each a TrainOptions field of its type and
-    range; TrainError in one line naming the file and the option otherwise."""
+    """The options a saved run recorded (reflex_core.training.saved_options)."""
     shown = one_line(path)
     try:
         saved = parse_json(metadata["options"])
     except ValueError as err:
         raise TrainError(f"{shown}: its options are not JSON ({err})") from None
-    if not isinstance(saved, dict):
-        raise TrainError(f"{shown}: its options are not a JSON object")
-    fields = {f.name: f.type for f in dataclasses.fields(TrainOptions)}
-    for name, value in saved.items():
-        if name not in fields:
-            raise TrainError(f"{shown}: unknown option '{one_line(name, 60)}'")
-        kind = fields[name]
-        optional = kind.endswith(" | None")
-        kind = kind.removesuffix(" | None")
-        if value is None and optional:
-            continue
-        if not _OPTION_TYPES[kind](value):
-            raise TrainError(f"{shown}: option '{name}' must be {_TYPE_WORDS[kind]}")
-        if name in _OPTION_CHOICES and value not in _OPTION_CHOICES[name]:
-            raise TrainError(f"{shown}: option '{name}' must be one of {', '.join(_OPTION_CHOICES[name])}")
-        if name in _AT_LEAST and value < _AT_LEAST[name]:
-            raise TrainError(f"{shown}: option '{name}' must be at least {_AT_LEAST[name]}")
-    return saved
+    return training.saved_options(saved, TrainOptions, shown)
 
 
 def _kind(value) -> str:
@@ -554,10 +487,6 @@ def restore_state(model: ReflexModel, optimizer, arrays: dict, path: Path) -> No
     optimizer.state = tree_unflatten(
         [(k[len("opt.") :], v) for k, v in arrays.items() if k.startswith("opt.")]
     )
-
-
-def log(out: Path, record: dict) -> None:
-    append_record(out / CURVE_FILE, record)
 
 
 # ------------------------------------------------------------- taking over OUT
@@ -591,12 +520,6 @@ def take_over(out: Path, say) -> None:
     say(f"starting anew in {out}: it held only a run stopped before its first checkpoint")
 
 
-def trim_curve(out: Path, step: int) -> None:
-    """Keep curve.jsonl's records up to the resumed step: a run killed after its last
-    checkpoint had logged steps that the resumed run does again."""
-    keep_records(out / CURVE_FILE, lambda record: type(record.get("step")) is int and record["step"] <= step)
-
-
 # -------------------------------------------------------------------- eval
 
 
@@ -609,38 +532,66 @@ def top1(model: ReflexModel, tokenizer, config: dict, pairs, batch: int = 64) ->
     return training.top1(runner, tokenizer, config, pairs, batch)[0] / len(pairs)
 
 
+class Run(Trainer):
+    """The steps of one run, with its evaluation and checkpoints (training.fit's Steps)."""
+
+    def __init__(self, model, optimizer, opts: TrainOptions, data: Data, tokenizer, config, record, step):
+        super().__init__(model, optimizer, opts.temperature, opts.grad_clip)
+        self.opts, self.data, self.tokenizer, self.config, self.record = opts, data, tokenizer, config, record
+        self.done = step
+
+    def step(self, batch: training.Batch, lr: float) -> mx.array:
+        try:
+            loss = super().step(batch, lr)
+        except (MemoryError, RuntimeError) as err:
+            text = str(err).lower()
+            if isinstance(err, MemoryError) or "alloc" in text or "memory" in text:
+                raise TrainError(
+                    f"out of memory at step {self.done + 1} with --batch {self.opts.batch}: try a smaller "
+                    "--batch or --mode lora (the last checkpoint, if any, is intact: --resume)"
+                ) from None
+            raise
+        self.done += 1
+        return loss
+
+    def evaluate(self) -> dict | None:
+        data, opts = self.data, self.opts
+        if not data.pairs:
+            return None
+        score = lambda pairs: top1(self.model, self.tokenizer, self.config, pairs, opts.eval_batch)
+        result = {"heldout_top1": score(data.pairs), "n": len(data.pairs)}
+        if data.rehearse_pairs:
+            result["rehearse_top1"] = score(data.rehearse_pairs)
+        return result
+
+    def save(
+        self, step: int, rng
+    ) -> None:  # the state first: from it a killed save resumes and writes the model
+        write_state(self.opts.out, step, self.model, self.optimizer, rng, self.opts)
+        write_model(self.opts.out, self.model, self.config, self.opts, {**self.record, "step": step})
+
+
 # --------------------------------------------------------------------- main
 
 
 def train(opts: TrainOptions, given: set[str] = frozenset(), say=None) -> dict:
     """Run (or resume) a training run, holding OUT's lock; returns a summary. Raises
     TrainError in one line (also when another process holds OUT)."""
-    try:
-        with output_lock(opts.out, "train"):
-            return _train(opts, given, say)
-    except OutputError as err:
-        raise TrainError(str(err)) from None
+    with training.holding(opts.out):
+        return _train(opts, given, say)
 
 
 def _train(opts: TrainOptions, given: set[str], say) -> dict:
     say = say or (lambda *a: print(*a, file=sys.stderr, flush=True))
     started = time.time()
-    out = Path(opts.out).expanduser()
-    resume = bool(opts.extra.get("resume"))
+    out = opts.out = Path(opts.out).expanduser()
     saved_arrays, step, rng = None, 0, None
-    remove_temporaries(out)
-    if resume:
+    if opts.extra.get("resume"):
         saved_arrays, metadata = read_state(out)
-        saved = saved_options(metadata, out / STATE_FILE)
-        fresh = opts
-        opts = TrainOptions(**{**saved, "out": out, "extra": {"resume": True}})
-        for name in RESUME_OVERRIDES:
-            if name in given:
-                setattr(opts, name, getattr(fresh, name))
-        for name in NOT_RESUMED:
-            setattr(opts, name, getattr(fresh, name))
-        opts.data, opts.rehearse = tuple(opts.data), tuple(opts.rehearse)
-        opts.families, opts.exclude_families = tuple(opts.families), tuple(opts.exclude_families)
+        fresh = {f.name: getattr(opts, f.name) for f in dataclasses.fields(opts)}
+        merged = training.resumed_options(saved_options(metadata, out / STATE_FILE), fresh, given)
+        tuples = {name: tuple(merged[name]) for name in ("data", "rehearse", "families", "exclude_families")}
+        opts = TrainOptions(**{**merged, **tuples, "out": out, "extra": {"resume": True}})
         step = int(metadata["step"])
         rng = training.restore_sampler(parse_json(metadata["sampler"]))
     else:
@@ -648,8 +599,6 @@ def _train(opts: TrainOptions, given: set[str], say) -> dict:
         if not opts.data:
             raise TrainError("no training data: give --data (a corpus folder or a JSONL file)")
     check_options(opts)
-    if opts.min_lr is None:
-        opts.min_lr = opts.lr / 100
 
     model_dir = resolve_model(opts.model)
     model, tokenizer, config = load_for_training(model_dir, opts, say)
@@ -674,123 +623,43 @@ def _train(opts: TrainOptions, given: set[str], say) -> dict:
     )
 
     out.mkdir(parents=True, exist_ok=True)
-    heldout_record = {"seed": opts.seed, "fraction": opts.heldout_fraction, "counts": data.counts}
-    write_atomically(out / HELDOUT_FILE, json.dumps({**heldout_record, "programs": data.heldout}, indent=1))
+    training.write_heldout(out, opts.seed, opts.heldout_fraction, data.counts, data.heldout)
     link_backbone(model_dir / config.get("backbone", BACKBONE_DIR), out)
 
     optimizer = make_optimizer(opts.lr, opts.weight_decay)
     optimizer.init(model.trainable_parameters())
     if saved_arrays is not None:
         restore_state(model, optimizer, saved_arrays, out / STATE_FILE)
-        trim_curve(out, step)
-        say(f"resumed at step {step}")
-    rng = rng or training.sampler(opts.seed)
-    trainer = Trainer(model, optimizer, opts.temperature, opts.grad_clip)
     record = {
         "source_model": str(model_dir),
         "new_codebook_rows": added,
         "codebook_rows_before": len(old_codebook),
         "options": opts.record(),
     }
-
-    def evaluate() -> dict:
-        result = {"step": step, "heldout_top1": top1(model, tokenizer, config, data.pairs, opts.eval_batch)}
-        if data.rehearse_pairs:
-            result["rehearse_top1"] = top1(model, tokenizer, config, data.rehearse_pairs, opts.eval_batch)
-        result["elapsed"] = time.time() - started
-        log(out, result)
-        line = f"step {step} | held-out top-1 {100 * result['heldout_top1']:.2f}% ({len(data.pairs)} pairs)"
-        if "rehearse_top1" in result:
-            line += f" | rehearsed data {100 * result['rehearse_top1']:.2f}%"
-        say(line)
-        return result
-
-    def save() -> None:  # the state first: from it a killed save resumes and writes the model
-        write_state(out, step, model, optimizer, rng, opts)
-        write_model(out, model, config, opts, {**record, "step": step})
-
-    bar = None
-    if opts.progress and sys.stderr.isatty():
-        from tqdm import tqdm
-
-        bar = tqdm(total=opts.steps, initial=step, desc="train", unit="step", leave=False)
-        say = lambda *a, _say=say: bar.write(" ".join(str(x) for x in a), file=sys.stderr)
-    last, stop_reason, window = None, "done", (time.time(), step)
-    if step == 0 and data.pairs:
-        last = evaluate()
-    try:
-        while step < opts.steps:
-            if reason := training.stop_reason(started, step, opts.time_limit, opts.stop_at):
-                stop_reason = reason
-                break
-            lr = training.lr_at(step, lr=opts.lr, min_lr=opts.min_lr, warmup=opts.warmup, steps=opts.steps)
-            loss = trainer.step(s.draw(opts.batch, rng), lr).item()
-            step += 1
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss:.4f}")
-            if step % opts.log_every == 0 or step == 1:
-                rate = (step - window[1]) / max(time.time() - window[0], 1e-9)
-                log(out, {"step": step, "loss": loss, "lr": lr, "steps_per_s": rate})
-                say(f"step {step}/{opts.steps} | loss {loss:.4f} | lr {lr:.2e} | {rate:.2f} steps/s")
-                window = (time.time(), step)
-            if step % opts.eval_every == 0 and data.pairs:
-                last = evaluate()
-            if step % opts.save_every == 0:
-                save()
-            if step % opts.eval_every == 0 or step % opts.save_every == 0:
-                window = (time.time(), step)
-    except (MemoryError, RuntimeError) as err:
-        text = str(err)
-        if isinstance(err, MemoryError) or "alloc" in text.lower() or "memory" in text.lower():
-            raise TrainError(
-                f"out of memory at step {step + 1} with --batch {opts.batch}: try a smaller --batch "
-                "or --mode lora (the last checkpoint, if any, is intact: --resume)"
-            ) from None
-        raise
-    finally:
-        if bar is not None:
-            bar.close()
-    if data.pairs and (last is None or last["step"] != step):
-        last = evaluate()
-    save()
-    say(
-        f"stopped at step {step}/{opts.steps} ({stop_reason}); wrote {out} "
-        f"({time.time() - started:.0f}s): reflex-mlx run PROMPT --model {out}"
+    run = Run(model, optimizer, opts, data, tokenizer, config, record, step)
+    written = f"{out}: reflex-mlx run PROMPT --model {out}"
+    result = training.fit(
+        run,
+        s,
+        opts,
+        out,
+        step=step,
+        rng=rng,
+        started=started,
+        say=say,
+        progress=opts.progress,
+        written=written,
     )
-    return {"step": step, "out": out, "new_rows": added, "last_eval": last, "model": model}
-
-
-# The numeric options' ranges: a value outside them cannot train (a NaN rate, no
-# programs left to train on) and would otherwise fail deep inside the run.
-_RULES = {
-    "above 0": lambda v: v > 0,
-    "of at least 0": lambda v: v >= 0,
-    "in [0, 1)": lambda v: 0 <= v < 1,
-}
-_NUMBER_RANGES = {
-    "rehearse_fraction": "in [0, 1)",
-    "heldout_fraction": "in [0, 1)",
-    "lora_alpha": "above 0",
-    "lr": "above 0",
-    "min_lr": "of at least 0",
-    "weight_decay": "of at least 0",
-    "grad_clip": "above 0",
-    "temperature": "above 0",
-    "time_limit": "of at least 0",  # 0: stop at once, saving what the model is
-}
+    return {**result, "out": out, "new_rows": added, "model": model}
 
 
 def check_options(opts: TrainOptions) -> None:
-    if opts.mode not in ("full", "lora"):
-        raise TrainError(f"--mode must be full or lora, not {opts.mode!r}")
+    """The options' ranges and choices (reflex_core.training), and the data named, before
+    minutes of model loading."""
     if opts.mode == "full" and opts.lora_output != "keep":
         raise TrainError("--lora-output applies to --mode lora only")
-    for name, rule in _NUMBER_RANGES.items():
-        value = getattr(opts, name)
-        if value is not None and not (math.isfinite(value) and _RULES[rule](value)):
-            raise TrainError(f"--{name.replace('_', '-')} must be a finite number {rule}, not {value}")
-    for path in (*opts.data, *opts.rehearse):  # before minutes of model loading
+    training.check_values(vars(opts), TrainOptions)
+    for path in (*opts.data, *opts.rehearse):
         try:
             found = user_path(path, "training data path").exists()
         except ValueError as err:

@@ -78,6 +78,13 @@ class TorchBackend:
         note = "the text side runs on the MLX backend (--backend mlx)"
         return Loaded(runner, tokenizer, config, source, f"torch {runner.device}", _peak_memory, None, note)
 
+    def train(self, out: Path, options: dict, given: set[str], resume: bool) -> dict:
+        """reflex_torch.train in this process (torchrun runs python -m reflex_torch.train)."""
+        from .train import run
+
+        summary = run({**options, "out": out, "resume": resume}, {*given, "out"})
+        return {**summary, "peak_memory": _peak_memory()}
+
 
 def _peak_memory() -> int:
     """CUDA's peak allocation where torch runs on it, else this process's peak resident set."""

@@ -1,6 +1,7 @@
 """Train a Reflex model on the corpus and write it in the released format.
 
     python -m reflex_torch.train --out runs/small --steps 8000 --batch 256 --time-limit 540
+    reflex-mlx train --backend torch --out runs/small ...           # the same, through the one CLI
     python -m reflex_torch.train --out runs/small --resume          # continue a stopped run
     python -m reflex_torch.heldout runs/small                      # score the held-out programs
 
@@ -11,7 +12,9 @@ loaded, frozen, and only the Reflex modules learn (the released recipe,
 docs/design.md §7). Samples are (state, word) cycles from replaying every corpus
 program on the shared machine; 5% of the distinct programs are held out, and
 no prompt equal to one of the evaluation prompts (up to case, spacing and, by
-default, punctuation and quotes) is trained on.
+default, punctuation and quotes) is trained on. The options, the data and
+the training loop are reflex_core.training's (`fit`, over this module's `Run`),
+shared with the MLX trainer.
 
 OUT gets reflex.pt (docs/design.md §2 format), backbone/ (the from-scratch
 backbone and tokenizer, which `load_model` finds via backbone_id "backbone"),
@@ -24,7 +27,7 @@ that the same command without --resume starts anew in.
 from __future__ import annotations
 
 import argparse
-import json
+import dataclasses
 import os
 import shutil
 import sys
@@ -37,34 +40,21 @@ import torch.nn.functional as F
 
 from reflex_core import training
 from reflex_core.corpus import find_corpus
-from reflex_core.evaluation import EVAL_FILTERS
-from reflex_core.files import (
-    OutputError,
-    append_record,
-    keep_records,
-    output_lock,
-    remove_temporaries,
-    write_atomically,
-)
+from reflex_core.files import remove_temporaries, write_atomically
 from reflex_core.hub import named_backbone_dir, resolve_backbone
 from reflex_core.shapes import TINY, checkpoint_config, decoder_config
-from reflex_core.spec import (
-    BACKBONE_DIR,
-    IDENTITY_KEY,
-    MAX_INSTR_TOKENS,
-    SYSTEM_PROMPT,
-    ReflexArgs,
-    backbone_identity,
-)
+from reflex_core.spec import BACKBONE_DIR, IDENTITY_KEY, SYSTEM_PROMPT, ReflexArgs, backbone_identity
 from reflex_core.training import (
-    HELDOUT_FILE,
+    CURVE_FILE,
+    FROM_SCRATCH_LR,
+    MAX_FLOAT32_BACKBONE_BYTES,
     Batch,
     DataError,
     SampleTable,
     Split,
+    TrainError,
     make_pairs,
     restore_sampler,
-    sampler,
     sampler_state,
     split_report,
 )
@@ -73,49 +63,55 @@ from .heldout import top1
 from .model import Reflex, ReflexModel
 
 STATE_FILE = "train_state.pt"
-CURVE_FILE = "curve.jsonl"
-MAX_FLOAT32_BACKBONE_BYTES = 16 * 2**20  # bigger from-scratch backbones are saved in bfloat16
-# The options both trainers take default as `reflex-mlx train` does; a backbone trained
-# from scratch (no --backbone) learns at a higher rate unless --lr is given.
-DEFAULTS = training.TrainDefaults()
-FROM_SCRATCH_LR = 1e-3
 
-# On --resume these always come from the saved run, so the data split and the model
-# are the same; every other setting does too unless given again on the command line.
-RUN_DEFINING_ARGS = (
-    "corpus",
-    "families",
-    "exclude_families",
-    "max_programs",
-    "heldout_fraction",
-    "seed",
-    "eval_filter",
-    "backbone",
-    "hidden",
-    "layers",
-    "heads",
-    "kv_heads",
-    "intermediate",
-    "vocab",
-    "rope_theta",
-    "embed_dim",
-    "adapter_mlp_ratio",
-    "inject_every",
-    "max_instr_tokens",
-    "temperature",
-    "eval_samples",
-)
-# Per invocation: where, on what, and when to stop this time.
-NOT_RESUMED = ("out", "resume", "stop_at", "time_limit", "device", "threads")
+
+@dataclasses.dataclass(kw_only=True)
+class Options(training.TorchOptions, training.TrainDefaults):
+    """The torch trainer's options: both trainers' and its own (reflex_core.training)."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of `python -m reflex_torch.train` (torchrun's entry), each
+    option and its default from Options' fields."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--resume", action="store_true", help=f"continue from OUT/{STATE_FILE}")
+    for name, f in training.options_of(Options).items():
+        kind = f.type.removesuffix(" | None")
+        flags = ["--" + name.replace("_", "-")] + (["--corpus"] if name == "data" else [])
+        shown = f.metadata["help"] + ("" if f.default is None else " (default: %(default)s)")
+        if kind == "bool":
+            p.add_argument(*flags, dest=name, action="store_true", help=f.metadata["help"])
+        elif name == "data":  # repeatable; none: the corpus find_corpus() finds
+            p.add_argument(
+                *flags, dest=name, action="append", help=f.metadata["help"] + " (default: the corpus)"
+            )
+        elif kind == "tuple[str, ...]":
+            split = lambda text: tuple(t for t in text.split(",") if t)
+            p.add_argument(*flags, dest=name, type=split, default=f.default, help=f.metadata["help"])
+        else:
+            kw = {"choices": f.metadata["choices"]} if "choices" in f.metadata else {"type": _TYPES[kind]}
+            p.add_argument(*flags, dest=name, default=f.default, help=shown, **kw)
+    return p
+
+
+_TYPES = {"int": int, "float": float, "str": str}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    return finish(build_parser().parse_args(argv), given_options(build_parser(), argv))
+
+
+def finish(args: argparse.Namespace, given) -> argparse.Namespace:
+    """The defaults that depend on other options: a backbone from scratch learns at
+    FROM_SCRATCH_LR unless --lr is given, and embeds in 128 dimensions (256 pretrained)."""
     pretrained = args.backbone is not None
+    args.data = tuple(args.data or ())
     if args.embed_dim is None:
         args.embed_dim = 256 if pretrained else 128
-    if args.lr is None:
-        args.lr = DEFAULTS.lr if pretrained else FROM_SCRATCH_LR
+    if "lr" not in given and not pretrained:
+        args.lr = FROM_SCRATCH_LR
     if args.min_lr is None:
         args.min_lr = args.lr / 100
     return args
@@ -131,133 +127,31 @@ def given_options(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
     return given
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/train_state.pt")
-    # data
-    p.add_argument("--corpus", default=None, help="corpus folder (default: find_corpus())")
-    p.add_argument("--families", default=None, help="comma-separated families to train on (default: all)")
-    p.add_argument(
-        "--exclude-families",
-        default=None,
-        help="comma-separated families never trained on nor held out (a base for fine-tuning)",
-    )
-    p.add_argument(
-        "--max-programs",
-        type=int,
-        default=DEFAULTS.max_programs,
-        help="random subset of distinct programs (tests)",
-    )
-    p.add_argument("--heldout-fraction", type=float, default=DEFAULTS.heldout_fraction)
-    p.add_argument("--seed", type=int, default=DEFAULTS.seed)
-    p.add_argument(
-        "--eval-filter",
-        choices=sorted(EVAL_FILTERS),
-        default=DEFAULTS.eval_filter,
-        help="which training prompts count as an evaluation prompt and are dropped: "
-        "equal up to case and spacing (exact), or also up to punctuation and "
-        "quotes (punctuation: 'say \"hi\"' is 'say hi')",
-    )
-    # model
-    p.add_argument(
-        "--backbone",
-        default=None,
-        help="pretrained decoder (hub id, folder, or a named local backbone such as "
-        "SmolLM2-135M-Instruct-Q4_1), frozen",
-    )
-    p.add_argument("--hidden", type=int, default=192)
-    p.add_argument("--layers", type=int, default=8)
-    p.add_argument("--heads", type=int, default=4)
-    p.add_argument("--kv-heads", type=int, default=2)
-    p.add_argument("--intermediate", type=int, default=512)
-    p.add_argument("--vocab", type=int, default=1024)
-    p.add_argument("--rope-theta", type=float, default=1e6)
-    p.add_argument("--embed-dim", type=int, default=None, help="default 128 from scratch, 256 pretrained")
-    p.add_argument("--adapter-mlp-ratio", type=int, default=4)
-    p.add_argument("--inject-every", type=int, default=4)
-    p.add_argument("--max-instr-tokens", type=int, default=MAX_INSTR_TOKENS)
-    # optimisation
-    p.add_argument("--steps", type=int, default=DEFAULTS.steps)
-    p.add_argument(
-        "--batch", type=int, default=DEFAULTS.batch, help="the global batch (split over torchrun ranks)"
-    )
-    p.add_argument(
-        "--lr",
-        type=float,
-        default=None,
-        help=f"default {FROM_SCRATCH_LR:g} from scratch, {DEFAULTS.lr:g} pretrained",
-    )
-    p.add_argument("--min-lr", type=float, default=DEFAULTS.min_lr, help="default lr / 100")
-    p.add_argument("--warmup", type=int, default=DEFAULTS.warmup)
-    p.add_argument("--weight-decay", type=float, default=DEFAULTS.weight_decay)
-    p.add_argument("--temperature", type=float, default=DEFAULTS.temperature)
-    p.add_argument("--grad-clip", type=float, default=DEFAULTS.grad_clip)
-    p.add_argument(
-        "--bf16",
-        choices=("auto", "on", "off"),
-        default="auto",
-        help="bf16 autocast of the forward (auto: on with CUDA)",
-    )
-    p.add_argument("--device", default=None)
-    p.add_argument(
-        "--threads", type=int, default=None, help="CPU threads (1 avoids stalls on a busy small CPU)"
-    )
-    # progress, checkpoints
-    p.add_argument("--log-every", type=int, default=DEFAULTS.log_every)
-    p.add_argument("--eval-every", type=int, default=DEFAULTS.eval_every)
-    p.add_argument("--eval-samples", type=int, default=DEFAULTS.eval_samples)
-    p.add_argument("--eval-batch", type=int, default=DEFAULTS.eval_batch)
-    p.add_argument("--save-every", type=int, default=DEFAULTS.save_every)
-    p.add_argument(
-        "--save-backbone-dtype",
-        choices=("auto", "float32", "bfloat16"),
-        default="auto",
-        help=f"auto: float32 unless that exceeds {MAX_FLOAT32_BACKBONE_BYTES >> 20} MiB",
-    )
-    p.add_argument(
-        "--save-dtype",
-        choices=("float32", "bfloat16"),
-        default="float32",
-        help="dtype of reflex.pt's float tensors (float32 as released; bfloat16 halves the file, "
-        "and the loaders cast it back to float32)",
-    )
-    p.add_argument(
-        "--time-limit",
-        type=float,
-        default=DEFAULTS.time_limit,
-        help="stop cleanly (saving) after this many seconds",
-    )
-    p.add_argument(
-        "--stop-at", type=int, default=DEFAULTS.stop_at, help="stop cleanly (saving) after this step"
-    )
-    return p
-
-
 # ----------------------------------------------------------------------------- data
 
 
 def split_programs(args) -> Split:
-    """The corpus's programs, read and split as reflex_core.training does for both trainers."""
-    root = Path(args.corpus) if args.corpus else find_corpus()
-    if root is None or not (root / "programs").is_dir():
-        sys.exit(
-            f"error: no training corpus at {root or '(none found)'}: pass --corpus DIR or set REFLEX_CORPUS"
-        )
-    families = args.families.split(",") if args.families else ()
-    exclude = args.exclude_families.split(",") if args.exclude_families else ()
+    """The data's programs (the corpus find_corpus() finds without --data), read and
+    split as reflex_core.training does for both trainers."""
+    paths = list(args.data)
+    if not paths:
+        root = find_corpus()
+        if root is None:
+            raise TrainError("no training corpus found: pass --data DIR or set REFLEX_CORPUS")
+        paths = [root]
     try:
         return training.read_split(
-            [root],
+            paths,
             heldout_fraction=args.heldout_fraction,
             seed=args.seed,
             eval_filter=args.eval_filter,
             max_programs=args.max_programs,
-            families=families,
-            exclude=exclude,
+            families=args.families,
+            exclude=args.exclude_families,
+            skip_failing=args.skip_failing,
         )
     except DataError as err:
-        sys.exit(f"error: {err}")
+        raise TrainError(str(err)) from None
 
 
 def on_device(batch: Batch, device) -> tuple[torch.Tensor, ...]:
@@ -332,10 +226,6 @@ def as_loaded(tokenizer):
         return AutoTokenizer.from_pretrained(tmp)
 
 
-def lr_at(step: int, args) -> float:
-    return training.lr_at(step, lr=args.lr, min_lr=args.min_lr, warmup=args.warmup, steps=args.steps)
-
-
 def count_params(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())  # parameters() counts tied weights once
 
@@ -385,6 +275,10 @@ def write_state(out: Path, step: int, model, optimizer, rng, args) -> None:
     trainable = (
         {k: v for k, v in model.state_dict().items()} if args.backbone is None else model.reflex.state_dict()
     )
+    record = {
+        k: str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v
+        for k, v in vars(args).items()
+    }
     atomic_save(
         {
             "step": step,
@@ -393,15 +287,33 @@ def write_state(out: Path, step: int, model, optimizer, rng, args) -> None:
             "sampler": sampler_state(rng),
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-            "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+            "args": record,
         },
         out / STATE_FILE,
     )
 
 
-def log(out: Path, record: dict, line: str) -> None:
-    print(line, flush=True)
-    append_record(out / CURVE_FILE, record)
+def read_state(out: Path, args: argparse.Namespace, given) -> tuple[dict, argparse.Namespace]:
+    """(the saved state, the options resumed: reflex_core.training.resumed_options)."""
+    path = out / STATE_FILE
+    if not path.exists():
+        raise TrainError(f"--resume but no {path}")
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(saved.get("sampler"), dict):
+        raise TrainError(f"{path} was written by an older trainer (a torch sampler); start anew")
+    old = {"eval_filter": "exact", **saved["args"]}  # runs saved before the option existed
+    if "corpus" in old:  # and before --data
+        corpus = old.pop("corpus")
+        old["data"] = [corpus] if corpus else []
+    for name in ("families", "exclude_families"):
+        if isinstance(old.get(name), str) or old.get(name) is None:
+            old[name] = [t for t in (old.get(name) or "").split(",") if t]
+    old = {k: v for k, v in old.items() if k not in ("out", "resume")}
+    old = training.saved_options(old, Options, str(path))
+    merged = training.resumed_options(old, vars(args), given)
+    for name in ("data", "families", "exclude_families"):
+        merged[name] = tuple(merged[name])
+    return saved, argparse.Namespace(**merged)
 
 
 # ------------------------------------------------------------------ data parallel
@@ -465,20 +377,30 @@ class Ranks:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    """`python -m reflex_torch.train` (and each torchrun rank): errors are one line."""
     started = time.time()
-    args = parse_args(argv)
-    if int(os.environ.get("RANK", "0")) != 0:  # torchrun's other ranks: rank 0 holds OUT
-        return _main(args, argv, started)
+    argv = sys.argv[1:] if argv is None else argv
     try:
-        with output_lock(args.out, "train"):
-            recover(args.out, args.resume)
-            return _main(args, argv, started)
-    except OutputError as err:
+        return run(vars(parse_args(argv)), given_options(build_parser(), argv), started)
+    except TrainError as err:
         sys.exit(f"error: {err}")
 
 
+def run(options: dict, given, started: float | None = None) -> dict:
+    """Train (or resume) with these options (every Options field, out and resume),
+    `given` naming those the user set; rank 0 holds OUT. TrainError in one line."""
+    started = time.time() if started is None else started
+    args = finish(argparse.Namespace(**options), given)
+    args.out = Path(args.out)
+    if int(os.environ.get("RANK", "0")) != 0:  # torchrun's other ranks: rank 0 holds OUT
+        return _main(args, given, started)
+    with training.holding(args.out):
+        recover(args.out, args.resume)
+        return _main(args, given, started)
+
+
 def recover(out: Path, resume: bool) -> None:
-    """OUT as a killed run left it, made whole (OUT locked): half-written files go, a
+    """OUT as a killed run left it, made whole (OUT held): half-written files go, a
     backbone/ swap cut short is finished; a fresh run drops the old curve and state, so
     that nothing of an earlier run mixes into this one."""
     if not out.is_dir():
@@ -494,26 +416,49 @@ def recover(out: Path, resume: bool) -> None:
             (out / name).unlink(missing_ok=True)
 
 
-def _main(args: argparse.Namespace, argv: list[str] | None, started: float) -> dict:
+class Run:
+    """reflex_core.training.fit's Steps in torch: a DDP-wrapped forward under bf16
+    autocast where asked, InfoNCE over the whole codebook, clipping, AdamW."""
+
+    def __init__(self, ranks, model, optimizer, args, use_bf16: bool, evaluate, save):
+        self.ranks, self.rank, self.world = ranks, ranks.rank, ranks.world
+        self.model, self.forward, self.optimizer, self.args = model, ranks.wrap(model), optimizer, args
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.use_bf16, self.evaluate, self.write = use_bf16, evaluate, save
+
+    def step(self, batch: Batch, lr: float) -> torch.Tensor:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        ids, mask, states, targets = on_device(batch, self.ranks.device)
+        with torch.autocast(self.ranks.device.type, dtype=torch.bfloat16, enabled=self.use_bf16):
+            pred = self.forward(ids, mask, states)
+        loss = F.cross_entropy(self.model.reflex.scores(pred) / self.args.temperature, targets)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.params, self.args.grad_clip)
+        self.optimizer.step()
+        return loss
+
+    def mean(self, loss: torch.Tensor) -> float:
+        return self.ranks.mean(loss).item()
+
+    def save(self, step: int, rng) -> None:
+        self.write(step, rng)
+
+    def barrier(self) -> None:
+        self.ranks.wait()
+
+
+def _main(args: argparse.Namespace, given, started: float) -> dict:
     out = args.out
     saved = None
     if args.resume:
-        if not (out / STATE_FILE).exists():
-            sys.exit(f"error: --resume but no {out / STATE_FILE}")
-        saved = torch.load(out / STATE_FILE, map_location="cpu", weights_only=True)
-        if not isinstance(saved.get("sampler"), dict):
-            sys.exit(
-                f"error: {out / STATE_FILE} was written by an older trainer (a torch sampler); start anew"
-            )
-        given = given_options(build_parser(), sys.argv[1:] if argv is None else argv)
-        before = {"eval_filter": "exact"}  # runs saved before the option existed
-        for key, value in {**before, **saved["args"]}.items():
-            if key in RUN_DEFINING_ARGS or (key not in given and key not in NOT_RESUMED):
-                setattr(args, key, value)
+        saved, args = read_state(out, args, given)
+    training.check_values(vars(args), Options)
     ranks = Ranks(args.device)
     device = ranks.device
     if args.batch % ranks.world:
-        sys.exit(f"error: --batch {args.batch} (the global batch) does not split over {ranks.world} ranks")
+        raise TrainError(f"--batch {args.batch} (the global batch) does not split over {ranks.world} ranks")
     out.mkdir(parents=True, exist_ok=True)
     torch.set_float32_matmul_precision("high")  # TF32 on CUDA
     if args.threads:
@@ -523,28 +468,17 @@ def _main(args: argparse.Namespace, argv: list[str] | None, started: float) -> d
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # no "Writing model shards" bar at every save
-    say = print if ranks.main else (lambda *a, **k: None)
+    say = (lambda *a: print(*a, flush=True)) if ranks.main else (lambda *a: None)
 
-    # Data: the split, the held-out list, the codebook over every cycle of the corpus.
+    # Data: the split, the held-out list, the codebook over every cycle of the data.
     split = split_programs(args)
     c = split.counts
     if ranks.main:
-        write_atomically(
-            out / HELDOUT_FILE,
-            json.dumps(
-                {
-                    "seed": args.seed,
-                    "fraction": args.heldout_fraction,
-                    "counts": c,
-                    "programs": split.heldout,
-                },
-                indent=1,
-            ),
-        )
+        training.write_heldout(out, args.seed, args.heldout_fraction, c, split.heldout)
     held_cycles = split.held_cycles
     train_prompts = list(dict.fromkeys(p for g in split.train for p in g["prompts"]))
     train_cycles = split.cycles
-    codebook = sorted({w for cycles in train_cycles + held_cycles for _, w in cycles})
+    codebook, _ = training.grow_codebook([], (w for cycles in train_cycles + held_cycles for _, w in cycles))
 
     causal, backbone, tokenizer, backbone_id = build_backbone(args, train_prompts, device, args.resume)
     shape = TINY.with_(
@@ -558,8 +492,8 @@ def _main(args: argparse.Namespace, argv: list[str] | None, started: float) -> d
     identity = backbone_identity(backbone.config.to_dict())
     reflex_args = ReflexArgs.from_config(config, backbone.config.num_hidden_layers)
     if not reflex_args.adapter_layers:
-        sys.exit(
-            f"error: no adapter fits: --inject-every {args.inject_every} is more than the backbone's "
+        raise TrainError(
+            f"no adapter fits: --inject-every {args.inject_every} is more than the backbone's "
             f"{backbone.config.num_hidden_layers} layers"
         )
     reflex = Reflex(reflex_args)
@@ -572,7 +506,7 @@ def _main(args: argparse.Namespace, argv: list[str] | None, started: float) -> d
     eval_pairs = make_pairs(split.heldout, held_cycles, all_prompts=True, max_samples=args.eval_samples)
 
     for line in split_report(c, split.heldout, held_cycles):
-        say(line + (f" -> {out / HELDOUT_FILE}" if line.startswith("held out") else ""))
+        say(line + (f" -> {out / training.HELDOUT_FILE}" if line.startswith("held out") else ""))
     say(
         f"train: {c['train_programs']} programs, {samples.num_prompts} distinct prompts "
         f"({int(samples.count.sum())} program-prompt pairs, longest {samples.max_prompt_len} tokens, "
@@ -584,8 +518,7 @@ def _main(args: argparse.Namespace, argv: list[str] | None, started: float) -> d
         f"({'frozen ' + backbone_id if args.backbone else 'from scratch'}), "
         f"reflex {count_params(reflex) / 1e6:.2f}M, "
         f"trainable {sum(p.numel() for p in trainable) / 1e6:.2f}M; "
-        f"device {device}{', bf16 autocast' if use_bf16 else ''}",
-        flush=True,
+        f"device {device}{', bf16 autocast' if use_bf16 else ''}"
     )
     if ranks.world > 1:
         share = args.batch // ranks.world
@@ -597,8 +530,7 @@ def _main(args: argparse.Namespace, argv: list[str] | None, started: float) -> d
         {"params": [p for p in trainable if p.dim() < 2], "weight_decay": 0.0},
     ]
     optimizer = torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.95), fused=device.type == "cuda")
-    rng = sampler(args.seed)
-    step = 0
+    rng, step = None, 0
     if saved is not None:
         target = model if args.backbone is None else reflex
         target.load_state_dict(saved["model"])
@@ -608,86 +540,31 @@ def _main(args: argparse.Namespace, argv: list[str] | None, started: float) -> d
         if saved["cuda_rng"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(saved["cuda_rng"])
         step = saved["step"]
-        if ranks.main:
-            keep_records(out / CURVE_FILE, lambda r: type(r.get("step")) is int and r["step"] <= step)
-        say(f"resumed at step {step}", flush=True)
     del saved
-    forward = ranks.wrap(model)
 
-    def evaluate() -> float:
+    def evaluate() -> dict | None:
+        if not eval_pairs:
+            return None
         model.eval()
         correct, _ = top1(model, tokenizer, config, eval_pairs, args.eval_batch)
         model.train()
-        accuracy = correct / max(len(eval_pairs), 1)
-        log(
-            out,
-            {"step": step, "heldout_top1": accuracy, "n": len(eval_pairs), "elapsed": time.time() - started},
-            f"step {step} | held-out top-1 {100 * accuracy:.2f}% ({len(eval_pairs)} cycle-prompt pairs)",
-        )
-        return accuracy
+        return {"heldout_top1": correct / len(eval_pairs), "n": len(eval_pairs)}
 
-    def save() -> None:
+    def save(step: int, rng) -> None:  # the state last: a kill leaves the last whole checkpoint
         write_release(out, reflex, config, causal, tokenizer, args, identity)
         write_state(out, step, model, optimizer, rng, args)
 
     model.train()
-    window_start, window_steps, evaluated_at, stop_reason = time.time(), 0, None, "done"
-    while step < args.steps:
-        if reason := training.stop_reason(started, step, args.time_limit, args.stop_at):
-            stop_reason = reason
-            break
-        lr = lr_at(step, args)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        ids, mask, states, targets = on_device(
-            samples.draw(args.batch, rng).shard(ranks.rank, ranks.world), device
-        )
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            pred = forward(ids, mask, states)
-        loss = F.cross_entropy(reflex.scores(pred) / args.temperature, targets)  # InfoNCE, whole codebook
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(trainable, args.grad_clip)
-        optimizer.step()
-        step += 1
-        window_steps += 1
-
-        if step % args.log_every == 0 or step == 1:
-            mean_loss = ranks.mean(loss).item()
-            rate = window_steps / (time.time() - window_start)
-            elapsed = time.time() - started
-            if ranks.main:
-                log(
-                    out,
-                    {"step": step, "loss": mean_loss, "lr": lr, "steps_per_s": rate, "elapsed": elapsed},
-                    f"step {step}/{args.steps} | loss {mean_loss:.4f} | lr {lr:.2e} | "
-                    f"{rate:.2f} steps/s | {elapsed:.0f}s",
-                )
-            window_start, window_steps = time.time(), 0
-        if step % args.eval_every == 0:
-            if ranks.main:
-                evaluate()
-            evaluated_at = step
-        if step % args.save_every == 0 and ranks.main:
-            save()
-        if step % args.eval_every == 0 or step % args.save_every == 0:
-            ranks.wait()
-            window_start, window_steps = time.time(), 0  # steps/s counts training steps only
-
-    if ranks.main:
-        if evaluated_at != step:
-            evaluate()
-        save()
-    ranks.wait()
-    ranks.close()
-    say(
-        f"stopped at step {step}/{args.steps} ({stop_reason}); wrote {out}/reflex.pt"
-        + (f", {out}/{BACKBONE_DIR}/" if causal is not None else "")
-        + f", {STATE_FILE} ({time.time() - started:.0f}s)",
-        flush=True,
+    written = (
+        f"{out}/reflex.pt" + (f", {out}/{BACKBONE_DIR}/" if causal is not None else "") + f", {STATE_FILE}"
     )
+    result = training.fit(
+        Run(ranks, model, optimizer, args, use_bf16, evaluate, save),
+        samples, args, out, step=step, rng=rng, started=started, say=say, written=written,
+    )  # fmt: skip
+    ranks.close()
     return {
-        "step": step,
+        **result,
         "counts": c,
         "config": config,
         "model": model,
