@@ -1,11 +1,11 @@
 """`reflex-mlx`: run Reflex on a prompt, evaluate it, time it, demo it, train it, convert it;
 with MLX or PyTorch.
 
-One module per command, each a thin layer over the Python API (reflex_app.api), the MLX
-trainer or the converter, imported only when its command runs (or --help lists it);
-reflex_app/cli/common.py holds what they share: the error policy, the model and backend
-options. The backends' frameworks are imported by the backend a command loads, and by
-`train` and `convert`, which work in MLX.
+One module per command, each a thin layer over the Python API (reflex_app.api), a
+backend's trainer (reflex_core.training.fit) or the converter, imported only when its
+command runs (or --help lists it); reflex_app/cli/common.py holds what they share: the
+error policy, the model and backend options. A framework is imported by the backend a
+command uses, and by `convert`, which works in MLX.
 """
 
 from __future__ import annotations

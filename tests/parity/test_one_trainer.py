@@ -20,7 +20,7 @@ from click.testing import CliRunner
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from reflex_mlx.cli import main  # noqa: E402
+from reflex_app.cli import main  # noqa: E402
 
 ADD = "li t0, {a}\nli t1, {b}\nadd t2, t0, t1\nlui t3, 5\nsw t2, 0(t3)\nhalt:\nj halt\n"
 SHARED = ["--steps", "4", "--batch", "8", "--lr", "3e-3", "--warmup", "1", "--log-every", "1"]
@@ -114,7 +114,7 @@ def test_the_resume_rule_is_one_for_both(runs):
 
 def test_train_help_imports_no_framework():
     code = (
-        "import sys; from click.testing import CliRunner; from reflex_mlx.cli import main; "
+        "import sys; from click.testing import CliRunner; from reflex_app.cli import main; "
         "r = CliRunner().invoke(main, ['train', '--help']); assert r.exit_code == 0, r.output; "
         "assert '--backend [mlx|torch]' in r.output and '--hidden' in r.output; "
         "print(sorted(m for m in ('mlx', 'torch', 'transformers') if m in sys.modules))"
@@ -125,8 +125,8 @@ def test_train_help_imports_no_framework():
 
 
 def test_every_option_defaults_to_its_dataclass_field():
+    from reflex_app.cli.train import command
     from reflex_core import training
-    from reflex_mlx.cli.train import command
 
     params = {p.name: p for p in command.params}
     for cls in (training.TrainDefaults, *training.BACKEND_OPTIONS.values()):
