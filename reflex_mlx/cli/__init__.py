@@ -26,6 +26,7 @@ COMMANDS = {
     "demo": "demo",
     "train": "train",
     "info": "info",
+    "analyze": "analyze",
 }
 
 
