@@ -323,9 +323,11 @@ def adapters_markdown(data: dict) -> list[str]:
             f"{a['passed']}/{total} | {base - a['passed']} |"
         )
     cap = "" if data["max_cycles"] is None else f", under a cap of {data['max_cycles']} cycles a run"
+    if data.get("eval_tasks"):
+        cap += f", on the tasks {', '.join(data['eval_tasks'])} only"
     lines += [
         "",
-        f"With every adapter on, the 41-task eval passes {base}/{total}{cap} (the runner here is the "
+        f"With every adapter on, the eval passes {base}/{total}{cap} (the runner here is the "
         "uncompiled one, so that a gate set to zero takes effect).",
         "",
         "Attention to the parts of the state (last prompt token, mean over heads and "

@@ -49,6 +49,11 @@ cap_option = click.option(
     help="Bound the work: length tasks whose cycle limit exceeds this are left out (and listed); "
     f"the eval runs under min(this, {EVAL_MAX_CYCLES}) cycles.",
 )
+eval_option = click.option(
+    "--eval-tasks",
+    default=None,
+    help="Bound the work: only the eval tasks with these tags, comma-separated (default: all 41 runs).",
+)
 codebook_options = [
     click.option(
         "--heldout",
@@ -108,7 +113,8 @@ def codebook(model, out, heldout, heldout_cycles):
 @model_option
 @out_option
 @cap_option
-def adapters(model, out, max_cycles):
+@eval_option
+def adapters(model, out, max_cycles, eval_tasks):
     _analyze(("adapters",), model, out, locals())
 
 
@@ -117,8 +123,9 @@ def adapters(model, out, max_cycles):
 @out_option
 @_apply(length_options)
 @cap_option
+@eval_option
 @_apply(codebook_options)
-def all_parts(model, out, multipliers, per_family, families, max_cycles, heldout, heldout_cycles):
+def all_parts(model, out, multipliers, per_family, families, max_cycles, eval_tasks, heldout, heldout_cycles):
     _analyze(PARTS, model, out, locals())
 
 
@@ -164,6 +171,15 @@ def _analyze(parts: tuple[str, ...], model: str | None, out: str, options: dict)
                     f"unknown family {one_line(unknown[0] if unknown else options['families'])!r}: "
                     f"{', '.join(ln.FAMILIES)}"
                 )
+    eval_tasks = None
+    if "adapters" in parts and options["eval_tasks"] is not None:
+        from reflex_core.evaluation import load_tasks
+
+        tags = [t.strip() for t in options["eval_tasks"].split(",") if t.strip()]
+        eval_tasks = [t for t in load_tasks() if t.tag in tags]
+        unknown = sorted(set(tags) - {t.tag for t in eval_tasks})
+        if unknown or not tags:
+            raise click.ClickException(f"no eval task tagged {one_line(unknown[0] if unknown else '')!r}")
     if "codebook" in parts and options["heldout"] is not None:
         heldout_file = checked_path(options["heldout"], "heldout file")
         if not heldout_file.is_file():
@@ -178,7 +194,7 @@ def _analyze(parts: tuple[str, ...], model: str | None, out: str, options: dict)
     if "codebook" in parts:
         results["codebook"] = _codebook(loaded, folder, name, heldout_file, options, plots)
     if "adapters" in parts:
-        results["adapters"] = _adapters(loaded, folder, name, options, plots)
+        results["adapters"] = _adapters(loaded, folder, name, options, eval_tasks, plots)
     args = sys.argv[sys.argv.index("analyze") + 1 :] if "analyze" in sys.argv else list(parts)
     command = "reflex-mlx analyze " + shlex.join(args)
     report.write_atomically(folder / report.REPORT_FILE, report.page(name, command, results))
@@ -264,7 +280,7 @@ def _codebook(loaded, folder, name, heldout_file, options, plots) -> dict:
     return data
 
 
-def _adapters(loaded, folder, name, options, plots) -> dict:
+def _adapters(loaded, folder, name, options, tasks, plots) -> dict:
     from reflex_core.analysis import report
     from reflex_core.analysis.parts import adapters_part
     from reflex_core.evaluation import evaluate
@@ -279,9 +295,9 @@ def _adapters(loaded, folder, name, options, plots) -> dict:
         recorder.recording = off is None
         make = lambda prompts: BatchPredictor(runner, loaded.tokenizer, prompts, loaded.config)
         if off is None:
-            return evaluate(make_batch_predictor=make, max_cycles=cap, progress=True)
+            return evaluate(make_batch_predictor=make, max_cycles=cap, progress=True, tasks=tasks)
         with analysis.gates_zeroed(model, off):
-            return evaluate(make_batch_predictor=make, max_cycles=cap, progress=True)
+            return evaluate(make_batch_predictor=make, max_cycles=cap, progress=True, tasks=tasks)
 
     data = adapters_part(
         analysis.gates(model),
@@ -289,6 +305,7 @@ def _adapters(loaded, folder, name, options, plots) -> dict:
         lambda: (recorder.mean(), recorder.counts),
         None if cap == EVAL_MAX_CYCLES else cap,
     )
+    data["eval_tasks"] = None if tasks is None else [t.tag for t in tasks]
     data["figures"] = []
     if plots:
         report.plot_ablation(
