@@ -21,11 +21,14 @@ def length_part(
     max_cycles: int | None = None,
     progress: bool = False,
 ) -> dict:
-    """Every task run in lock-step; tasks whose cycle limit exceeds max_cycles are left out
-    (listed under "skipped")."""
+    """Every task run in lock-step. max_cycles caps every run's limit; a task whose reference
+    program needs more cycles than that is left out (listed under "skipped")."""
     tasks = ln.make_tasks(families, multipliers, per_family)
-    kept = [t for t in tasks if max_cycles is None or t.max_cycles <= max_cycles]
+    kept = [t for t in tasks if max_cycles is None or t.reference_cycles <= max_cycles]
     skipped = [t for t in tasks if t not in kept]
+    if max_cycles is not None:
+        for task in kept:
+            task.max_cycles = min(task.max_cycles, max_cycles)
     runs = ln.run_tasks(make_batch_predictor, kept, codebook_words, progress)
     return {
         "multipliers": list(multipliers),

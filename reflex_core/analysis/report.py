@@ -165,7 +165,8 @@ def length_markdown(data: dict) -> list[str]:
         f"{data['per_family']} sizes per family and multiplier. "
         "At x1 the sizes span the range the training corpus holds for the family; at xm the range "
         "(hi·m/2, hi·m]. Each expected result is computed by running the family's reference program on the "
-        "machine; a run may take max(400, 2 × the reference program's cycles). Cells: tasks passed / run "
+        "machine; a run may take max(400, 2 × the reference program's cycles), and no more than the cycle "
+        "cap (--max-cycles). Cells: tasks passed / run "
         "(- where the result no longer fits 32 bits, or the cycle cap left the tasks out).",
         "",
         "| family | " + " | ".join(f"x{m}" for m in mults) + " |",
@@ -209,7 +210,8 @@ def length_markdown(data: dict) -> list[str]:
                 f"{'-' if c['median_first_wrong'] is None else c['median_first_wrong']} |"
             )
     if data.get("skipped"):
-        lines += ["", f"Left out by the cycle cap ({data['max_cycles']}): {data['skipped']} tasks."]
+        left = ", ".join(f"{t['family']} {t['size']} (x{t['multiplier']})" for t in data["skipped_tasks"])
+        lines += ["", f"Left out by the cycle cap of {data['max_cycles']}: {data['skipped']} tasks ({left})."]
     if data.get("figure"):
         lines += ["", f"![pass rate against multiplier]({data['figure']})"]
     lines += ["", reading_length(data), ""]

@@ -46,8 +46,8 @@ cap_option = click.option(
     default=2000,
     show_default=True,
     type=click.IntRange(1, None),
-    help="Bound the work: length tasks whose cycle limit exceeds this are left out (and listed); "
-    f"the eval runs under min(this, {EVAL_MAX_CYCLES}) cycles.",
+    help="Bound the work: no run takes more cycles than this (length tasks whose reference program "
+    f"needs more are left out and listed; the eval runs under min(this, {EVAL_MAX_CYCLES}) cycles).",
 )
 eval_option = click.option(
     "--eval-tasks",

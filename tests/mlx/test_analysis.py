@@ -120,16 +120,14 @@ def test_analyze_all_writes_the_report(tmp_path):
     out = tmp_path / "report"
     result = _analyze(
         "all", "--model", "tiny", "--out", out,
-        "--multipliers", "1", "--per-family", "1", "--families", "multiply", "--max-cycles", "400",
+        "--multipliers", "1", "--per-family", "2", "--families", "multiply", "--max-cycles", "20",
         "--eval-tasks", "add 7+8", "--heldout", TINY_HELDOUT, "--heldout-cycles", "8",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     length = json.loads((out / "length.json").read_text())
-    assert [(r["family"], r["multiplier"], r["size"]) for r in length["runs"]] == [
-        ("multiply", 1, 7),
-        ("multiply", 2, 14),
-    ]
-    assert length["runs"][0]["expected"] == 21
+    assert [(r["family"], r["multiplier"], r["size"]) for r in length["runs"]] == [("multiply", 1, 1)]
+    assert length["runs"][0]["expected"] == 3 and length["runs"][0]["max_cycles"] == 20
+    assert length["skipped_tasks"] == [{"family": "multiply", "multiplier": 1, "size": 7}]  # 35 cycles
     codebook = json.loads((out / "codebook.json").read_text())
     assert codebook["confusions"]["cycles"] == 8
     assert codebook["neighbours"]["rows"] == len(codebook["words"])
