@@ -50,9 +50,10 @@ cap_option = click.option(
     f"needs more are left out and listed; the eval runs under min(this, {EVAL_MAX_CYCLES}) cycles).",
 )
 eval_option = click.option(
-    "--eval-tasks",
-    default=None,
-    help="Bound the work: only the eval tasks with these tags, comma-separated (default: all 41 runs).",
+    "--eval-task",
+    "eval_tasks",
+    multiple=True,
+    help="Bound the work: only the eval task with this tag (repeat for more; default: all 41 runs).",
 )
 codebook_options = [
     click.option(
@@ -172,14 +173,14 @@ def _analyze(parts: tuple[str, ...], model: str | None, out: str, options: dict)
                     f"{', '.join(ln.FAMILIES)}"
                 )
     eval_tasks = None
-    if "adapters" in parts and options["eval_tasks"] is not None:
+    if "adapters" in parts and options["eval_tasks"]:
         from reflex_core.evaluation import load_tasks
 
-        tags = [t.strip() for t in options["eval_tasks"].split(",") if t.strip()]
+        tags = set(options["eval_tasks"])
         eval_tasks = [t for t in load_tasks() if t.tag in tags]
-        unknown = sorted(set(tags) - {t.tag for t in eval_tasks})
-        if unknown or not tags:
-            raise click.ClickException(f"no eval task tagged {one_line(unknown[0] if unknown else '')!r}")
+        unknown = sorted(tags - {t.tag for t in eval_tasks})
+        if unknown:
+            raise click.ClickException(f"no eval task tagged {one_line(unknown[0])!r}")
     if "codebook" in parts and options["heldout"] is not None:
         heldout_file = checked_path(options["heldout"], "heldout file")
         if not heldout_file.is_file():

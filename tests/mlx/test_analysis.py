@@ -108,7 +108,7 @@ def test_bad_input_gets_one_error_line(tmp_path):
         _analyze("length", "--model", "tiny", "--out", tmp_path / "o", "--multipliers", "x2")
     )
     assert "no eval task" in _one_error(
-        _analyze("adapters", "--model", "tiny", "--out", tmp_path / "o", "--eval-tasks", "nope")
+        _analyze("adapters", "--model", "tiny", "--out", tmp_path / "o", "--eval-task", "nope")
     )
     assert "no heldout file" in _one_error(
         _analyze("codebook", "--model", "tiny", "--out", tmp_path / "o", "--heldout", tmp_path / "none.json")
@@ -121,7 +121,7 @@ def test_analyze_all_writes_the_report(tmp_path):
     result = _analyze(
         "all", "--model", "tiny", "--out", out,
         "--multipliers", "1", "--per-family", "2", "--families", "multiply", "--max-cycles", "20",
-        "--eval-tasks", "add 7+8", "--heldout", TINY_HELDOUT, "--heldout-cycles", "8",
+        "--eval-task", "add 7+8", "--heldout", TINY_HELDOUT, "--heldout-cycles", "8",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     length = json.loads((out / "length.json").read_text())
