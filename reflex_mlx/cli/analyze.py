@@ -19,6 +19,7 @@ from reflex_core.spec import EVAL_MAX_CYCLES
 from .common import checked_path, load, model_option, peak_line, say
 
 PARTS = ("length", "codebook", "adapters")
+MAX_MULTIPLIER = 64  # x64 of sum 1..100 is a 25,000-cycle reference program, run to make the task
 
 out_option = click.option(
     "--out", required=True, type=str, help="The folder to write the report to (made if absent)."
@@ -137,8 +138,8 @@ def _ints(text: str, what: str) -> list[int]:
         raise click.ClickException(
             f"--{what} takes whole numbers separated by commas, not {one_line(text)!r}"
         ) from None
-    if not values or min(values) < 1:
-        raise click.ClickException(f"--{what} takes whole numbers of at least 1")
+    if not values or min(values) < 1 or max(values) > MAX_MULTIPLIER:
+        raise click.ClickException(f"--{what} takes whole numbers from 1 to {MAX_MULTIPLIER}")
     return sorted(set(values))
 
 
