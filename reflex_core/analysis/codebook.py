@@ -56,6 +56,9 @@ def neighbour_stats(rows: np.ndarray, words: Sequence[int]) -> dict:
     allthree = [op[i] and fmt[i] and ops[i]["rd"] == ops[first[i]]["rd"] for i in with_rd]
     n = len(words)
     return {
+        "chance_same_op": chance([o["op"] for o in ops]),
+        "chance_same_format": chance([o["format"] for o in ops]),
+        "chance_same_rd": chance([o["rd"] for o in ops if "rd" in o]),
         "rows": n,
         "same_op": int(sum(op)),
         "same_format": int(sum(fmt)),
@@ -66,6 +69,15 @@ def neighbour_stats(rows: np.ndarray, words: Sequence[int]) -> dict:
         "share_same_format": sum(fmt) / n if n else None,
         "share_same_rd": sum(rd) / len(with_rd) if with_rd else None,
     }
+
+
+def chance(values: Sequence) -> float | None:
+    """The share of a row's matches if its neighbour were another row drawn at random:
+    sum over values of c (c - 1) / (n (n - 1))."""
+    n = len(values)
+    if n < 2:
+        return None
+    return sum(c * (c - 1) for c in Counter(values).values()) / (n * (n - 1))
 
 
 def neighbour_table(rows: np.ndarray, words: Sequence[int], k: int = NEIGHBOURS) -> list[dict]:

@@ -30,6 +30,24 @@ def write_json(path: Path, data) -> None:
     write_atomically(path, json.dumps(data, indent=1) + "\n")
 
 
+PART_LIMIT = 256 << 20  # a part's JSON: every run's words included, far below this
+
+
+def read_part(folder: Path, part: str, model: str) -> dict | None:
+    """A part an earlier run wrote into the folder for the same model, or None (absent,
+    unreadable, or another model's)."""
+    from ..files import parse_json, read_regular
+
+    path = Path(folder, f"{part}.json")
+    if not path.is_file():
+        return None
+    try:
+        data = parse_json(read_regular(path, PART_LIMIT, f"{part}.json"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and data.get("model") == model else None
+
+
 def state_labels() -> list[str]:
     """The 65 state tokens, in the encoder's order."""
     return (
@@ -243,9 +261,11 @@ def codebook_markdown(data: dict) -> list[str]:
         "**Nearest neighbours** (cosine; [neighbours.md](neighbours.md) lists every row's "
         f"{data['neighbours_listed']}): the nearest neighbour shares the opcode for "
         f"{n['same_op']}/{n['rows']} "
-        f"rows ({_pct(n['share_same_op'])}), the format for {n['same_format']}/{n['rows']} "
-        f"({_pct(n['share_same_format'])}), and rd for {n['same_rd']}/{n['rows_with_rd']} of the rows "
-        f"where both have one ({_pct(n['share_same_rd'])}); opcode, format and rd all three: "
+        f"rows ({_pct(n['share_same_op'])}; another row at random: {_pct(n.get('chance_same_op'))}), "
+        f"the format for {n['same_format']}/{n['rows']} "
+        f"({_pct(n['share_same_format'])}; random {_pct(n.get('chance_same_format'))}), and rd for "
+        f"{n['same_rd']}/{n['rows_with_rd']} of the rows where both have one ({_pct(n['share_same_rd'])}; "
+        f"random {_pct(n.get('chance_same_rd'))}); opcode, format and rd all three: "
         f"{n['same_op_format_rd']}/{n['rows_with_rd']}.",
         "",
         f"**Geometry**: effective rank {g['effective_rank']:.1f} of {min(g['shape'])} "
