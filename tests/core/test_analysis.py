@@ -218,3 +218,17 @@ def test_state_labels_and_groups_cover_the_65_tokens():
     assert len(labels) == spec.STATE_WORDS and labels[32] == "pc"
     groups = report.attention_groups(np.full((2, spec.STATE_WORDS), 1 / spec.STATE_WORDS))
     assert all(sum(g.values()) == pytest.approx(1) for g in groups)
+
+
+def test_chance_of_a_random_neighbour_sharing_a_value():
+    assert cb.chance(["addi", "addi", "add"]) == pytest.approx(2 / 6)
+    assert cb.chance(["x"]) is None
+
+
+def test_a_part_made_earlier_is_read_back_only_for_the_same_model(tmp_path):
+    assert report.read_part(tmp_path, "length", "m") is None
+    report.write_json(tmp_path / "length.json", {"model": "m", "tasks": 3})
+    assert report.read_part(tmp_path, "length", "m") == {"model": "m", "tasks": 3}
+    assert report.read_part(tmp_path, "length", "other") is None
+    (tmp_path / "codebook.json").write_text("{not json")
+    assert report.read_part(tmp_path, "codebook", "m") is None
