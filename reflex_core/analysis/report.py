@@ -93,10 +93,21 @@ def plot_length(summary: dict, multipliers: Sequence[int], model: str, path: Pat
     for name, cells in summary["families"].items():
         xs = [m for m in multipliers if f"x{m}" in cells]
         ys = [100 * cells[f"x{m}"]["pass_rate"] for m in xs]
-        ax.plot(xs, ys, marker="o", label=name)
+        ax.plot(xs, ys, marker="o", markersize=4, linewidth=1, alpha=0.75, label=name)
+    overall = summary["overall"]
+    xs = [m for m in multipliers if f"x{m}" in overall]
+    ax.plot(
+        xs,
+        [100 * overall[f"x{m}"]["pass_rate"] for m in xs],
+        color="black",
+        linewidth=2.5,
+        linestyle="--",
+        marker="s",
+        label="all families",
+    )
     for row in PUBLISHED["rows"]:
         pts = [(m, row[f"x{m}"]) for m in (4, 8) if row.get(f"x{m}") is not None]
-        ax.scatter([m for m, _ in pts], [100 * v for _, v in pts], marker="x", s=60, color="black", zorder=5)
+        ax.scatter([m for m, _ in pts], [100 * v for _, v in pts], marker="x", s=60, color="grey", zorder=5)
         for m, v in pts:
             ax.annotate(row["model"], (m, 100 * v), fontsize=7, xytext=(4, 4), textcoords="offset points")
     ax.set_xscale("log", base=2)
@@ -383,12 +394,15 @@ def reading_adapters(data: dict) -> str:
     )
 
 
-def page(model: str, command: str, parts: dict) -> str:
+def page(model: str, parts: dict) -> str:
+    made: dict[str, list[str]] = {}
+    for name, data in parts.items():
+        made.setdefault(data.get("command", "?"), []).append(name)
+    by = "; ".join(f"`{command}` ({', '.join(names)})" for command, names in made.items())
     lines = [
         f"# What {model} learned",
         "",
-        f"Made by `{command}` (docs/analysis.md explains each part). "
-        "The JSON beside this page holds every number.",
+        f"Made by {by}. docs/analysis.md explains each part; the JSON beside this page holds every number.",
         "",
     ]
     if "length" in parts:

@@ -186,6 +186,8 @@ def _analyze(parts: tuple[str, ...], model: str | None, out: str, options: dict)
         heldout_file = checked_path(options["heldout"], "heldout file")
         if not heldout_file.is_file():
             raise click.ClickException(f"no heldout file at '{one_line(options['heldout'])}'")
+    args = sys.argv[sys.argv.index("analyze") + 1 :] if "analyze" in sys.argv else list(parts)
+    options = {**options, "command": "reflex-mlx analyze " + shlex.join(args)}  # recorded in each part
     folder = _out_folder(out)
     loaded = load("mlx", model)
     name = Path(loaded.source).name
@@ -200,9 +202,7 @@ def _analyze(parts: tuple[str, ...], model: str | None, out: str, options: dict)
     for part in PARTS:  # parts of this model made by an earlier run into the same folder stay on the page
         if part not in results and (earlier := report.read_part(folder, part, name)) is not None:
             results[part] = earlier
-    args = sys.argv[sys.argv.index("analyze") + 1 :] if "analyze" in sys.argv else list(parts)
-    command = "reflex-mlx analyze " + shlex.join(args)
-    report.write_atomically(folder / report.REPORT_FILE, report.page(name, command, results))
+    report.write_atomically(folder / report.REPORT_FILE, report.page(name, results))
     click.echo(f"wrote {folder / report.REPORT_FILE}")
     if not plots:
         say(report.PLOTS_HINT)
@@ -228,7 +228,7 @@ def _length(loaded, folder, name, multipliers, options, families, plots) -> dict
     if plots:
         report.plot_length(data["summary"], multipliers, name, folder / "length.png")
         data["figure"] = "length.png"
-    data["model"] = name
+    data["model"], data["command"] = name, options["command"]
     report.write_json(folder / "length.json", data)
     click.echo(report.reading_length(data))
     return data
@@ -276,7 +276,7 @@ def _codebook(loaded, folder, name, heldout_file, options, plots) -> dict:
             title = f"{name}: codebook rows, UMAP (cosine)"
             report.plot_map(np.asarray(embedded), data["ops"], marked, title, folder / "codebook_umap.png")
             data["figures"].append({"file": "codebook_umap.png", "title": title})
-    data["model"] = name
+    data["model"], data["command"] = name, options["command"]
     report.write_json(folder / "codebook.json", data)
     report.write_atomically(folder / "neighbours.md", report.neighbours_page(name, data["neighbour_table"]))
     n = data["neighbours"]
@@ -322,7 +322,7 @@ def _adapters(loaded, folder, name, options, tasks, plots) -> dict:
         layers = [g["layer"] for g in data["gates"]]
         report.plot_attention(np.asarray(data["attention"]), layers, name, folder / "attention.png")
         data["figures"].append({"file": "attention.png", "title": "attention over the 65 state tokens"})
-    data["model"] = name
+    data["model"], data["command"] = name, options["command"]
     report.write_json(folder / "adapters.json", data)
     click.echo(report.reading_adapters(data))
     return data
