@@ -152,6 +152,7 @@ def plot_ablation(base: int, total: int, rows: Sequence[dict], model: str, path:
     labels = [f"adapter {r['adapter']}\n(after layer {r['layer']})" for r in rows]
     drops = [base - r["passed"] for r in rows]
     ax.bar(labels, drops, color="tab:red")
+    ax.yaxis.get_major_locator().set_params(integer=True)  # whole tasks
     ax.set_ylabel(f"tasks lost (of {total}; all adapters on: {base})")
     ax.set_title(f"{model}: the eval with one adapter's gates at zero")
     ax.grid(axis="y", alpha=0.3)
