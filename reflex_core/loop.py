@@ -205,16 +205,20 @@ def drain(
 def run_many(
     predict_many: BatchPredictor,
     count: int,
-    max_cycles: int = spec.DEFAULT_MAX_CYCLES,
+    max_cycles: int | Sequence[int] = spec.DEFAULT_MAX_CYCLES,
     with_indices: bool = False,
 ) -> list[RunResult]:
-    """Drive count programs together, one predictor call per cycle for all unfinished ones.
+    """Drive count programs together, one predictor call per cycle for all unfinished ones;
+    max_cycles: one limit for all, or each program's own.
 
     predict_many(states) -> words, states in program order; with with_indices,
     predict_many(indices, states) so a predictor can tell which program (which
     prompt) each state belongs to once some have finished.
     """
-    programs = [ProgramRun(max_cycles) for _ in range(count)]
+    limits = [max_cycles] * count if isinstance(max_cycles, int) else list(max_cycles)
+    if len(limits) != count:
+        raise ValueError(f"{len(limits)} cycle limits for {count} programs")
+    programs = [ProgramRun(limit) for limit in limits]
     active = [i for i, program in enumerate(programs) if not program.finished]
     while active:
         states = [programs[i].state() for i in active]

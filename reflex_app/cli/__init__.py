@@ -29,6 +29,7 @@ COMMANDS = {
     "train": "train",
     "info": "info",
     "convert": "convert",
+    "analyze": "analyze",
 }
 
 
