@@ -7,6 +7,8 @@ from pathlib import Path
 
 from reflex_core.backends import BackendError, Loaded
 
+from . import named_model
+
 
 class MLXBackend:
     name = "mlx"
@@ -19,15 +21,7 @@ class MLXBackend:
         return mx.is_available(mx.gpu)
 
     def named(self, name: str) -> Path | None:
-        from reflex_core.smol import smol_mlx_dir
-
-        if name == "tiny":
-            return None
-        if not smol_mlx_dir().is_dir():
-            raise BackendError(
-                f"reflex-smol is not converted on this machine ({smol_mlx_dir()}): run make smol"
-            )
-        return smol_mlx_dir()
+        return named_model(name)
 
     def load(self, model: Path | None, fast: bool = True) -> Loaded:
         """A converted model directory (python -m convert); None: the bundled reflex-tiny."""

@@ -223,8 +223,7 @@ def resolve_model(name: str | None) -> Path:
     from reflex_core.backends import BackendError
     from reflex_core.smol import MODEL_NAMES
 
-    from .backend import BACKEND
-    from .load import BUNDLED_MODEL
+    from . import BUNDLED_MODEL, named_model
 
     if name is None or name == "tiny":
         return BUNDLED_MODEL
@@ -234,7 +233,7 @@ def resolve_model(name: str | None) -> Path:
         raise TrainError(str(err)) from None
     if name in MODEL_NAMES and not path.is_dir():
         try:
-            return BACKEND.named(name) or BUNDLED_MODEL
+            return named_model(name) or BUNDLED_MODEL
         except BackendError as err:
             raise TrainError(str(err)) from None
     if hub.is_hub_id(name):
