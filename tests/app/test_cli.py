@@ -136,7 +136,7 @@ def test_every_command_is_listed_and_loads_its_module():
     result = CliRunner().invoke(main, ["--help"])
     assert result.exit_code == 0, result.output
     listed = [line.split()[0] for line in result.output.split("Commands:")[1].splitlines() if line.strip()]
-    assert listed == sorted(["run", "eval", "bench", "demo", "info", "train", "convert"])
+    assert listed == sorted(["run", "eval", "bench", "demo", "info", "train", "convert", "analyze"])
     for name in listed:
         assert CliRunner().invoke(main, [name, "--help"]).exit_code == 0
 
