@@ -118,6 +118,24 @@ def read_data(
     SOURCE_DATA_FAMILIES): their traces are right and the release trained on
     them, so they are kept and counted. The cycles replayed for one source are
     bounded (MAX_REPLAY_CYCLES)."""
+    return check_data(parse_data(path, families, exclude), skip_failing, say, replays)
+
+
+@dataclass
+class Source:
+    """One training path's programs, parsed and filtered, not yet replayed."""
+
+    path: Path
+    programs: list[CorpusProgram]
+    where: list[str]  # each program's place, for messages (file:line, or folder: family)
+
+    def only(self, words: set[tuple[int, ...]]) -> Source:
+        chosen = [i for i, p in enumerate(self.programs) if tuple(p.words) in words]
+        return Source(self.path, [self.programs[i] for i in chosen], [self.where[i] for i in chosen])
+
+
+def parse_data(path: str | Path, families: Sequence[str] = (), exclude: Sequence[str] = ()) -> Source:
+    """A corpus folder's or JSONL file's programs, read and filtered by family (read_data's first half)."""
     try:
         path = user_path(path, "training data path")
     except ValueError as err:
@@ -147,14 +165,21 @@ def read_data(
     ]
     if not chosen:
         raise DataError(f"{shown}: no programs" + (f" in families {sorted(families)}" if families else ""))
+    return Source(path, [programs[i] for i in chosen], [where[i] for i in chosen])
+
+
+def check_data(
+    source: Source, skip_failing: bool = False, say=print, replays: dict | None = None
+) -> list[CorpusProgram]:
+    """The programs of `source` that pass, each replayed on the machine (read_data's second half)."""
+    path, shown = source.path, one_line(source.path)
     kept, unexpected, replayed = [], 0, 0
-    for i in chosen:
-        program = programs[i]
+    for program, where in zip(source.programs, source.where):
         halts, reason, cycles = check_program(program)
         replayed += len(cycles)
         if replayed > MAX_REPLAY_CYCLES:
             raise DataError(
-                f"{where[i]}: the programs of {shown} run more than {MAX_REPLAY_CYCLES:,} cycles "
+                f"{where}: the programs of {shown} run more than {MAX_REPLAY_CYCLES:,} cycles "
                 "in all; split the data"
             )
         if reason is None or (path.is_dir() and halts):
@@ -163,7 +188,7 @@ def read_data(
             if replays is not None:
                 replays[tuple(program.words)] = cycles
             continue
-        message = f"{where[i]}: {describe(program)} {reason}"
+        message = f"{where}: {describe(program)} {reason}"
         if not skip_failing:
             raise DataError(message)
         say(f"rejected {message}")
@@ -388,12 +413,22 @@ def read_split(
     skip_failing: bool = False,
     say=print,
 ) -> Split:
-    """Both trainers' way in: the programs of every path (read_data), split
-    (split_programs), with each program's cycles from its one replay."""
+    """Both trainers' way in: the programs of every path, split (split_programs), with
+    each used program's cycles from its one replay. With max_programs the programs are
+    chosen before any is replayed (check_data), so a run on a few of the corpus's
+    thousands of programs replays only those."""
+    sources = [parse_data(path, families, exclude) for path in paths]
+    parsed = [program for source in sources for program in source.programs]
+    if max_programs:
+        words = chosen_words(parsed, max_programs, seed)
+        sources = [source.only(words) for source in sources]
     replays: dict = {}
     programs = []
-    for path in paths:
-        programs += read_data(path, families, exclude, skip_failing, say, replays)
+    for source in sources:
+        if source.programs:
+            programs += check_data(source, skip_failing, say, replays)
+    if not programs:
+        raise DataError("every program was rejected")
     split = split_programs(
         programs,
         heldout_fraction=heldout_fraction,
@@ -402,9 +437,34 @@ def read_split(
         max_programs=max_programs,
         source=", ".join(str(p) for p in paths),
     )
+    if max_programs:  # counted over every program read, as without the early choice
+        split.counts["programs"] = len(parsed)
+        split.counts["distinct_programs"] = len(_groups(parsed))
     split.cycles = [replays[tuple(group["program"].words)] for group in split.train]
     split.held_cycles = [replays[tuple(int(w, 16) for w in entry["words"])] for entry in split.heldout]
     return split
+
+
+def _groups(programs: list[CorpusProgram]) -> dict[tuple, dict]:
+    """The distinct programs by their words, in order of appearance, with their prompts."""
+    groups: dict[tuple, dict] = {}
+    for program in programs:
+        group = groups.setdefault(tuple(program.words), {"program": program, "prompts": {}})
+        group["prompts"].update(dict.fromkeys(program.variants))  # ordered union
+    return groups
+
+
+def _sample(count: int, max_programs: int | None, seed: int) -> list[int]:
+    """The indices of the distinct programs a run uses: all, or max_programs of them."""
+    if max_programs and count > max_programs:
+        return sorted(random.Random(seed).sample(range(count), max_programs))
+    return list(range(count))
+
+
+def chosen_words(programs: list[CorpusProgram], max_programs: int, seed: int) -> set[tuple[int, ...]]:
+    """The words of the distinct programs split_programs would choose with this seed."""
+    distinct = list(_groups(programs))
+    return {distinct[i] for i in _sample(len(distinct), max_programs, seed)}
 
 
 def split_programs(
@@ -417,14 +477,9 @@ def split_programs(
     source: str = "",
 ) -> Split:
     """Group programs by their words, hold out a fraction of the groups, drop eval prompts."""
-    groups: dict[tuple, dict] = {}
-    for program in programs:
-        group = groups.setdefault(tuple(program.words), {"program": program, "prompts": {}})
-        group["prompts"].update(dict.fromkeys(program.variants))  # ordered union
-    distinct = list(groups.values())
-    if max_programs and len(distinct) > max_programs:
-        chosen = random.Random(seed).sample(range(len(distinct)), max_programs)
-        distinct = [distinct[i] for i in sorted(chosen)]
+    groups = _groups(programs)
+    every = list(groups.values())
+    distinct = [every[i] for i in _sample(len(every), max_programs, seed)]
 
     n_held = max(1, round(heldout_fraction * len(distinct))) if len(distinct) > 1 and heldout_fraction else 0
     held = set(random.Random(seed + 1).sample(range(len(distinct)), n_held))

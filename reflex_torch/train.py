@@ -319,6 +319,11 @@ def read_state(out: Path, args: argparse.Namespace, given) -> tuple[dict, argpar
 # ------------------------------------------------------------------ data parallel
 
 
+def world_size() -> int:
+    """The number of ranks torchrun started this process among (1 without torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 class Ranks:
     """This process's place in a torchrun job (one process, rank 0 of 1, without one).
 
@@ -328,7 +333,7 @@ class Ranks:
     alone evaluates, writes and prints."""
 
     def __init__(self, device_arg: str | None):
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.world = world_size()
         self.rank = int(os.environ.get("RANK", "0"))
         local = int(os.environ.get("LOCAL_RANK", "0"))
         cuda = torch.cuda.is_available() and (device_arg is None or device_arg.startswith("cuda"))
@@ -455,10 +460,10 @@ def _main(args: argparse.Namespace, given, started: float) -> dict:
     if args.resume:
         saved, args = read_state(out, args, given)
     training.check_values(vars(args), Options)
+    if args.batch % world_size():  # said by every rank before any joins the group
+        raise TrainError(f"--batch {args.batch} (the global batch) does not split over {world_size()} ranks")
     ranks = Ranks(args.device)
     device = ranks.device
-    if args.batch % ranks.world:
-        raise TrainError(f"--batch {args.batch} (the global batch) does not split over {ranks.world} ranks")
     out.mkdir(parents=True, exist_ok=True)
     torch.set_float32_matmul_precision("high")  # TF32 on CUDA
     if args.threads:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +58,25 @@ def random_state_list(n: int, seed: int) -> list[list[int]]:
     """n machine states of uniformly random 32-bit words."""
     rng = np.random.default_rng(seed)
     return rng.integers(0, 2**32, size=(n, 65), dtype=np.uint64).tolist()
+
+
+def _invoke(command, *args) -> subprocess.CompletedProcess:
+    from click.testing import CliRunner
+
+    result = CliRunner().invoke(command, [str(a) for a in args])
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return subprocess.CompletedProcess(list(args), result.exit_code, result.stdout, result.stderr)
+
+
+@pytest.fixture(scope="session")
+def invoke():
+    """invoke(command, *args): a click command (`reflex_app.cli.main`, `convert.convert.main`)
+    run in this process through click's runner, as a CompletedProcess (returncode, stdout,
+    stderr); an exception that escaped the command fails the test. A process costs seconds
+    of imports: the tests about processes themselves (signals, kills, what a fresh
+    interpreter imports, the console script) start real ones."""
+    return _invoke
 
 
 @pytest.fixture(scope="session")

@@ -17,13 +17,8 @@ import pytest
 CLI = [sys.executable, "-m", "reflex_app"]
 
 
-def _cli(args, **kw):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([*CLI, *args], capture_output=True, env=env, timeout=300, **kw)
-
-
 def _one_error_line(proc) -> str:
-    stderr = proc.stderr.decode(errors="replace")
+    stderr = proc.stderr if isinstance(proc.stderr, str) else proc.stderr.decode(errors="replace")
     assert proc.returncode != 0, stderr
     assert "Traceback" not in stderr, stderr
     errors = [line for line in stderr.splitlines() if line.startswith("Error:")]
@@ -78,9 +73,12 @@ def _damaged(src: Path, dst: Path, damage: str) -> Path:
         "unsupported backbone family",
     ],
 )
-def test_damaged_models_are_refused_at_load(mlx_float32_dir, tmp_path, damage):
+def test_damaged_models_are_refused_at_load(mlx_float32_dir, tmp_path, damage, invoke, monkeypatch):
+    from reflex_app.cli import main
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     model = _damaged(mlx_float32_dir, tmp_path / "model", damage)
-    line = _one_error_line(_cli(["run", "say hi", "--backend", "mlx", "--model", str(model)]))
+    line = _one_error_line(invoke(main, "run", "say hi", "--backend", "mlx", "--model", model))
     print(f"{damage}: {line}")
     if damage == "missing adapter key":
         assert "kv_norm.bias" in line
@@ -88,22 +86,24 @@ def test_damaged_models_are_refused_at_load(mlx_float32_dir, tmp_path, damage):
         assert "'gpt2' is not supported" in line and "llama, mistral, qwen2, qwen3" in line
 
 
-def test_an_unsupported_backbone_family_is_refused_by_convert_and_torch(fixture_dir, tmp_path):
+def test_an_unsupported_backbone_family_is_refused_by_convert_and_torch(fixture_dir, tmp_path, invoke):
     """One line naming what is supported, from the converter and the torch backend alike."""
+    from convert.convert import main as convert_main
+    from reflex_app.cli import main
+
     model = tmp_path / "gpt2-ish"
     shutil.copytree(fixture_dir, model)
     config_path = model / "backbone" / "config.json"
     config_path.write_text(json.dumps({**json.loads(config_path.read_text()), "model_type": "gpt2"}))
-    convert = subprocess.run(
-        [sys.executable, "-m", "convert", "--checkpoint", str(model / "reflex.pt"), "--backbone",
-         str(model / "backbone"), "--out", str(tmp_path / "out"), "--no-quantize"],
-        capture_output=True, timeout=300,
+    convert = invoke(
+        convert_main, "--checkpoint", model / "reflex.pt", "--backbone", model / "backbone",
+        "--out", tmp_path / "out", "--no-quantize",
     )  # fmt: skip
-    line = convert.stderr.decode().strip().splitlines()[-1]
-    assert convert.returncode != 0 and "Traceback" not in convert.stderr.decode(), line
+    line = convert.stderr.strip().splitlines()[-1]
+    assert convert.returncode != 0 and "Traceback" not in convert.stderr, line
     assert "'gpt2' is not supported" in line
     assert not (tmp_path / "out").exists()
-    line = _one_error_line(_cli(["run", "say hi", "--backend", "torch", "--model", str(model)]))
+    line = _one_error_line(invoke(main, "run", "say hi", "--backend", "torch", "--model", model))
     assert "'gpt2' is not supported" in line
 
 
@@ -186,7 +186,9 @@ def test_internal_errors_hint_and_debug(monkeypatch):
 
 
 @pytest.mark.parametrize("how", ["SIGINT", "SIGTERM", "SIGKILL"])
-def test_interrupted_conversion_leaves_nothing_after_the_next_run(fixture_dir, tmp_path, how):
+def test_interrupted_conversion_leaves_nothing_after_the_next_run(fixture_dir, tmp_path, how, invoke):
+    from convert.convert import main as convert_main
+
     out = tmp_path / "out"
     args = [
         sys.executable,
@@ -218,7 +220,7 @@ def test_interrupted_conversion_leaves_nothing_after_the_next_run(fixture_dir, t
     left = list(tmp_path.glob(".out.partial-*"))
     if how != "SIGKILL":
         assert left == [], how  # cleaned up on the way out
-    again = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    again = invoke(convert_main, *args[3:])  # the next run, in this process
     assert again.returncode == 0, again.stderr
     assert (out / "config.json").exists() and list(tmp_path.glob(".out.partial-*")) == []
     if left:  # SIGKILL mid-way: the next run removed the dead run's folder, and said so

@@ -189,3 +189,24 @@ def test_a_hostile_data_path_is_one_line(tmp_path):
         (str(tmp_path / "no\nsuch"), "no training data at"),
     ]:
         assert message in refused(name)
+
+
+def test_a_run_on_a_few_programs_replays_only_those(monkeypatch):
+    """--max-programs chooses before anything is replayed, and chooses what the split
+    of every program would (the same programs, held-out set and counts; every corpus
+    program is kept, tests/core/test_machine.py)."""
+    root = corpus.find_corpus()
+    if root is None:
+        pytest.skip("training corpus absent (../shared/corpus or $REFLEX_CORPUS)")
+    programs = training.parse_data(root).programs
+    options = dict(heldout_fraction=0.1, seed=4, eval_filter="punctuation", max_programs=30)
+    whole = training.split_programs(programs, **options)
+    replayed = []
+    check = training.check_program
+    monkeypatch.setattr(training, "check_program", lambda p: replayed.append(p) or check(p))
+    early = training.read_split([root], **options, say=lambda *a: None)
+    assert len({tuple(p.words) for p in replayed}) == 30 < len(programs)
+    assert [g["program"].words for g in early.train] == [g["program"].words for g in whole.train]
+    assert (early.heldout, early.counts["programs"]) == (whole.heldout, len(programs))
+    assert {**early.counts, "corpus": ""} == {**whole.counts, "corpus": ""}
+    assert len(early.cycles) == len(early.train) and len(early.held_cycles) == len(early.heldout) == 3

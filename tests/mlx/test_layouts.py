@@ -16,6 +16,7 @@ import pytest
 from mlx.utils import tree_flatten
 
 from convert.convert import ConvertError, convert_checkpoint
+from convert.convert import main as convert_main
 from reflex_mlx.backbone import BASE_MODEL, CAUSAL_LM, MLX_QUANTIZED, layout
 from reflex_mlx.quantize import Recipe
 
@@ -27,6 +28,19 @@ def _convert(fixture_dir, backbone, out, **kw):
     return convert_checkpoint(
         str(fixture_dir / "reflex.pt"), str(backbone), out, verify=False, quiet=True, **kw
     )
+
+
+def convert_args(fixture_dir, out, *options) -> list:
+    """`python -m convert`'s arguments for the fixture (run with conftest's invoke)."""
+    return [
+        "--checkpoint",
+        fixture_dir / "reflex.pt",
+        "--backbone",
+        fixture_dir / "backbone",
+        "--out",
+        out,
+        *options,
+    ]
 
 
 def _words(model_dir, states):
@@ -156,12 +170,8 @@ RECIPES = [
 
 
 @pytest.mark.parametrize("options,bits", RECIPES, ids=[" ".join(o) or "default" for o, _ in RECIPES])
-def test_each_recipe_ends_with_its_memory_line(fixture_dir, tmp_path, options, bits):
-    proc = subprocess.run(
-        [sys.executable, "-m", "convert", "--checkpoint", str(fixture_dir / "reflex.pt"),
-         "--backbone", str(fixture_dir / "backbone"), "--out", str(tmp_path / "out"), *options],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+def test_each_recipe_ends_with_its_memory_line(fixture_dir, tmp_path, options, bits, invoke):
+    proc = invoke(convert_main, *convert_args(fixture_dir, tmp_path / "out", *options))
     assert proc.returncode == 0, proc.stderr
     line = next(x for x in proc.stderr.splitlines() if x.startswith("resident ≈"))
     m = re.search(r"reads ([\d.]+) (KiB|MiB) per cycle, ([\d.]+) bits per backbone weight", line)
@@ -193,29 +203,21 @@ def test_each_recipe_ends_with_its_memory_line(fixture_dir, tmp_path, options, b
     assert dict(tree_flatten(model.reflex.parameters()))["instr_table.weight"].dtype != mx.uint32
 
 
-def test_a_group_size_that_divides_few_layers_is_said(fixture_dir, tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "-m", "convert", "--checkpoint", str(fixture_dir / "reflex.pt"),
-         "--backbone", str(fixture_dir / "backbone"), "--out", str(tmp_path / "out"), "--group-size", "128"],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+def test_a_group_size_that_divides_few_layers_is_said(fixture_dir, tmp_path, invoke):
+    proc = invoke(convert_main, *convert_args(fixture_dir, tmp_path / "out", "--group-size", "128"))
     assert proc.returncode == 0, proc.stderr
     assert re.search(
         r"warning: \d+ backbone layers stay float16: the group size 128 does not divide", proc.stderr
     )
 
 
-def test_recipes_that_do_not_fit_are_one_line_errors(fixture_dir, tmp_path):
+def test_recipes_that_do_not_fit_are_one_line_errors(fixture_dir, tmp_path, invoke):
     for options, message in (
         (["--max-resident-gb", "0.0001"], "more than --max-resident-gb"),
         (["--bits", "4", "--recipe", "mixed_4_6"], "give one"),
         (["--no-quantize", "--bits", "4"], "contradicts"),
     ):
-        proc = subprocess.run(
-            [sys.executable, "-m", "convert", "--checkpoint", str(fixture_dir / "reflex.pt"),
-             "--backbone", str(fixture_dir / "backbone"), "--out", str(tmp_path / "out"), *options],
-            capture_output=True, text=True, timeout=300,
-        )  # fmt: skip
+        proc = invoke(convert_main, *convert_args(fixture_dir, tmp_path / "out", *options))
         assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
         assert message in proc.stderr.strip().splitlines()[-1]
         assert not (tmp_path / "out").exists() and list(tmp_path.glob(".out.partial-*")) == []

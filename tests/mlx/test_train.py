@@ -43,10 +43,12 @@ def write_jsonl(path: Path, pairs=PAIRS) -> Path:
     return path
 
 
-def cli(*args, env=None):
-    return subprocess.run(
-        [sys.executable, "-m", "reflex_app", *map(str, args)], capture_output=True, text=True, env=env
-    )
+@pytest.fixture(scope="module")
+def cli(invoke):
+    """`reflex-mlx ARGS` in this process; the kill tests below start real processes."""
+    from reflex_app.cli import main
+
+    return lambda *args: invoke(main, *args)
 
 
 COMMON = ["--steps", "12", "--batch", "8", "--lr", "3e-3", "--warmup", "2", "--log-every", "1"]
@@ -86,7 +88,7 @@ def data_file(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def full_run(mlx_float32_dir, data_file, tmp_path_factory):
+def full_run(mlx_float32_dir, data_file, tmp_path_factory, cli):
     out = tmp_path_factory.mktemp("full") / "run"
     result = cli("train", "--model", mlx_float32_dir, "--data", data_file, "--out", out, *COMMON)
     assert result.returncode == 0, result.stderr
@@ -97,7 +99,7 @@ def curve(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "curve.jsonl").read_text().splitlines()]
 
 
-def test_a_short_run_learns_and_writes_a_model_run_loads(full_run, mlx_float32_dir):
+def test_a_short_run_learns_and_writes_a_model_run_loads(full_run, mlx_float32_dir, cli):
     out, result = full_run
     losses = [r["loss"] for r in curve(out) if "loss" in r]
     assert [r["step"] for r in curve(out) if "loss" in r] == list(range(1, 13))
@@ -131,11 +133,8 @@ def test_the_codebook_grows_and_keeps_its_old_rows(full_run, mlx_float32_dir):
 
 
 @pytest.mark.slow
-def test_an_interrupted_run_resumes_to_the_same_model(full_run, mlx_float32_dir, data_file, tmp_path):
+def test_an_interrupted_run_resumes_to_the_same_model(full_run, mlx_float32_dir, data_file, tmp_path, cli):
     out, _ = full_run
-    stopped = tmp_path / "run"
-    first = cli("train", "--model", mlx_float32_dir, "--data", data_file, "--out", stopped, *COMMON)
-    assert first.returncode == 0
     # simulate a kill after the step-6 checkpoint: rerun to step 6 only, then resume
     again = tmp_path / "again"
     part = cli(
@@ -188,7 +187,7 @@ def test_lora_kept_beside_or_merged(mlx_float32_dir, data_file, tmp_path):
 
 
 @pytest.mark.slow
-def test_bad_data_is_one_line_and_writes_nothing(mlx_float32_dir, tmp_path):
+def test_bad_data_is_one_line_and_writes_nothing(mlx_float32_dir, tmp_path, cli):
     good = write_jsonl(tmp_path / "good.jsonl").read_text().splitlines()
     record = lambda prompt, program, value=1: json.dumps(
         {"prompt": prompt, "program": program, "expected_result": {"mem_0x5000": value}}
@@ -264,7 +263,7 @@ def test_quantized_adapters_train_full_or_under_lora(fixture_dir, data_file, tmp
 
 
 @pytest.mark.slow
-def test_a_killed_run_resumes_from_its_last_checkpoint(full_run, mlx_float32_dir, data_file, tmp_path):
+def test_a_killed_run_resumes_from_its_last_checkpoint(full_run, mlx_float32_dir, data_file, tmp_path, cli):
     import signal
     import time
 
@@ -298,7 +297,7 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(full_run, mlx_float32_dir
     assert not [p for p in out.iterdir() if ".tmp-" in p.name]  # no half-written file left
 
 
-def test_a_time_limit_stops_cleanly_with_a_model(mlx_float32_dir, data_file, tmp_path):
+def test_a_time_limit_stops_cleanly_with_a_model(mlx_float32_dir, data_file, tmp_path, cli):
     out = tmp_path / "limited"
     result = cli(
         "train", "--model", mlx_float32_dir, "--data", data_file, "--out", out, *COMMON, "--time-limit", "0"

@@ -65,6 +65,15 @@ def test_agreement_replays_the_reference_calls():
     assert same["rate"] == 1.0 and same["cycles"] == sum(len(c[0]) for c in recording.calls)
     other = lockstep_agreement(recording, make(1 << 7))
     assert 0 < other["rate"] < 1.0 and len(other["tasks_with_disagreement"]) == 1
+    # A candidate's own free run answers the states it shares with the reference: the
+    # same run needs no forward, a diverging one only the states after the divergence.
+    assert lockstep_agreement(recording, make(0), seen=recording) == {**same, "asked": 0}
+    _, diverged = recorded_eval(make(1 << 7), max_cycles=8)
+    replayed = lockstep_agreement(recording, make(1 << 7), seen=diverged)
+    assert 0 < replayed["asked"] < other["asked"] == other["cycles"]
+    assert {**replayed, "asked": 0} == {**other, "asked": 0}
+    with pytest.raises(ValueError, match="other prompts"):
+        lockstep_agreement(recording, make(0), seen=type(recording)(prompts=recording.prompts[1:]))
     assert outcome_agreement(report, report)["identical"] == report["total"]
 
 

@@ -159,16 +159,23 @@ def test_heldout_programs_are_not_trained_on(trained):
     assert len(held) == 3  # 5% of 60
 
 
-@pytest.mark.slow
 def test_full_split_leaks_no_eval_prompt():
-    split = train.split_programs(train.parse_args(["--out", "unused"]))
+    """The trainer's split of the whole corpus (its programs' replay, which does not
+    change which prompts go where, is tests/core/test_machine.py's)."""
+    from reflex_core import training
     from reflex_core.evaluation import bare, eval_prompts, near_copy_tags
 
+    programs = training.parse_data(find_corpus()).programs
+    args = train.parse_args(["--out", "unused"])
+    split_by = lambda eval_filter: training.split_programs(
+        programs, heldout_fraction=args.heldout_fraction, seed=args.seed, eval_filter=eval_filter
+    )
+    split = split_by(args.eval_filter)
     forbidden = eval_prompts(bare)  # the default filter: punctuation ignored too
     trained_prompts = {bare(p) for g in split.train for p in g["prompts"]}
     assert not trained_prompts & forbidden
     # The exact filter (reflex-tiny's run) leaves near-copies such as 'say "hi"' in.
-    exact = train.split_programs(train.parse_args(["--out", "unused", "--eval-filter", "exact"]))
+    exact = split_by("exact")
     assert 0 < exact.counts["removed_eval_prompt_pairs"] < split.counts["removed_eval_prompt_pairs"]
     assert any(p == 'say "hi"' for g in exact.train for p in g["prompts"])
     assert not any(p == 'say "hi"' for g in split.train for p in g["prompts"])
