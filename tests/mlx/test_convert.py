@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 
 import mlx.core as mx
 import numpy as np
@@ -105,30 +103,27 @@ def test_failure_leaves_nothing_behind(fixture_dir, tmp_path):
     assert not (tmp_path / "parent").exists() or list((tmp_path / "parent").iterdir()) == []
 
 
-def test_cli_one_line_errors(fixture_dir, tmp_path):
+def test_cli_one_line_errors(fixture_dir, tmp_path, invoke, monkeypatch):
+    from convert.convert import main
+
     broken = tmp_path / "reflex.pt"
     data = (fixture_dir / "reflex.pt").read_bytes()
     broken.write_bytes(data[: len(data) // 2])
     for checkpoint in [broken, tmp_path / "missing.pt"]:
-        proc = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "convert",
-                "--checkpoint",
-                str(checkpoint),
-                "--backbone",
-                str(fixture_dir / "backbone"),
-                "--out",
-                str(tmp_path / "out"),
-            ],
-            capture_output=True,
-            text=True,
+        proc = invoke(
+            main,
+            "--checkpoint",
+            checkpoint,
+            "--backbone",
+            fixture_dir / "backbone",
+            "--out",
+            tmp_path / "out",
         )
         assert proc.returncode != 0
         assert "Traceback" not in proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
         assert not (tmp_path / "out").exists()
+    monkeypatch.chdir(tmp_path)
     for argv, message in (
         (["--checkpoint", "nowhere/reflex.pt"], "no checkpoint at nowhere/reflex.pt"),
         (
@@ -137,12 +132,7 @@ def test_cli_one_line_errors(fixture_dir, tmp_path):
         ),
         (["--bits", "8", "--no-quantize"], "contradict"),
     ):
-        proc = subprocess.run(
-            [sys.executable, "-m", "convert", *argv, "--out", str(tmp_path / "out")],
-            capture_output=True,
-            text=True,
-            cwd=tmp_path,
-        )
+        proc = invoke(main, *argv, "--out", tmp_path / "out")
         assert proc.returncode != 0 and "Traceback" not in proc.stderr
         assert message in proc.stderr, proc.stderr
 

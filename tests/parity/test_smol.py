@@ -9,7 +9,6 @@ is the one `make smol` does, into the same cache, so it happens once per machine
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import zipfile
@@ -57,14 +56,12 @@ def test_the_backbone_directory_is_one_model_for_transformers_and_mlx_lm(smol_ba
     assert mlx_tokenizer.encode("hello") == tokenizer.encode("hello")
 
 
-def test_reflex_smol_computes_5_factorial_on_torch(smol_backbone):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "reflex_app", "run", "compute 5 factorial", "--model", "smol",
-         "--backend", "torch", "--json"],
-        capture_output=True, env=env, timeout=600,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+def test_reflex_smol_computes_5_factorial_on_torch(smol_backbone, invoke, monkeypatch, one_torch_thread):
+    from reflex_app.cli import main
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    proc = invoke(main, "run", "compute 5 factorial", "--model", "smol", "--backend", "torch", "--json")
+    assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(proc.stdout)
     print(f"reflex-smol: {result['outcome']} after {len(result['cycles'])} cycles")
     assert result["outcome"] == "halted"
