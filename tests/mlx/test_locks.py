@@ -2,7 +2,8 @@
 
 Why: two `train` runs on one --out interleaved their curves, two conversions raced
 to one folder, and a SIGKILL during the first checkpoint left a folder that neither
---resume nor a fresh run accepted. Real processes and real signals throughout.
+--resume nor a fresh run accepted. Real processes and real signals (the runs that
+are refused or that finish the job run in this process, through click's runner).
 """
 
 from __future__ import annotations
@@ -62,23 +63,21 @@ def adds(tmp_path_factory) -> Path:
     return path
 
 
-def test_one_train_per_out_and_a_kill_at_the_first_save_needs_no_cleanup(mlx_float32_dir, adds, tmp_path):
+def test_one_train_per_out_and_a_kill_at_the_first_save_needs_no_cleanup(
+    mlx_float32_dir, adds, tmp_path, invoke
+):
+    from reflex_app.cli import main
+
     out = tmp_path / "run"
     base = ["train", "--model", mlx_float32_dir, "--data", adds, "--out", out]
     never = ["--steps", "100000", "--save-every", "100000", "--eval-every", "100000", "--log-every", "1"]
     first = subprocess.Popen(_cli(*base, *never), stderr=subprocess.PIPE, text=True)
     try:
         _wait_for(lock_path(out).exists, "the lock", first)
-        # a second run, fresh or resuming, while the first holds OUT: one line naming it
-        others = [
-            subprocess.Popen(_cli(*base, *FAST), stderr=subprocess.PIPE, text=True),
-            subprocess.Popen(_cli("train", "--out", out, "--resume"), stderr=subprocess.PIPE, text=True),
-        ]
-        for other in others:
-            other.wait(timeout=600)
-            line = _one_line(
-                subprocess.CompletedProcess(other.args, other.returncode, "", other.stderr.read())
-            )
+        # a second run (here, in this process), fresh or resuming, while the first holds OUT:
+        # one line naming it
+        for other in ([*base, *FAST], ["train", "--out", out, "--resume"]):
+            line = _one_line(invoke(main, *other))
             assert f"is in use: another train (pid {first.pid})" in line, line
         # killed before its first checkpoint (it saves at the end only)
         _wait_for(lambda: (out / "curve.jsonl").exists(), "a curve", first)
@@ -100,7 +99,7 @@ def test_one_train_per_out_and_a_kill_at_the_first_save_needs_no_cleanup(mlx_flo
         finally:
             run.kill()
     assert state.exists()
-    last = subprocess.run(resume, capture_output=True, text=True)
+    last = invoke(main, *resume[3:])  # the last run, in this process
     assert last.returncode == 0, last.stderr
     assert "resumed at step" in last.stderr
     assert "stopped at step 4/4" in last.stderr
