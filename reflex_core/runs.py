@@ -25,6 +25,7 @@ from reflex_core.smol import MODEL_NAMES
 from reflex_core.spec import DEFAULT_MAX_CYCLES, DEFAULT_RELEASE_DIR
 
 __all__ = [
+    "MODEL_ENV",
     "Cycle",
     "Loaded",
     "ReflexError",
