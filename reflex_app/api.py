@@ -1,205 +1,42 @@
-"""The Python API, in mlx-lm's shape: `load` a model, then `run`, `stream` or `run_batch` prompts.
+"""The application's Python API over both backends: `load` a model on MLX or torch, then
+`run`, `stream` or `run_batch` prompts.
 
     from reflex_app import load, run
-    model = load("tiny")
+    model = load("tiny", backend="mlx")  # or "torch"; None picks as the command line does
     result = run(model, "compute 5 factorial", max_cycles=200)
 
-Every `reflex-mlx` command is a layer over these functions. The backends are reached
-through reflex_core.backends only, so torch is imported when backend="torch" is asked
-for (or backend=None chose it, MLX having no GPU here), never otherwise. Bad input raises
-reflex_core.errors.ReflexError with a one-line message.
+The functions are reflex_core.runs' (a backend package gives the same ones bound to itself:
+`from reflex_mlx import load, run, stream`). Every `reflex-mlx` command is a layer over them.
 """
 
 from __future__ import annotations
 
-import os
-import time
-from collections.abc import Callable, Generator, Sequence
-from pathlib import Path
+from reflex_core.runs import (
+    MODEL_ENV,
+    Cycle,
+    Loaded,
+    ReflexError,
+    RunResult,
+    check_prompt,
+    default_model,
+    load,
+    locate,
+    run,
+    run_batch,
+    stream,
+)
 
-from reflex_core import backends, hub, loop, predict
-from reflex_core.backends import Loaded
-from reflex_core.errors import ReflexError, one_line, user_path
-from reflex_core.loop import Cycle, RunResult
-from reflex_core.machine import Machine
-from reflex_core.prompt import truncation_notice
-from reflex_core.smol import MODEL_NAMES
-from reflex_core.spec import DEFAULT_MAX_CYCLES, DEFAULT_RELEASE_DIR
-from reflex_mlx import BUNDLED_MODEL
-
-__all__ = ["Cycle", "Loaded", "ReflexError", "RunResult", "load", "run", "run_batch", "stream"]
-
-MODEL_ENV = "REFLEX_MLX_MODEL"
-
-Note = Callable[[str], None]
-
-
-def default_model() -> tuple[Path, str]:
-    """(directory, why) of the model used when none is named: $REFLEX_MLX_MODEL, else the
-    converted release if present, else the bundled reflex-tiny."""
-    if os.environ.get(MODEL_ENV):
-        return _path(os.environ[MODEL_ENV], f"model in ${MODEL_ENV}"), f"${MODEL_ENV}"
-    release = Path(DEFAULT_RELEASE_DIR).expanduser()
-    if release.is_dir():
-        return release, "the converted release"
-    return BUNDLED_MODEL, "the bundled reflex-tiny"
-
-
-def _path(name, what: str) -> Path:
-    try:
-        return user_path(name, what)
-    except ValueError as err:
-        raise ReflexError(str(err)) from None
-
-
-def _backend(name: str | None, note: Note | None) -> backends.Backend:
-    try:
-        if name is None:
-            name, why = backends.choose()
-            if note is not None:
-                note(f"backend: {name} ({why}; --backend to choose)")
-        return backends.get(name)
-    except backends.BackendError as err:
-        raise ReflexError(str(err)) from None
-
-
-def load(
-    model: str | os.PathLike | None = None,
-    backend: str | None = "mlx",
-    fast: bool = True,
-    note: Note | None = None,
-) -> Loaded:
-    """A model ready to run.
-
-    model: a bundled name (tiny; smol once `make smol` built it), a converted model folder,
-    or a hub id (OWNER/NAME, converted for MLX); None: $REFLEX_MLX_MODEL, else the converted
-    release, else the bundled reflex-tiny. backend: "mlx" or "torch" (which needs
-    reflex-mlx[torch]); None picks as the CLI does, MLX where it has a GPU, else torch when
-    installed. fast: the cached, compiled runner (False: the
-    plain reference forward). note(line) hears the choices made for the user, if given.
-    """
-    if backend is not None and backend not in ("mlx", "torch"):
-        raise ReflexError(f"unknown backend {one_line(backend)!r}: mlx or torch")
-    if model is None:
-        path, why = default_model()
-        shown = f"'{one_line(path)}' ({why})"
-        if note is not None:
-            note(f"model: {one_line(path)} ({why})")
-    else:
-        name = os.fspath(model)
-        shown = f"'{one_line(name)}'"
-        path = _path(name, "model name")
-        if name in MODEL_NAMES and not path.is_dir():
-            chosen = _backend(backend, note)  # each backend keeps its own copy of a named model
-            try:
-                return chosen.load(chosen.named(name), fast=fast)
-            except backends.BackendError as err:
-                raise ReflexError(str(err)) from None
-        if hub.is_hub_id(name):
-            if backend == "torch":
-                raise ReflexError(f"{name} is a hub model converted for MLX: use --backend mlx")
-            try:
-                path, backend = hub.fetch_model(name), "mlx"
-            except (FileNotFoundError, ValueError) as err:
-                raise ReflexError(str(err)) from None
-    if not path.is_dir():
-        raise ReflexError(f"no model directory at {shown}")
-    chosen = _backend(backend, note)
-    bundled = path.resolve() == BUNDLED_MODEL  # each backend ships its own reflex-tiny: None asks for it
-    try:
-        return chosen.load(None if bundled else path, fast=fast)
-    except backends.BackendError as err:
-        raise ReflexError(str(err)) from None
-
-
-def check_prompt(prompt) -> str:
-    """The prompt, or ReflexError when it is not text, not UTF-8, or empty."""
-    if not isinstance(prompt, str):
-        raise ReflexError(f"the prompt must be text, not {type(prompt).__name__}")
-    try:
-        prompt.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ReflexError("the prompt is not valid UTF-8 text") from None
-    if not prompt.strip():
-        raise ReflexError("the prompt is empty")
-    return prompt
-
-
-def _check_cycles(max_cycles) -> int:
-    if isinstance(max_cycles, bool) or not isinstance(max_cycles, int) or max_cycles < 1:
-        raise ReflexError(f"max_cycles must be a whole number of at least 1, not {one_line(max_cycles)}")
-    return max_cycles
-
-
-def _described(result: RunResult, prompt: str, tokens, config: dict, seconds: float) -> RunResult:
-    result.prompt, result.prompt_tokens, result.seconds = prompt, len(tokens.ids), seconds
-    result.truncation = truncation_notice(tokens, config["max_instr_tokens"]) if tokens.truncated else ""
-    return result
-
-
-def stream(
-    model: Loaded,
-    prompt: str,
-    max_cycles: int = DEFAULT_MAX_CYCLES,
-    *,
-    machine: Machine | None = None,
-    refine: bool = False,
-) -> Generator[Cycle, None, RunResult]:
-    """Yield each cycle as it happens; the generator returns the RunResult
-    (`result = yield from stream(...)`). The prompt is checked before the first cycle.
-
-    machine: the CPU to drive, for a caller that reads its registers and memory between
-    cycles (the demo); it is reset first, unless refine: a refinement pass, as the
-    original's demo runs them, keeps the registers and data the last run left, clears the
-    code region and starts again at CODE_START.
-    """
-    check_prompt(prompt)
-    _check_cycles(max_cycles)
-    if machine is not None and not isinstance(machine, Machine):
-        raise ReflexError(f"machine must be a reflex_core.machine.Machine, not {type(machine).__name__}")
-    if refine and machine is None:
-        raise ReflexError("refine continues a machine: pass the machine the last run drove")
-    return _stream(model, prompt, max_cycles, machine, refine)
-
-
-def _stream(
-    model: Loaded, prompt: str, max_cycles: int, machine: Machine | None, refine: bool
-) -> Generator[Cycle, None, RunResult]:
-    started = time.perf_counter()
-    predictor = predict.Predictor(model.runner, model.tokenizer, prompt, model.config)
-    if refine:
-        machine.new_pass()
-    program = loop.ProgramRun(max_cycles, machine=machine, keep_state=refine)
-    result = yield from loop.steps(predictor, program=program)
-    return _described(result, prompt, predictor.tokens, model.config, time.perf_counter() - started)
-
-
-def run(
-    model: Loaded,
-    prompt: str,
-    max_cycles: int = DEFAULT_MAX_CYCLES,
-    on_cycle: Callable[[Cycle], None] | None = None,
-) -> RunResult:
-    """Let the model drive the CPU for `prompt`, one instruction a cycle, until it halts,
-    fails or reaches max_cycles; on_cycle sees each cycle as it happens."""
-    return loop.drain(stream(model, prompt, max_cycles), on_cycle)
-
-
-def run_batch(model: Loaded, prompts: Sequence[str], max_cycles: int = DEFAULT_MAX_CYCLES) -> list[RunResult]:
-    """Run several prompts together, one model call a cycle for all unfinished ones (the
-    eval's batched path); one RunResult per prompt, in order, each as `run` gives it
-    alone. Each result's seconds is the whole batch's wall time."""
-    if isinstance(prompts, str):
-        raise ReflexError("run_batch takes a list of prompts, not one prompt")
-    prompts = [check_prompt(p) for p in prompts]
-    if not prompts:
-        raise ReflexError("run_batch needs at least one prompt")
-    _check_cycles(max_cycles)
-    started = time.perf_counter()
-    predictor = predict.BatchPredictor(model.runner, model.tokenizer, prompts, model.config)
-    results = loop.run_many(predictor, len(prompts), max_cycles=max_cycles, with_indices=True)
-    seconds = time.perf_counter() - started
-    return [
-        _described(result, prompt, tokens, model.config, seconds)
-        for result, prompt, tokens in zip(results, prompts, predictor.tokens)
-    ]
+__all__ = [
+    "MODEL_ENV",
+    "Cycle",
+    "Loaded",
+    "ReflexError",
+    "RunResult",
+    "check_prompt",
+    "default_model",
+    "load",
+    "locate",
+    "run",
+    "run_batch",
+    "stream",
+]

@@ -35,6 +35,7 @@ class Backend(Protocol):
     name: str
     requires: tuple[str, ...]  # importable modules it needs
     install_hint: str  # what to install when they are missing
+    bundled: Path  # the folder of the reflex-tiny it ships, known without importing a framework
 
     def accelerated(self) -> bool:
         """Whether it computes on a GPU here (Metal or CUDA)."""
@@ -90,6 +91,12 @@ def get(name: str) -> Backend:
             f"{', '.join(backend.requires)} ({backend.install_hint})"
         )
     return backend
+
+
+def is_bundled(path: Path) -> bool:
+    """Whether `path` is the bundled reflex-tiny of a registered backend (each ships its own)."""
+    where = Path(path).resolve()
+    return any(Path(_import(spec).bundled).resolve() == where for spec in registered().values())
 
 
 def choose() -> tuple[str, str]:

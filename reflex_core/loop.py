@@ -54,7 +54,7 @@ class Cycle:
 class RunResult:
     """How a run ended, its trace, and the memory from DATA_ADDR to the end of the mapping.
 
-    The prompt fields and `seconds` are filled in where a prompt was run (reflex_app.api);
+    The prompt fields and `seconds` are filled in where a prompt was run (reflex_core.runs);
     `memory()` gives the reported windows.
     """
 

@@ -7,13 +7,14 @@ from pathlib import Path
 
 from reflex_core.backends import BackendError, Loaded
 
-from . import named_model
+from . import BUNDLED_MODEL, named_model
 
 
 class MLXBackend:
     name = "mlx"
     requires = ("mlx", "mlx_lm")
     install_hint = "pip install mlx mlx-lm (mlx[cpu] on Linux)"
+    bundled = BUNDLED_MODEL
 
     def accelerated(self) -> bool:
         import mlx.core as mx
@@ -28,7 +29,7 @@ class MLXBackend:
         import mlx.core as mx
 
         from .fast import FastReflex
-        from .load import BUNDLED_MODEL, ModelError, load_with_language_model
+        from .load import ModelError, load_with_language_model
         from .model import Reference
         from .quantize import nbytes
         from .text import TextWriter

@@ -41,7 +41,7 @@ import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 
 from reflex_core import training
-from reflex_core.errors import first_line, one_line, user_path
+from reflex_core.errors import ReflexError, first_line, one_line, user_path
 from reflex_core.files import (
     parse_json,
     write_atomically,
@@ -218,32 +218,19 @@ def prepare_data(opts: TrainOptions, old_codebook: list[int], tokenizer, config:
 
 
 def resolve_model(name: str | None) -> Path:
-    """A converted model directory, a name (tiny, smol) or a hub id, as `reflex-mlx run --model` takes it."""
-    from reflex_core import hub
-    from reflex_core.backends import BackendError
-    from reflex_core.smol import MODEL_NAMES
+    """A converted model directory, a name (tiny, smol) or a hub id, as `reflex-mlx run --model`
+    takes it (reflex_core.runs.locate); None: the bundled reflex-tiny."""
+    from reflex_core.runs import locate
 
-    from . import BUNDLED_MODEL, named_model
+    from . import BUNDLED_MODEL
 
-    if name is None or name == "tiny":
+    if name is None:
         return BUNDLED_MODEL
     try:
-        path = user_path(name, "model name")
-    except ValueError as err:
+        _, path = locate(name, backend="mlx")
+    except ReflexError as err:
         raise TrainError(str(err)) from None
-    if name in MODEL_NAMES and not path.is_dir():
-        try:
-            return named_model(name) or BUNDLED_MODEL
-        except BackendError as err:
-            raise TrainError(str(err)) from None
-    if hub.is_hub_id(name):
-        try:
-            return hub.fetch_model(name)
-        except (FileNotFoundError, ValueError) as err:
-            raise TrainError(str(err)) from None
-    if not path.is_dir():
-        raise TrainError(f"no model directory at '{one_line(name)}'")
-    return path
+    return path or BUNDLED_MODEL
 
 
 def load_for_training(model_dir: Path, opts: TrainOptions, say) -> tuple[ReflexModel, object, dict]:

@@ -9,6 +9,8 @@ from reflex_core.backends import BackendError, Loaded
 from reflex_core.folder import FolderError, check_backbone_files, read_config
 from reflex_core.spec import MODEL_CONFIG_FILE
 
+from . import BUNDLED_MODEL
+
 
 def _sources(model: Path | None) -> tuple[str | None, str | None, str]:
     """(checkpoint, backbone, description) for a model directory.
@@ -17,8 +19,6 @@ def _sources(model: Path | None) -> tuple[str | None, str | None, str]:
     it is; a converted MLX directory names the sources it was made from
     (None: the release on the hub).
     """
-    from .load import BUNDLED_MODEL
-
     if model is None:
         return str(BUNDLED_MODEL / "reflex.pt"), None, str(BUNDLED_MODEL)
     model = Path(model).expanduser()
@@ -41,6 +41,7 @@ class TorchBackend:
     name = "torch"
     requires = ("torch", "transformers")
     install_hint = "pip install 'reflex-mlx[torch]'"
+    bundled = BUNDLED_MODEL
 
     def accelerated(self) -> bool:
         import torch
@@ -50,8 +51,6 @@ class TorchBackend:
     def named(self, name: str) -> Path | None:
         """tiny: the bundled one; smol: reflex_torch/models/reflex-smol (its backbone
         built by make smol)."""
-        from .load import BUNDLED_MODEL
-
         return None if name == "tiny" else BUNDLED_MODEL.parent / "reflex-smol"
 
     def load(self, model: Path | None, fast: bool = True) -> Loaded:

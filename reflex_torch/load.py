@@ -10,10 +10,8 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer
 from reflex_core.hub import resolve_backbone, resolve_checkpoint
 from reflex_core.spec import ReflexArgs, backbone_family, reflex_config
 
+from . import BUNDLED_MODEL  # noqa: F401  (the bundled reflex-tiny, named here too for the loaders' callers)
 from .model import Reflex, ReflexModel
-
-# reflex-tiny's checkpoint, shipped inside this package.
-BUNDLED_MODEL = Path(__file__).resolve().parent / "models" / "reflex-tiny"
 
 
 def default_device() -> torch.device:

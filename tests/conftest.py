@@ -282,6 +282,29 @@ def no_hang():
     return call_or_fail_if_hung
 
 
+def run_fresh(code: str, timeout: float = HANG_S) -> tuple[list[str], set[str]]:
+    """Run `code` in a fresh interpreter (this one, this environment): (the lines it printed,
+    the dotted names of every module imported by its end). A non-zero exit fails the test."""
+    import subprocess
+    import sys
+
+    marker = "MODULES-IMPORTED:"
+    probe = f"{code}\nimport sys as _sys\nprint({marker!r}, ' '.join(sorted(_sys.modules)))\n"
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        pytest.fail(f"the fresh interpreter exited {proc.returncode}:\n{proc.stderr[-3000:]}")
+    *lines, last = proc.stdout.splitlines()
+    assert last.startswith(marker), proc.stdout[-2000:]
+    return lines, set(last[len(marker) :].split())
+
+
+@pytest.fixture(scope="session")
+def fresh_interpreter():
+    """fresh_interpreter(code) -> (lines printed, modules imported): what code imports when it
+    runs alone (run_fresh), for the checks that a layer loads no framework before a model."""
+    return run_fresh
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """On a small shared CPU two torch threads spin against each other (20x slower here)."""

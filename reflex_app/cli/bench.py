@@ -47,7 +47,11 @@ def command(model: str | None, torch_dir: str | None, cycles: int, prompt: str, 
 
     api.check_prompt(prompt)
     given = torch_dir if torch_dir is not None else model
-    reference = load("torch", given if given is not None else api.default_model()[0], fast=whole_eval)
+    if given is None:  # the candidate's default model, on torch (None: the bundled one, torch's own)
+        from reflex_torch import BUNDLED_MODEL
+
+        given = api.default_model()[0] or BUNDLED_MODEL
+    reference = load("torch", given, fast=whole_eval)
     candidate = load("mlx", model)
     click.echo(f"model: {candidate.source}; reference: {reference.source}")
     if whole_eval:

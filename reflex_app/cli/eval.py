@@ -56,7 +56,7 @@ def command(model: str | None, backend: str | None, json_out: str | None, text_m
     if text_mode and loaded.text_writer is None:
         raise click.ClickException(f"no text mode with {loaded.source}: {loaded.text_note}")
     report = evaluate(loaded)
-    name = Path(model).name if model else api.default_model()[0].name
+    name = Path(model).name if model else (api.default_model()[0] or Path(loaded.source)).name
     click.echo(format_report(report, name))
     near_copy_line(report)
     saved = report

@@ -1,25 +1,26 @@
-"""The Python API (reflex_app.api) on the bundled reflex-tiny: docs/api.md's example as it
-stands, streaming, the batched form against single runs, and one exception type for bad input."""
+"""The Python API on the bundled reflex-tiny: docs/api.md's example as it stands (the MLX
+package's `load, run, stream`), streaming, the batched form against single runs, one
+exception type for bad input, and imports that leave the frameworks out until a model loads."""
 
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+import reflex_mlx
 from reflex_app import load, run, run_batch, stream
 from reflex_core.errors import ReflexError
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMPTS = ["compute 5 factorial", "add 2 and 3", "say hi"]
+FRAMEWORKS = {"mlx", "mlx_lm", "torch", "transformers"}
 
 
 @pytest.fixture(scope="module")
 def tiny():
-    return load("tiny", backend="mlx")
+    return reflex_mlx.load("tiny")
 
 
 def _docs_example() -> str:
@@ -27,44 +28,61 @@ def _docs_example() -> str:
     return re.search(r"```python\n(.*?)```", text, re.S).group(1)
 
 
-def test_the_docs_example_runs_as_written_without_torch():
-    """The block is run verbatim, where torch cannot be imported; no torch package module loads."""
-    code = (
-        "import sys; sys.modules['torch'] = None\n"
-        + _docs_example()
-        + "\nprint('TORCH-SIDE', sorted(m for m in sys.modules if m.startswith('reflex_torch')))\n"
-    )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr
-    lines = proc.stdout.splitlines()
-    outcome, cycles, seconds, unit = lines[0].split()
-    assert outcome in {"halted", "error", "limit"} and 1 <= int(cycles) <= 200 and unit == "s"
+def test_the_docs_example_runs_as_written_without_torch(fresh_interpreter):
+    """The block is run verbatim, where torch cannot be imported: 5! = 120 lands at 0x5000,
+    and no module of the torch package loads."""
+    code = "import sys; sys.modules['torch'] = None\n" + _docs_example()
+    lines, modules = fresh_interpreter(code, timeout=600)
+    outcome, cycles, seconds, unit, word = lines[0].split()
+    assert outcome == "halted" and 1 <= int(cycles) <= 200 and unit == "s" and int(word) == 120
     assert float(seconds) > 0
     assert lines[1].startswith("4096 {'op': ")  # the first cycle is at 0x1000, decoded
-    assert all(line.startswith("{'op': ") for line in lines[4:-1]) and len(lines) > 5
-    assert lines[-1] == "TORCH-SIDE []"
+    assert all(line.startswith("{'op': ") for line in lines[4:]) and len(lines) > 5
+    assert "mlx.core" in modules and not [m for m in modules if m.startswith("reflex_torch")]
 
 
-def test_importing_the_model_leaves_the_application_layer_out():
-    code = (
-        "import sys\nimport reflex_mlx, reflex_mlx.model, reflex_mlx.load, reflex_mlx.backend\n"
-        "print(sorted(m for m in sys.modules"
-        " if m.startswith(('reflex_app', 'reflex_torch', 'click', 'rich'))))\n"
-    )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "[]"
+@pytest.mark.parametrize("package", ["reflex_mlx", "reflex_torch"])
+def test_importing_a_backend_package_imports_no_framework(fresh_interpreter, package):
+    """`import reflex_mlx` and its API are light: the framework waits for a model."""
+    _, modules = fresh_interpreter(f"import {package}\nfrom {package} import load, run, stream, run_batch")
+    assert not FRAMEWORKS & {m.split(".")[0] for m in modules}
 
 
-def test_importing_the_application_layer_imports_no_framework():
+def test_importing_the_model_leaves_the_application_layer_out(fresh_interpreter):
+    _, modules = fresh_interpreter("import reflex_mlx, reflex_mlx.model, reflex_mlx.load, reflex_mlx.backend")
+    assert not {m.split(".")[0] for m in modules} & {"reflex_app", "reflex_torch", "click", "rich"}
+
+
+def test_importing_the_application_layer_imports_no_framework(fresh_interpreter):
     """The API and the command group load; mlx and torch wait for a model to be loaded on them."""
-    code = (
-        "import sys\nimport reflex_app, reflex_app.cli\nfrom reflex_app import load, run, stream, run_batch\n"
-        "print(sorted({m.split('.')[0] for m in sys.modules} & {'mlx', 'mlx_lm', 'torch', 'reflex_torch'}))\n"
-    )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "[]"
+    code = "import reflex_app, reflex_app.cli\nfrom reflex_app import load, run, stream, run_batch"
+    _, modules = fresh_interpreter(code)
+    assert not (FRAMEWORKS | {"reflex_torch"}) & {m.split(".")[0] for m in modules}
+
+
+def test_load_stays_the_function_beside_the_loader_module(tiny):
+    """reflex_mlx.load is the API's function though the loader submodule of that name is
+    imported (loading the model imported it); the submodule is still importable by name."""
+    import sys
+
+    from reflex_mlx import load as package_load
+    from reflex_mlx.load import load_model
+
+    assert "reflex_mlx.load" in sys.modules and callable(load_model)
+    assert package_load is reflex_mlx.load and package_load.__module__ == "reflex_mlx"
+    assert tiny.device.startswith("mlx") and tiny.source == str(reflex_mlx.BUNDLED_MODEL)
+
+
+def test_either_backends_bundled_folder_is_the_chosen_backends_own_tiny():
+    """locate, behind every load: "tiny" and either package's reflex-tiny folder stand for
+    the chosen backend's own bundled model (None), a folder of another name for itself."""
+    from reflex_core.runs import locate
+
+    backend, path = locate("tiny", backend="mlx")
+    assert backend.name == "mlx" and path is None
+    for folder in (reflex_mlx.BUNDLED_MODEL, ROOT / "reflex_torch" / "models" / "reflex-tiny"):
+        assert locate(folder, backend="mlx")[1] is None
+    assert locate(ROOT / "docs", backend="mlx")[1] == ROOT / "docs"
 
 
 def test_stream_yields_the_cycles_that_run_returns(tiny):
@@ -119,6 +137,8 @@ def test_stream_drives_a_given_machine_and_refines_it(tiny):
     [
         (lambda m: load("no-such-model"), "no model directory at 'no-such-model'"),
         (lambda m: load("tiny", backend="jax"), "unknown backend 'jax'"),
+        (lambda m: reflex_mlx.load("no-such-model"), "no model directory at 'no-such-model'"),
+        (lambda m: reflex_mlx.load("tiny\nmodel"), "no model directory at 'tiny\\nmodel'"),
         (lambda m: run(m, "   "), "the prompt is empty"),
         (lambda m: run(m, "say hi", max_cycles=0), "max_cycles must be"),
         (lambda m: stream(m, "say hi", max_cycles=-3), "max_cycles must be"),
@@ -133,3 +153,12 @@ def test_bad_input_is_one_exception_in_one_line(tiny, call, says):
     with pytest.raises(ReflexError) as err:
         call(tiny)
     assert says in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_hub_id_on_the_torch_package_is_one_line():
+    """Hub models are converted for MLX: refused before torch or the network is touched."""
+    import reflex_torch
+
+    with pytest.raises(ReflexError) as err:
+        reflex_torch.load("someone/reflex-model")
+    assert str(err.value) == "someone/reflex-model is a hub model converted for MLX: use --backend mlx"
