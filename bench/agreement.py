@@ -177,7 +177,7 @@ def run_tiny(args) -> dict:
     import torch
 
     from reflex_torch.fast import FastReflex
-    from reflex_torch.load import load_model
+    from reflex_torch.loader import load_model
     from reflex_torch.model import Reference
 
     torch_dir = Path(args.tiny_torch)

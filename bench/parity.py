@@ -369,8 +369,8 @@ def release_markdown(report: dict) -> str:
 def run_tiny(args) -> dict:
     """A trained model: lock-step and free-running agreement on the 41-task eval."""
     from reflex_mlx.fast import FastReflex
-    from reflex_mlx.load import load_model as load_mlx
-    from reflex_torch.load import load_model as load_torch
+    from reflex_mlx.loader import load_model as load_mlx
+    from reflex_torch.loader import load_model as load_torch
     from reflex_torch.model import Reference
 
     from .agreement import batched, compare_backends, markdown, one_by_one

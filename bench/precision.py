@@ -195,7 +195,7 @@ def run(args) -> dict:
     from reflex_core.training import HELDOUT_FILE, heldout_cycles, make_pairs, read_heldout
     from reflex_mlx.fast import FastReflex as MLXFast
     from reflex_mlx.quantize import bits_per_weight, bytes_per_cycle, weight_bytes
-    from reflex_torch.load import load_model
+    from reflex_torch.loader import load_model
     from reflex_torch.model import Reference
 
     specs = all_recipes() if args.recipes == "all" else args.recipes.split(",")

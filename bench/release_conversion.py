@@ -211,7 +211,7 @@ def convert(args, rest: list[str]) -> None:
 
     from reflex_core.timing import median_ms
     from reflex_mlx.fast import FastReflex
-    from reflex_mlx.load import load_model
+    from reflex_mlx.loader import load_model
 
     from .metrics import compare
     from .parity import candidate_captures

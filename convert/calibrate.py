@@ -13,7 +13,7 @@ Reflex forward look like one to them without copying their code: the adapters
 run after their layers on each sample's state, and the backbone's own modules
 (same objects, same paths) are what the quantizers change. The result is the
 layout mlx-lm saves and loads (AWQ's scales folded into the norms, quantized
-linears and embedding), so the converter's save and reflex_mlx/load.py need
+linears and embedding), so the converter's save and reflex_mlx/loader.py need
 nothing new.
 
 `calibrate(method, model, reflex, recipe, data, progress)` quantizes the float

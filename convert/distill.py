@@ -12,7 +12,7 @@ states:
 
 Why scales and biases rather than a low-rank correction: the result stays in
 mlx-lm's quantized layout (the same QuantizedLinear modules, the same bytes), so
-the converter saves it and reflex_mlx/load.py loads it unchanged and it costs no
+the converter saves it and reflex_mlx/loader.py loads it unchanged and it costs no
 memory; a low-rank correction would add float matrices per layer (resident
 memory, a loader change) or, fused back, be rounded away by re-quantization.
 

@@ -123,7 +123,7 @@ def drive_converted(model_dir: Path, table: list[Task], max_cycles: int) -> tupl
     """Run every task with the converted model (its fast path), recording each state and word."""
     from reflex_core.predict import BatchPredictor
     from reflex_mlx.fast import FastReflex
-    from reflex_mlx.load import load_model
+    from reflex_mlx.loader import load_model
 
     model, tokenizer, config = load_model(model_dir)
     tasks = [task for task in table for _ in range(task.repeat)]

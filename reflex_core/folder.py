@@ -1,7 +1,7 @@
 """The one check of a converted model folder, run before any heavy read.
 
 Every command that opens a folder `python -m convert` or `reflex-mlx train`
-wrote comes here first (reflex_mlx/load.py, `reflex-mlx info`, the hub
+wrote comes here first (reflex_mlx/loader.py, `reflex-mlx info`, the hub
 fetch). Nothing here imports a framework: files are stat-ed before they are
 opened, read with a size bound, and safetensors headers are parsed by hand, so
 a FIFO, a device node, a huge or deeply nested JSON, a lying header or a

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import time
-import types
 from collections.abc import Callable, Generator, Sequence
 from pathlib import Path
 
@@ -136,19 +135,6 @@ def load(
         return chosen.load(path, fast=fast)
     except backends.BackendError as err:
         raise ReflexError(str(err)) from None
-
-
-class BackendPackage(types.ModuleType):
-    """The module type of a backend package (reflex_mlx, reflex_torch): its `load` is this
-    API's, beside its loader, a submodule also named `load`. Importing that submodule sets
-    the package's attribute to it; this keeps the function there instead (the submodule
-    stays in sys.modules: `from reflex_mlx.load import load_model` works as before)."""
-
-    def __setattr__(self, name: str, value) -> None:
-        loader = isinstance(value, types.ModuleType) and value.__name__ == f"{self.__name__}.load"
-        if name == "load" and loader:
-            return
-        super().__setattr__(name, value)
 
 
 def check_prompt(prompt) -> str:

@@ -14,7 +14,6 @@ functions over either backend are the application's (`from reflex_app import loa
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 from reflex_core import runs
@@ -59,6 +58,3 @@ def named_model(name: str) -> Path | None:
     if not smol_mlx_dir().is_dir():
         raise BackendError(f"reflex-smol is not converted on this machine ({smol_mlx_dir()}): run make smol")
     return smol_mlx_dir()
-
-
-sys.modules[__name__].__class__ = runs.BackendPackage  # `load` stays this function beside the loader module

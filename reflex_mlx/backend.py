@@ -29,7 +29,7 @@ class MLXBackend:
         import mlx.core as mx
 
         from .fast import FastReflex
-        from .load import ModelError, load_with_language_model
+        from .loader import ModelError, load_with_language_model
         from .model import Reference
         from .quantize import nbytes
         from .text import TextWriter

@@ -2,7 +2,7 @@
 
 A trained LoRA is either merged into the layers (`fuse`) or kept beside them:
 then the model directory holds `lora.safetensors` and config.json's "lora"
-entry, and the loader (reflex_mlx/load.py) wraps the same layers again before
+entry, and the loader (reflex_mlx/loader.py) wraps the same layers again before
 loading it. The adapter side's own weights stay exactly as they were, so a kept
 LoRA over 8-bit adapters loses nothing to re-quantization.
 """

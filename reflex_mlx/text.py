@@ -1,6 +1,6 @@
 """The demo's text side on MLX: the backbone already in memory writes an answer with
 mlx-lm's streaming generation, greedy. No second copy of the weights: the mlx-lm
-model is the one `reflex_mlx.load` built, whose decoder the Reflex model also runs;
+model is the one `reflex_mlx.loader` built, whose decoder the Reflex model also runs;
 an untied text head is read from disk the first time text is written."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ class TextWriter:
         self.language_model, self.tokenizer, self.max_tokens = language_model, tokenizer, max_tokens
 
     def load(self) -> None:
-        """Read what only text needs, an untied text head, into memory (reflex_mlx.load
+        """Read what only text needs, an untied text head, into memory (reflex_mlx.loader
         leaves it on disk until now)."""
         import mlx.core as mx
 

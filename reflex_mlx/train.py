@@ -239,7 +239,7 @@ def load_for_training(model_dir: Path, opts: TrainOptions, say) -> tuple[ReflexM
     CPU), the Reflex side in float32 (full mode: its quantized linears dequantized)."""
     from mlx_lm.utils import dequantize_model
 
-    from .load import ModelError, load_model
+    from .loader import ModelError, load_model
 
     try:
         model, tokenizer, config = load_model(model_dir)

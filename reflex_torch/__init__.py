@@ -12,7 +12,6 @@ Importing the package imports no framework: torch loads with the first model.
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 from reflex_core import runs
@@ -44,6 +43,3 @@ def load(model: str | os.PathLike | None = None, fast: bool = True) -> Loaded:
     reflex-tiny. A hub id is refused (hub models are converted for MLX). fast=False: the
     plain reference forward. ReflexError in one line when it cannot be loaded."""
     return runs.load(model, backend="torch", fast=fast)
-
-
-sys.modules[__name__].__class__ = runs.BackendPackage  # `load` stays this function beside the loader module

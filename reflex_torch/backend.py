@@ -59,7 +59,7 @@ class TorchBackend:
         from transformers.utils import logging as hf_logging
 
         from .fast import FastReflex
-        from .load import load_model
+        from .loader import load_model
         from .model import Reference
 
         hf_logging.disable_progress_bar()  # the command line says what it loads in one line

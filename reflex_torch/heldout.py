@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> float:
     parser.add_argument("--batch", type=int, default=64)
     args = parser.parse_args(argv)
 
-    from .load import load_model
+    from .loader import load_model
 
     if not (args.out / HELDOUT_FILE).exists():
         sys.exit(f"error: no {HELDOUT_FILE} in {args.out} (written by python -m reflex_torch.train)")

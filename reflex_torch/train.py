@@ -168,7 +168,7 @@ def build_backbone(args, train_prompts: list[str], device, resume: bool):
     """(causal LM or None, base model, tokenizer, backbone_id)."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from .load import load_backbone
+    from .loader import load_backbone
 
     if args.backbone:  # the released recipe: a pretrained backbone, frozen, bf16 on CUDA
         source = resolve_backbone(args.backbone)

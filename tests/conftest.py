@@ -122,13 +122,13 @@ def _float32(fixture_dir, tmp_path_factory):
 
 
 def _torch(fixture_dir):
-    from reflex_torch.load import load_model
+    from reflex_torch.loader import load_model
 
     return load_model(fixture_dir / "reflex.pt", backbone=str(fixture_dir / "backbone"), device="cpu")
 
 
 def _mlx(model_dir):
-    from reflex_mlx.load import load_model
+    from reflex_mlx.loader import load_model
 
     return load_model(model_dir)
 
@@ -235,7 +235,7 @@ def _tiny_reference_eval():
     import torch
 
     from bench.agreement import batched, recorded_eval
-    from reflex_torch.load import load_model
+    from reflex_torch.loader import load_model
     from reflex_torch.model import Reference
 
     threads = torch.get_num_threads()

@@ -49,7 +49,9 @@ def test_importing_a_backend_package_imports_no_framework(fresh_interpreter, pac
 
 
 def test_importing_the_model_leaves_the_application_layer_out(fresh_interpreter):
-    _, modules = fresh_interpreter("import reflex_mlx, reflex_mlx.model, reflex_mlx.load, reflex_mlx.backend")
+    _, modules = fresh_interpreter(
+        "import reflex_mlx, reflex_mlx.model, reflex_mlx.loader, reflex_mlx.backend"
+    )
     assert not {m.split(".")[0] for m in modules} & {"reflex_app", "reflex_torch", "click", "rich"}
 
 
@@ -60,15 +62,15 @@ def test_importing_the_application_layer_imports_no_framework(fresh_interpreter)
     assert not (FRAMEWORKS | {"reflex_torch"}) & {m.split(".")[0] for m in modules}
 
 
-def test_load_stays_the_function_beside_the_loader_module(tiny):
-    """reflex_mlx.load is the API's function though the loader submodule of that name is
-    imported (loading the model imported it); the submodule is still importable by name."""
+def test_load_stays_the_function_once_the_loader_module_is_imported(tiny):
+    """reflex_mlx.load is the API's function after loading a model imported the package's
+    loader module (reflex_mlx.loader), as mlx_lm.load is beside mlx_lm.utils."""
     import sys
 
     from reflex_mlx import load as package_load
-    from reflex_mlx.load import load_model
+    from reflex_mlx.loader import load_model
 
-    assert "reflex_mlx.load" in sys.modules and callable(load_model)
+    assert "reflex_mlx.loader" in sys.modules and callable(load_model)
     assert package_load is reflex_mlx.load and package_load.__module__ == "reflex_mlx"
     assert tiny.device.startswith("mlx") and tiny.source == str(reflex_mlx.BUNDLED_MODEL)
 

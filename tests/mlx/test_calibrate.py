@@ -1,6 +1,6 @@
 """Calibrated backbones (convert/calibrate.py): the data never holds an evaluation
 prompt or a held-out program, and each mlx-lm method, fed the Reflex forward,
-writes a folder reflex_mlx/load.py loads whose predictions beat (or, for DWQ,
+writes a folder reflex_mlx/loader.py loads whose predictions beat (or, for DWQ,
 move away from) plain 4-bit quantization."""
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def test_calibration_data_holds_no_eval_prompt_and_no_heldout_program(tiny_token
 
 
 def test_unknown_method_and_bad_heldout_are_one_line_errors(tmp_path, mlx_float32_dir):
-    from reflex_mlx.load import load_with_language_model
+    from reflex_mlx.loader import load_with_language_model
     from reflex_mlx.quantize import Recipe
 
     model, tokenizer, config, backbone = load_with_language_model(mlx_float32_dir)
@@ -80,7 +80,7 @@ def test_unknown_method_and_bad_heldout_are_one_line_errors(tmp_path, mlx_float3
 @pytest.fixture(scope="module")
 def float_model(mlx_float32_dir):
     """(float ReflexModel, tokenizer, config, calibration data, its float predictions)."""
-    from reflex_mlx.load import load_model
+    from reflex_mlx.loader import load_model
 
     model, tokenizer, config = load_model(mlx_float32_dir)
     data = calib.calibration_data(CORPUS, tokenizer, config, SAMPLES)  # what for_conversion draws
@@ -129,7 +129,7 @@ def _write(
 def _calibrated(method, float_model, mlx_float32_dir, tmp_path):
     """Calibrate a fresh float backbone by `method` as a conversion would, write and
     load it: (loaded model, record)."""
-    from reflex_mlx.load import load_model, load_with_language_model
+    from reflex_mlx.loader import load_model, load_with_language_model
     from reflex_mlx.quantize import Recipe
 
     fresh, tokenizer, config, backbone = load_with_language_model(mlx_float32_dir)
@@ -149,7 +149,7 @@ def _calibrated(method, float_model, mlx_float32_dir, tmp_path):
 @pytest.fixture(scope="module")
 def plain_error(float_model, mlx_float32_dir):
     """The plain 4-bit recipe's prediction error on the calibration cycles."""
-    from reflex_mlx.load import load_with_language_model
+    from reflex_mlx.loader import load_with_language_model
     from reflex_mlx.model import ReflexModel
     from reflex_mlx.quantize import Recipe, quantize_adapters, quantize_backbone
 
@@ -192,7 +192,7 @@ def test_sensitivity_spends_its_budget_on_the_most_sensitive(
 
 def test_dwq_trains_the_scales_toward_the_float_model(float_model, mlx_float32_dir, tmp_path, monkeypatch):
     """DWQ changes only scales and biases: the same packed weights as plain 4-bit."""
-    from reflex_mlx.load import load_with_language_model
+    from reflex_mlx.loader import load_with_language_model
     from reflex_mlx.quantize import Recipe, quantize_backbone
 
     monkeypatch.setattr(calib, "DWQ_LEARNING_RATE", 1e-3)  # a random fixture's logits are nearly flat

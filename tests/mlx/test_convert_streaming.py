@@ -80,7 +80,7 @@ def test_many_shards_are_the_same_model_as_one(fixture_dir, tmp_path, monkeypatc
     from mlx_lm.utils import load_model as mlx_lm_load
 
     import reflex_mlx.backbone
-    from reflex_mlx.load import load_model
+    from reflex_mlx.loader import load_model
 
     one = convert_checkpoint(
         str(fixture_dir / "reflex.pt"),

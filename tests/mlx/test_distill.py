@@ -46,7 +46,7 @@ def _distance(pred, reference) -> float:
 @pytest.fixture(scope="module")
 def run(mlx_float32_dir, tmp_path_factory):
     """Float model, plain 4-bit model, distilled model (through calibrate's registry), data, record."""
-    from reflex_mlx.load import load_with_language_model
+    from reflex_mlx.loader import load_with_language_model
     from reflex_mlx.model import ReflexModel
     from reflex_mlx.quantize import Recipe, quantize_adapters, quantize_backbone
 
@@ -84,7 +84,7 @@ def test_distillation_lowers_the_distance_on_programs_it_never_trained_on(run):
 def test_overflowing_gradients_skip_the_step_and_halve_the_loss_scale(mlx_float32_dir, run):
     """A loss factor beyond float32's range overflows every gradient: those steps are
     skipped, the factor halves until the gradients are finite, and training goes on."""
-    from reflex_mlx.load import load_with_language_model
+    from reflex_mlx.loader import load_with_language_model
     from reflex_mlx.quantize import Recipe
 
     data = run[5]
@@ -119,7 +119,7 @@ def test_the_result_saves_and_loads_as_a_converted_model(run, mlx_float32_dir, t
 
     from reflex_core.folder import write_manifest
     from reflex_core.spec import ADAPTERS_FILE, MODEL_FORMAT
-    from reflex_mlx.load import load_model
+    from reflex_mlx.loader import load_model
 
     _, _, _, distilled, backbone, data, record = run
     out = tmp_path / "distilled"

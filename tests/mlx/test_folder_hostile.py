@@ -85,7 +85,7 @@ def model(mlx_float32_dir, tmp_path):
 
 
 def test_the_converted_fixture_and_the_bundled_model_validate(mlx_float32_dir):
-    from reflex_mlx.load import BUNDLED_MODEL
+    from reflex_mlx.loader import BUNDLED_MODEL
 
     for where in (mlx_float32_dir, BUNDLED_MODEL):
         checked = validate_folder(where, check=True)
@@ -100,7 +100,7 @@ def test_the_converted_fixture_and_the_bundled_model_validate(mlx_float32_dir):
     "where", ["config.json", "adapters.safetensors", "backbone/model.safetensors", "backbone/config.json"]
 )
 def test_a_fifo_never_blocks_the_loader(model, where, no_hang):
-    from reflex_mlx.load import ModelError, load_model
+    from reflex_mlx.loader import ModelError, load_model
 
     (model / where).unlink()
     os.mkfifo(model / where)
@@ -314,7 +314,7 @@ def _nan_in_backbone(model: Path) -> None:
 
 
 def test_a_nan_backbone_weight_is_caught_by_the_manifest(model):
-    from reflex_mlx.load import ModelError, load_model
+    from reflex_mlx.loader import ModelError, load_model
 
     _nan_in_backbone(model)
     with pytest.raises(ModelError, match="SHA-256"):
@@ -432,7 +432,7 @@ def test_fuzzed_folders_validate_or_refuse_in_one_line(mlx_float32_dir, tmp_path
     """Seeded damage to config values and safetensors headers: each case validates (and
     then loads, or is refused by the loader in one line) or is refused in one line, quickly."""
     from reflex_app.cli.info import describe_model
-    from reflex_mlx.load import ModelError, load_model
+    from reflex_mlx.loader import ModelError, load_model
 
     rng = np.random.default_rng(21)
     count = int(os.environ.get("REFLEX_FUZZ_CASES", "0")) or 24

@@ -46,7 +46,7 @@ def convert_args(fixture_dir, out, *options) -> list:
 def _words(model_dir, states):
     from reflex_core.predict import Predictor
     from reflex_mlx.fast import FastReflex
-    from reflex_mlx.load import load_model
+    from reflex_mlx.loader import load_model
 
     model, tokenizer, config = load_model(model_dir)
     return Predictor(FastReflex(model), tokenizer, "compute 5 factorial", config).predict_many(states)
@@ -185,7 +185,7 @@ def test_each_recipe_ends_with_its_memory_line(fixture_dir, tmp_path, options, b
         # a float16 scale and bias per group on top, and the float norms
         assert bits + 32 / group <= memory["bits_per_weight"] < bits + 32 / group + 0.25
     # what the line says is what a load holds
-    from reflex_mlx.load import load_model
+    from reflex_mlx.loader import load_model
     from reflex_mlx.quantize import resident_bytes
 
     model, _, _ = load_model(tmp_path / "out")

@@ -109,7 +109,7 @@ def test_one_train_per_out_and_a_kill_at_the_first_save_needs_no_cleanup(
         r["step"] for r in map(json.loads, (out / "curve.jsonl").read_text().splitlines()) if "loss" in r
     ]
     assert losses == sorted(set(losses)) and losses[-1] == 4  # each step once, in order
-    from reflex_mlx.load import load_model
+    from reflex_mlx.loader import load_model
 
     load_model(out)  # a whole model, strict
 

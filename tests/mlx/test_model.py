@@ -85,7 +85,7 @@ def test_mlx_side_imports_and_runs_without_torch(tmp_path):
     """reflex_mlx and convert import no torch; `run` works where torch is absent."""
     code = (
         "import sys; sys.modules['torch'] = None\n"
-        "import reflex_app.cli, reflex_mlx.load, reflex_mlx.model, reflex_mlx.fast\n"
+        "import reflex_app.cli, reflex_mlx.loader, reflex_mlx.model, reflex_mlx.fast\n"
         "import convert, convert.convert\n"
         "from reflex_app.cli import main\n"
         "main(['run', 'compute 5 factorial', '--max-cycles', '4', '--json'])\n"

@@ -156,7 +156,7 @@ def test_an_interrupted_run_resumes_to_the_same_model(full_run, mlx_float32_dir,
 
 @pytest.mark.slow
 def test_lora_kept_beside_or_merged(mlx_float32_dir, data_file, tmp_path):
-    from reflex_mlx.load import load_model
+    from reflex_mlx.loader import load_model
     from reflex_mlx.lora import LORA_FILE
     from reflex_mlx.model import Reference
 
@@ -239,7 +239,7 @@ def test_quantized_adapters_train_full_or_under_lora(fixture_dir, data_file, tmp
     """8-bit adapters (the converter's default): full training dequantizes them and writes
     them back at 8 bits; a kept LoRA leaves their packed weights as they were."""
     from convert.convert import convert_checkpoint
-    from reflex_mlx.load import load_model
+    from reflex_mlx.loader import load_model
     from reflex_mlx.quantize import Recipe
 
     source = convert_checkpoint(

@@ -102,7 +102,7 @@ def test_float32_parity_on_replayed_programs(family, torch_model, mlx_model, rep
 
 @pytest.mark.slow
 def test_4bit_agreement_is_measured(family, torch_model, mlx_4bit, random_states):
-    from reflex_mlx.load import load_model
+    from reflex_mlx.loader import load_model
 
     # 64 states: MLX's 4-bit matmul is slow on the Linux CPU; a loose bound needs few
     rel, agree, _ = _compare(torch_model, load_model(mlx_4bit), TASK, random_states(64, 3))

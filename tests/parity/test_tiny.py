@@ -67,7 +67,7 @@ def test_heldout_top1_is_at_least_95_percent(capsys, one_torch_thread):
 def _lockstep(model_dir, recording):
     from bench.agreement import lockstep_agreement, one_by_one
     from reflex_mlx.fast import FastReflex
-    from reflex_mlx.load import load_model as load_mlx
+    from reflex_mlx.loader import load_model as load_mlx
 
     mlx_model, mlx_tok, mlx_cfg = load_mlx(model_dir)
     fast = FastReflex(mlx_model, fuse=True, compile=True)

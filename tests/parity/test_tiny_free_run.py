@@ -18,7 +18,7 @@ def test_the_eval_agrees_with_the_reference_free_running_and_in_lock_step(reques
     own run is answered from there; the states after a divergence are fed to it."""
     from bench.agreement import batched, lockstep_agreement, outcome_agreement, recorded_eval
     from reflex_mlx.fast import FastReflex
-    from reflex_mlx.load import load_model as load_mlx
+    from reflex_mlx.loader import load_model as load_mlx
 
     mlx_model, mlx_tok, mlx_cfg = load_mlx(tiny_mlx_float32_dir)
     make = batched(FastReflex(mlx_model, fuse=True, compile=True), mlx_tok, mlx_cfg)

@@ -29,8 +29,8 @@ def _batch(tokenizer, random_states, num_instrs: int, size: int = 12):
 def fresh_models(fixture_dir, mlx_float32_dir):
     """The fixture in float32 on both sides, freshly loaded (the session's shared
     models stay inference-only): (torch model, tokenizer, config, trainable MLX model)."""
-    from reflex_mlx.load import load_model as load_mlx
-    from reflex_torch.load import load_model as load_torch
+    from reflex_mlx.loader import load_model as load_mlx
+    from reflex_torch.loader import load_model as load_torch
 
     torch_model, tokenizer, config = load_torch(
         fixture_dir / "reflex.pt",

@@ -140,7 +140,7 @@ def test_fused_projections_change_nothing(fixture_dir, random_states):
     """fuse=True re-homes q/k/v and gate/up into one tensor each: same values, the
     reference keeps working on the views, and the fused step agrees with it."""
     from reflex_torch.fast import FastReflex
-    from reflex_torch.load import load_model
+    from reflex_torch.loader import load_model
 
     loaded = load_model(fixture_dir / "reflex.pt", backbone=str(fixture_dir / "backbone"), device="cpu")
     model, tokenizer, config = loaded

@@ -22,6 +22,6 @@ def test_the_torch_package_computes_5_factorial():
     result = run(model, "compute 5 factorial", max_cycles=200)
     assert result.halted and result.memory()["0x5000"][0] == 120
     assert model.device.startswith("torch") and model.source == str(reflex_torch.BUNDLED_MODEL)
-    from reflex_torch import load as again  # loading imported the loader submodule, reflex_torch.load
+    from reflex_torch import load as again  # after loading imported reflex_torch.loader
 
     assert again is load is reflex_torch.load and again.__module__ == "reflex_torch"

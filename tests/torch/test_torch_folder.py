@@ -9,7 +9,7 @@ import pytest
 
 from reflex_core.backends import BackendError
 from reflex_torch.backend import _sources
-from reflex_torch.load import BUNDLED_MODEL as TINY_TORCH
+from reflex_torch.loader import BUNDLED_MODEL as TINY_TORCH
 
 
 def _refused(model, no_hang) -> str:

@@ -24,7 +24,7 @@ if find_corpus() is None:
 
 from reflex_torch import heldout as heldout_mod  # noqa: E402
 from reflex_torch import train  # noqa: E402
-from reflex_torch.load import load_model  # noqa: E402
+from reflex_torch.loader import load_model  # noqa: E402
 
 TINY = [
     "--max-programs",
