@@ -60,10 +60,10 @@ def random_state_list(n: int, seed: int) -> list[list[int]]:
     return rng.integers(0, 2**32, size=(n, 65), dtype=np.uint64).tolist()
 
 
-def _invoke(command, *args) -> subprocess.CompletedProcess:
+def _invoke(command, *args, input: str | None = None) -> subprocess.CompletedProcess:
     from click.testing import CliRunner
 
-    result = CliRunner().invoke(command, [str(a) for a in args])
+    result = CliRunner().invoke(command, [str(a) for a in args], input=input)
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         raise result.exception
     return subprocess.CompletedProcess(list(args), result.exit_code, result.stdout, result.stderr)
@@ -71,7 +71,7 @@ def _invoke(command, *args) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="session")
 def invoke():
-    """invoke(command, *args): a click command (`reflex_app.cli.main`, `convert.convert.main`)
+    """invoke(command, *args, input=None): a click command (`reflex_app.cli.main`, `convert.convert.main`)
     run in this process through click's runner, as a CompletedProcess (returncode, stdout,
     stderr); an exception that escaped the command fails the test. A process costs seconds
     of imports: the tests about processes themselves (signals, kills, what a fresh

@@ -55,14 +55,14 @@ class Tmux:
 
 @needs_tmux
 def test_the_demo_in_a_real_terminal():
-    demo = f"{' '.join(CLI)} demo --model tiny --backend mlx --passes 16"
+    demo = f"{' '.join(CLI)} demo --model tiny --backend mlx --passes 6"
     command = f"cd {ROOT} && {demo}; echo DEMO-EXITED; sleep 30"
     tmux = Tmux("reflex-demo-test", command)
     try:
         tmux.wait_for("Enter run  Esc quit")
         tmux.keys("add 7 and 8 and store the result", "Enter")
-        tmux.wait_for("pass 16/16")
-        screen = tmux.wait_for("Enter run  Esc quit")  # all 16 passes done, waiting for the next task
+        tmux.wait_for("pass 6/6")
+        screen = tmux.wait_for("Enter run  Esc quit")  # all 6 passes done, waiting for the next task
         assert "outcome: halted after 6 cycles" in screen
         assert "task: add 7 and 8 and store the result" in screen
         assert "0x5000: 15 0 0" in screen  # the data window
@@ -70,9 +70,9 @@ def test_the_demo_in_a_real_terminal():
         assert "addi rd=5 rs1=0 imm=7" in screen  # the decoded fields
         assert "text mode: this backbone was trained from scratch" in screen  # the text panel says why not
         assert "peak memory" in screen and "ms/cycle" in screen
-        # a long task (16 refinement passes) is stopped with one key, and the model stays loaded
+        # a long task (6 refinement passes) is stopped with one key, and the model stays loaded
         tmux.keys("count down from 5 to 1 and store each value", "Enter")
-        tmux.wait_for("pass 2/16")
+        tmux.wait_for("pass 2/6")
         tmux.keys("s")
         screen = tmux.wait_for("(stopped)")
         assert "Enter run  Esc quit" in screen
@@ -110,14 +110,13 @@ def test_rendering_both_sides_with_rich(mlx_float32_dir):
     assert "does not assemble: line 2:" in console.export_text()
 
 
-def test_without_a_terminal_it_prints_lines():
-    proc = subprocess.run(
-        [*CLI, "demo", "--model", "tiny", "--backend", "mlx", "--passes", "2"],
+def test_without_a_terminal_it_prints_lines(invoke):
+    from reflex_app.cli import main
+
+    proc = invoke(
+        main, "demo", "--model", "tiny", "--backend", "mlx", "--passes", "2",
         input="add 7 and 8 and store the result\n",
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert lines[0] == "task: add 7 and 8 and store the result"
@@ -154,12 +153,11 @@ def test_the_demo_runs_on_a_thread_of_its_own():
     assert box == {"verdict": "done", "outcome": "halted after 6 cycles"}
 
 
-def test_eval_text_mode(mlx_float32_dir):
+def test_eval_text_mode(mlx_float32_dir, invoke):
+    from reflex_app.cli import main
     from reflex_core.evaluation import evaluate_text, load_tasks
 
-    proc = subprocess.run(
-        [*CLI, "eval", "--text-mode", "--model", "tiny", "--backend", "mlx"], capture_output=True, text=True
-    )
+    proc = invoke(main, "eval", "--text-mode", "--model", "tiny", "--backend", "mlx")
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].endswith("it cannot write text")
 
