@@ -704,7 +704,9 @@ class TrainDefaults:
         "spacing (exact), or also up to punctuation and quotes (punctuation).",
         choices=tuple(EVAL_FILTERS),
     )
-    max_programs: int | None = option(None, "A random subset of distinct programs.", at_least=1)
+    max_programs: int | None = option(
+        None, "A random subset of distinct programs (only those are replayed).", at_least=1
+    )
     steps: int = option(500, at_least=1)
     batch: int = option(16, "The global batch (split over torchrun's ranks).", at_least=1)
     lr: float = option(

@@ -73,10 +73,9 @@ def _damaged(src: Path, dst: Path, damage: str) -> Path:
         "unsupported backbone family",
     ],
 )
-def test_damaged_models_are_refused_at_load(mlx_float32_dir, tmp_path, damage, invoke, monkeypatch):
+def test_damaged_models_are_refused_at_load(mlx_float32_dir, tmp_path, damage, invoke):
     from reflex_app.cli import main
 
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     model = _damaged(mlx_float32_dir, tmp_path / "model", damage)
     line = _one_error_line(invoke(main, "run", "say hi", "--backend", "mlx", "--model", model))
     print(f"{damage}: {line}")

@@ -56,10 +56,9 @@ def test_the_backbone_directory_is_one_model_for_transformers_and_mlx_lm(smol_ba
     assert mlx_tokenizer.encode("hello") == tokenizer.encode("hello")
 
 
-def test_reflex_smol_computes_5_factorial_on_torch(smol_backbone, invoke, monkeypatch, one_torch_thread):
+def test_reflex_smol_computes_5_factorial_on_torch(smol_backbone, invoke, one_torch_thread):
     from reflex_app.cli import main
 
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     proc = invoke(main, "run", "compute 5 factorial", "--model", "smol", "--backend", "torch", "--json")
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(proc.stdout)
