@@ -285,7 +285,6 @@ def no_hang():
 def run_fresh(code: str, timeout: float = HANG_S) -> tuple[list[str], set[str]]:
     """Run `code` in a fresh interpreter (this one, this environment): (the lines it printed,
     the dotted names of every module imported by its end). A non-zero exit fails the test."""
-    import subprocess
     import sys
 
     marker = "MODULES-IMPORTED:"
