@@ -103,3 +103,22 @@ def test_bench_without_torch_says_so(monkeypatch):
     result = CliRunner().invoke(main, ["bench"])
     assert result.exit_code != 0
     assert "torch is not installed" in result.output
+
+
+def test_data_read_bench_prints_the_ratio_last(tmp_path, capsys):
+    """bench/data_read.py on a small JSONL: both ways choose the same programs (it checks),
+    and the last line is the ratio."""
+    import json
+
+    from bench.data_read import main
+
+    add = "li t0, {a}\nli t1, {b}\nadd t2, t0, t1\nlui t3, 5\nsw t2, 0(t3)\nhalt:\nj halt\n"
+    record = lambda a, b: {"prompt": f"add {a} and {b}", "program": add.format(a=a, b=b),
+                           "expected_result": {"mem_0x5000": a + b}}  # fmt: skip
+    records = [record(a, b) for a in (1, 2, 3) for b in (4, 5, 6)]
+    data = tmp_path / "adds.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in records))
+    main(["--data", str(data), "--max-programs", "4", "--repeat", "1"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].endswith("9 programs, 4 used (--max-programs 4)")
+    assert lines[-1].startswith("replay-all/choose-first time ratio: ") and float(lines[-1].split()[-1]) > 0
