@@ -419,16 +419,15 @@ def read_split(
     thousands of programs replays only those."""
     sources = [parse_data(path, families, exclude) for path in paths]
     parsed = [program for source in sources for program in source.programs]
-    if max_programs:
-        words = chosen_words(parsed, max_programs, seed)
-        sources = [source.only(words) for source in sources]
+    distinct = list(dict.fromkeys(tuple(program.words) for program in parsed))  # as _groups orders them
+    if max_programs:  # the sample split_programs takes with this seed, taken before the replay
+        chosen = {distinct[i] for i in _sample(len(distinct), max_programs, seed)}
+        sources = [source.only(chosen) for source in sources]
     replays: dict = {}
     programs = []
     for source in sources:
-        if source.programs:
+        if source.programs:  # a source none of whose programs was chosen
             programs += check_data(source, skip_failing, say, replays)
-    if not programs:
-        raise DataError("every program was rejected")
     split = split_programs(
         programs,
         heldout_fraction=heldout_fraction,
@@ -439,7 +438,7 @@ def read_split(
     )
     if max_programs:  # counted over every program read, as without the early choice
         split.counts["programs"] = len(parsed)
-        split.counts["distinct_programs"] = len(_groups(parsed))
+        split.counts["distinct_programs"] = len(distinct)
     split.cycles = [replays[tuple(group["program"].words)] for group in split.train]
     split.held_cycles = [replays[tuple(int(w, 16) for w in entry["words"])] for entry in split.heldout]
     return split
@@ -459,12 +458,6 @@ def _sample(count: int, max_programs: int | None, seed: int) -> list[int]:
     if max_programs and count > max_programs:
         return sorted(random.Random(seed).sample(range(count), max_programs))
     return list(range(count))
-
-
-def chosen_words(programs: list[CorpusProgram], max_programs: int, seed: int) -> set[tuple[int, ...]]:
-    """The words of the distinct programs split_programs would choose with this seed."""
-    distinct = list(_groups(programs))
-    return {distinct[i] for i in _sample(len(distinct), max_programs, seed)}
 
 
 def split_programs(
